@@ -1,0 +1,3 @@
+from gtapp.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Loaders for real datasets (GSM8K, AQuA-RAT, CommonsenseQA, DROP, SAMSum, DialogSum) and user files."""

@@ -1,0 +1,52 @@
+"""Progress reporting shared by every long-running step (fine-tune, zoo build, shadow pairs...).
+
+A step receives an optional ``progress`` callable and calls it with a :class:`Progress`.
+The callable may raise :class:`Cancelled` to stop the step cooperatively; jobs use that
+to honour a cancel request at every step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+
+class Cancelled(Exception):
+    """Raised (usually by a progress callback) to stop a step that was asked to cancel."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    fraction: float  # 0..1 of the whole step
+    stage: str  # short human-readable stage name, e.g. "pretrain llm"
+    eta_s: Optional[float] = None  # seconds left, None when unknown
+    message: str = ""
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+def noop(_: Progress) -> None:
+    return None
+
+
+class Tracker:
+    """Turns 'done k of n' into Progress with an ETA from the elapsed rate.
+
+    ``start``/``end`` map this tracker into a sub-range of a larger step's 0..1.
+    """
+
+    def __init__(self, fn: Optional[ProgressFn], stage: str, total: int,
+                 start: float = 0.0, end: float = 1.0):
+        self.fn = fn or noop
+        self.stage = stage
+        self.total = max(int(total), 1)
+        self.start, self.end = start, end
+        self.t0 = time.monotonic()
+
+    def update(self, done: int, message: str = "") -> None:
+        frac_local = min(max(done / self.total, 0.0), 1.0)
+        elapsed = time.monotonic() - self.t0
+        eta = elapsed * (1 - frac_local) / frac_local if frac_local > 0 else None
+        self.fn(Progress(self.start + (self.end - self.start) * frac_local, self.stage, eta, message))
