@@ -1,1 +1,28 @@
-"""Loaders for real datasets (GSM8K, AQuA-RAT, CommonsenseQA, DROP, SAMSum, DialogSum) and user files."""
+"""Loaders for real datasets (GSM8K, AQuA-RAT, CommonsenseQA, DROP, SAMSum, DialogSum) and user files.
+
+Each loader reads the authors' original published files and returns a
+:class:`gtapp.tasks.base.Task` with the dataset's prompt format, answer extraction and metric::
+
+    from gtapp import datasets
+    task = datasets.load("gsm8k", path="/data/gsm8k")            # folder with train/test.jsonl
+    task = datasets.load("drop", "drop_dataset_train.json", "drop_dataset_dev.json", limit=500)
+    task = datasets.load_user_dataset("mine.csv")                  # prompt, answer columns
+
+Malformed files raise :class:`DatasetError` (a ``ValueError``) naming the file, the line or
+record, and what was expected. Files are only parsed (``json``/``csv``), never executed.
+"""
+
+from gtapp.datasets._io import MAX_ROW_CHARS, MAX_ROWS, DatasetError, Limits  # noqa: F401
+from gtapp.datasets.formats import REGISTRY, DatasetSpec, resolve_name  # noqa: F401
+from gtapp.datasets.loader import available, load, read_examples, split_examples  # noqa: F401
+from gtapp.datasets.user import load_user_dataset  # noqa: F401
+
+
+def load_hub(name: str, **kwargs):
+    """Load a registered dataset through the optional ``datasets`` library (needs a network)."""
+    from gtapp.datasets.hub import load_hub as _load_hub
+    return _load_hub(name, **kwargs)
+
+
+__all__ = ["DatasetError", "DatasetSpec", "Limits", "REGISTRY", "available", "load", "load_hub",
+           "load_user_dataset", "read_examples", "resolve_name", "split_examples"]

@@ -78,7 +78,10 @@ def read_text(path: str | os.PathLike, limits: Limits) -> str:
     if size > limits.max_file_bytes:
         raise DatasetError(f"{p}: file is {size:,} bytes; the limit is {limits.max_file_bytes:,} "
                            "(max_file_bytes)")
-    data = p.read_bytes()
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise DatasetError(f"{p}: cannot read the file ({e.strerror or e})") from None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:

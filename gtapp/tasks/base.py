@@ -84,7 +84,10 @@ class Task:
         hits = 0
         for p, e in zip(preds, examples):
             refs = (e.answer,) + tuple(e.references)
-            hits += any(metrics.exact_match([p], [r], numeric=numeric) == 1.0 for r in refs)
+            if self.metric == "letter_exact_match":  # "A" is not an article here
+                hits += p.strip().upper() in {r.strip().upper() for r in refs}
+            else:
+                hits += any(metrics.exact_match([p], [r], numeric=numeric) == 1.0 for r in refs)
         return hits / len(examples) if examples else float("nan")
 
     def summary(self) -> dict:

@@ -1,0 +1,178 @@
+"""The privacy ledger: every DP job's spend on an organisation's dataset, composed.
+
+A DP job *reserves* its requested ε when it is submitted, inside the transaction that
+creates the job, after checking that the composed spend (everything already reserved or
+spent on the dataset, plus this request) stays within the dataset's budget; otherwise it
+is refused before anything runs, with the budget, the spend so far and the request in the
+message. When the job finishes its entry becomes *spent* with the ε the accountant
+reported; a job cancelled before it started releases its reservation; a job that failed
+or was cancelled while running keeps it (its data may already have been touched).
+
+Composition: ``gtapp.privacy.compose`` (an RDP accountant over each job's
+noise_multiplier/sample_rate/steps) when that module is importable and every entry carries
+those parameters; otherwise basic sequential composition (the sum of the ε's), which is
+always a valid upper bound. Each entry records which was used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, NamedTuple, Optional
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from storage.models import Dataset, PrivacyLedgerEntry, utcnow
+
+MECHANISM_KEYS = ("noise_multiplier", "sample_rate", "steps")
+EPS_TOLERANCE = 1e-9
+
+
+class Composed(NamedTuple):
+    epsilon: float
+    accountant: str  # "rdp" | "basic"
+
+
+class BudgetExceeded(ValueError):
+    def __init__(self, dataset: str, budget: float, spent: float, requested: float, total: float,
+                 delta: float, accountant: str):
+        self.budget, self.spent, self.requested, self.total = budget, spent, requested, total
+        super().__init__(
+            f"privacy budget exceeded for dataset '{dataset}': budget ε={budget:g} (δ={delta:g}), "
+            f"already spent ε={spent:.4g}, this job requests ε={requested:.4g}; together "
+            f"ε would be {total:.4g} ({accountant} composition). "
+            "Lower the job's target ε or raise the dataset's budget.")
+
+
+def _has_mechanism(entry: Mapping[str, Any]) -> bool:
+    mech = entry.get("mechanism") or {}
+    return all(isinstance(mech.get(k), (int, float)) and not isinstance(mech.get(k), bool) for k in MECHANISM_KEYS)
+
+
+def compose_epsilon(entries: Iterable[Mapping[str, Any]], delta: float) -> Composed:
+    """Total ε of several DP releases on one dataset at ``delta``.
+
+    ``entries``: dicts with ``epsilon`` and optionally ``mechanism`` = {noise_multiplier,
+    sample_rate, steps}. Uses the RDP accountant (``gtapp.privacy.compose``) when it is
+    available and every entry has its mechanism; else the sum of the ε's.
+    """
+    entries = list(entries)
+    if not entries:
+        return Composed(0.0, "basic")
+    if all(_has_mechanism(e) for e in entries):
+        try:
+            from gtapp.privacy import compose  # the real RDP accountant, when present
+        except ImportError:
+            compose = None
+        if compose is not None:
+            mechs = [{k: e["mechanism"][k] for k in MECHANISM_KEYS} for e in entries]
+            eps = float(compose(mechs, delta))
+            # RDP composition can only be tighter; never report more than the basic bound.
+            return Composed(min(eps, sum(float(e["epsilon"]) for e in entries)), "rdp")
+    return Composed(float(sum(float(e["epsilon"]) for e in entries)), "basic")
+
+
+@dataclass(frozen=True)
+class DPRequest:
+    """What a DP job asks of the ledger before it is queued."""
+
+    dataset_id: int
+    epsilon: float
+    delta: float
+    mechanism: dict  # whatever is known up front (noise_multiplier, sample_rate, steps, max_grad_norm)
+
+
+def _entry_dict(e: PrivacyLedgerEntry) -> dict:
+    return {"epsilon": e.epsilon, "delta": e.delta, "mechanism": e.mechanism or {}}
+
+
+def active_entries(session: Session, dataset_id: int) -> list[PrivacyLedgerEntry]:
+    return list(session.scalars(
+        select(PrivacyLedgerEntry)
+        .where(PrivacyLedgerEntry.dataset_id == dataset_id, PrivacyLedgerEntry.status != "released")
+        .order_by(PrivacyLedgerEntry.id)))
+
+
+def spent(session: Session, dataset: Dataset) -> Composed:
+    return compose_epsilon([_entry_dict(e) for e in active_entries(session, dataset.id)], dataset.delta)
+
+
+def _lock_dataset(session: Session, dataset_id: int) -> Dataset:
+    q = select(Dataset).where(Dataset.id == dataset_id)
+    if session.get_bind().dialect.name == "postgresql":
+        q = q.with_for_update()  # serialise concurrent reservations on one dataset
+    ds = session.scalars(q).one_or_none()
+    if ds is None:
+        raise ValueError(f"dataset {dataset_id} not found")
+    return ds
+
+
+def reserve(session: Session, request: DPRequest, org_id: int, job_id: Optional[int] = None) -> PrivacyLedgerEntry:
+    """Check the budget and reserve the request (raises BudgetExceeded). Caller commits."""
+    ds = _lock_dataset(session, request.dataset_id)
+    if ds.org_id != org_id:
+        raise PermissionError(f"dataset {request.dataset_id} belongs to another organisation")
+    if ds.epsilon_budget is None:
+        raise ValueError(f"dataset '{ds.name}' has no privacy budget set; set one before running DP jobs on it")
+    if request.epsilon <= 0:
+        raise ValueError(f"requested ε must be positive, got {request.epsilon}")
+    if request.delta > ds.delta:
+        raise ValueError(f"requested δ={request.delta:g} is larger than dataset '{ds.name}' δ={ds.delta:g}")
+    existing = [_entry_dict(e) for e in active_entries(session, ds.id)]
+    before = compose_epsilon(existing, ds.delta)
+    after = compose_epsilon(existing + [{"epsilon": request.epsilon, "delta": request.delta,
+                                         "mechanism": request.mechanism}], ds.delta)
+    if after.epsilon > ds.epsilon_budget + EPS_TOLERANCE:
+        raise BudgetExceeded(ds.name, ds.epsilon_budget, before.epsilon, request.epsilon, after.epsilon,
+                             ds.delta, after.accountant)
+    entry = PrivacyLedgerEntry(dataset_id=ds.id, org_id=ds.org_id, job_id=job_id, epsilon=float(request.epsilon),
+                               delta=float(request.delta), mechanism=dict(request.mechanism), status="reserved",
+                               total_epsilon=after.epsilon, accountant=after.accountant,
+                               note="reserved at submission")
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+def settle(session: Session, job_id: int, outcome: str, epsilon: Optional[float] = None,
+           mechanism: Optional[dict] = None, note: str = "") -> Optional[PrivacyLedgerEntry]:
+    """Close a job's reservation. ``outcome``: 'succeeded' (spent, with the accountant's ε),
+    'not_started' (released), or 'failed'/'cancelled' (kept as spent, conservatively)."""
+    entry = session.scalars(select(PrivacyLedgerEntry).where(PrivacyLedgerEntry.job_id == job_id)).one_or_none()
+    if entry is None or entry.status != "reserved":
+        return entry
+    ds = _lock_dataset(session, entry.dataset_id)
+    if outcome == "not_started":
+        entry.status = "released"
+        entry.note = note or "released: job never started"
+    else:
+        entry.status = "spent"
+        if epsilon is not None and outcome == "succeeded":
+            entry.epsilon = float(epsilon)
+        if mechanism:
+            entry.mechanism = {**(entry.mechanism or {}), **mechanism}
+        entry.note = note or ("spent" if outcome == "succeeded"
+                              else f"job {outcome}: reservation kept as spent (data may have been used)")
+    session.flush()
+    total = spent(session, ds)
+    entry.total_epsilon, entry.accountant = total.epsilon, total.accountant
+    entry.updated_at = utcnow()
+    return entry
+
+
+def summary(session: Session, dataset: Dataset) -> dict:
+    """The dataset's ledger for display: budget, composed spend, and each entry."""
+    entries = active_entries(session, dataset.id)
+    total = spent(session, dataset)
+    all_entries = list(session.scalars(select(PrivacyLedgerEntry).where(
+        PrivacyLedgerEntry.dataset_id == dataset.id).order_by(PrivacyLedgerEntry.id)))
+    return {
+        "dataset_id": dataset.id, "dataset": dataset.name, "budget": dataset.epsilon_budget,
+        "delta": dataset.delta, "spent": total.epsilon, "accountant": total.accountant,
+        "remaining": None if dataset.epsilon_budget is None else max(dataset.epsilon_budget - total.epsilon, 0.0),
+        "active": len(entries),
+        "entries": [{"id": e.id, "job_id": e.job_id, "epsilon": e.epsilon, "delta": e.delta,
+                     "mechanism": e.mechanism, "status": e.status, "total_epsilon": e.total_epsilon,
+                     "accountant": e.accountant, "note": e.note, "created_at": e.created_at.isoformat()}
+                    for e in all_entries],
+    }

@@ -1,0 +1,116 @@
+"""gtapp's one settings module: every deployment knob, read from the environment and an
+optional ``.env`` file. Nothing else in the code base reads ``os.environ``.
+
+Names: each field reads ``GTAPP_<FIELD>`` (e.g. ``GTAPP_ARTIFACT_ROOT``); the three
+connection strings also accept the conventional plain names ``DATABASE_URL``,
+``BROKER_URL`` and ``RESULT_BACKEND``.
+
+Defaults give a working single machine with nothing else running: SQLite under
+``data_dir`` and no broker (jobs run in an embedded in-process worker).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GTAPP_", env_file=".env", env_file_encoding="utf-8",
+                                      extra="ignore", populate_by_name=True)
+
+    # --- where things live -------------------------------------------------------------
+    data_dir: Path = Field(Path("data"), description="root for the default SQLite DB and artifacts")
+    database_url: Optional[str] = Field(
+        None, validation_alias=AliasChoices("GTAPP_DATABASE_URL", "DATABASE_URL", "database_url"),
+        description="SQLAlchemy URL; default sqlite:///<data_dir>/gtapp.db")
+    artifact_root: Optional[Path] = Field(None, description="content-addressed store; default <data_dir>/artifacts")
+    auto_migrate: bool = Field(True, description="run Alembic upgrade head on first use of a database")
+
+    # --- job queue ------------------------------------------------------------------------
+    broker_url: Optional[str] = Field(
+        None, validation_alias=AliasChoices("GTAPP_BROKER_URL", "BROKER_URL", "broker_url"),
+        description="Celery broker (redis://...); unset = embedded in-process worker")
+    result_backend: Optional[str] = Field(
+        None, validation_alias=AliasChoices("GTAPP_RESULT_BACKEND", "RESULT_BACKEND", "result_backend"),
+        description="Celery result backend; default = broker_url")
+    broker_key_prefix: str = Field("", description="prefix for every broker key (isolates deployments sharing a Redis)")
+    broker_connect_timeout_s: float = 3.0
+    embedded_workers: int = Field(1, ge=1, le=64, description="threads of the embedded worker")
+    embedded_poll_s: float = Field(0.5, gt=0)
+
+    # --- job limits and liveness ---------------------------------------------------------------
+    job_soft_time_limit_s: int = Field(6 * 3600, gt=0, description="a job is asked to stop after this")
+    job_hard_time_limit_s: int = Field(6 * 3600 + 600, gt=0, description="a job's process is killed after this")
+    job_max_attempts: int = Field(3, ge=1, le=20, description="runs of one job before the reaper fails it")
+    heartbeat_interval_s: float = Field(2.0, gt=0, description="how often a running job touches its row")
+    heartbeat_stale_s: float = Field(60.0, gt=0, description="a running job silent this long has lost its worker")
+    progress_min_interval_s: float = Field(0.5, ge=0, description="throttle for progress writes to the DB")
+    reaper_interval_s: float = Field(15.0, gt=0)
+    reaper_in_worker: bool = Field(True, description="each worker process runs a reaper thread")
+    redispatch_after_s: float = Field(120.0, gt=0, description="re-send a queued job whose message may be lost")
+
+    # --- uploads / misc ----------------------------------------------------------------------
+    max_upload_mb: int = Field(512, gt=0)
+    log_tail_lines: int = Field(40, ge=1)
+
+    # --- accounts ---------------------------------------------------------------------------
+    first_admin_org: str = "provider"
+    first_admin_username: str = "admin"
+    first_admin_password: Optional[str] = Field(None, description="unset: first admin cannot log in until a password is set")
+    cli_user: Optional[str] = Field(None, description="username the CLI acts as; default: the first admin")
+    secret_key: Optional[str] = Field(None, description="dashboard session signing key")
+
+    @model_validator(mode="after")
+    def _derived(self) -> "Settings":
+        if self.job_hard_time_limit_s <= self.job_soft_time_limit_s:
+            raise ValueError("job_hard_time_limit_s must be greater than job_soft_time_limit_s")
+        if self.heartbeat_stale_s <= self.heartbeat_interval_s:
+            raise ValueError("heartbeat_stale_s must be greater than heartbeat_interval_s")
+        return self
+
+    # --- derived values ---------------------------------------------------------------------
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            url = self.database_url
+            # Heroku-style postgres:// and plain postgresql:// -> the psycopg 3 driver.
+            if url.startswith("postgres://"):
+                url = "postgresql://" + url[len("postgres://"):]
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg://" + url[len("postgresql://"):]
+            return url
+        return f"sqlite:///{(self.data_dir / 'gtapp.db').resolve()}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return (self.artifact_root or (self.data_dir / "artifacts")).resolve()
+
+    @property
+    def embedded(self) -> bool:
+        """True when no broker is configured: jobs run in an in-process worker."""
+        return not self.broker_url
+
+    @property
+    def backend_url(self) -> Optional[str]:
+        return self.result_backend or self.broker_url
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        """Broker redelivery timeout: longer than the longest job, so a slow job is never
+        delivered twice; lost workers are handled by the reaper instead."""
+        return int(self.job_hard_time_limit_s + 3600)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (after the environment changed, e.g. in tests)."""
+    get_settings.cache_clear()

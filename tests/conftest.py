@@ -1,0 +1,39 @@
+"""Shared fixtures: zoo model pairs built once per test session.
+
+``micro_zoo`` builds in about a second (barely pretrained; for plumbing tests);
+``ci_zoo`` builds in well under a minute (pretrained; for tests that need models that
+actually learn). Both return the folder holding tiny/, llm/ and recipe.json.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session")
+def micro_zoo(tmp_path_factory) -> Path:
+    from gtapp import zoo
+
+    return zoo.build("micro", tmp_path_factory.mktemp("zoo_micro"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def ci_zoo(tmp_path_factory) -> Path:
+    from gtapp import zoo
+
+    return zoo.build("ci", tmp_path_factory.mktemp("zoo_ci"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    """The read-only copies of public datasets beside the checkout (../shared/datasets)."""
+    path = SHARED / "datasets"
+    if not path.is_dir():
+        pytest.skip(f"shared datasets folder not found at {path}")
+    return path
