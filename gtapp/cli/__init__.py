@@ -14,7 +14,10 @@ COMMANDS = [
     ("tasks", "gtapp.cli.tasks"),
     ("datasets", "gtapp.cli.datasets"),
     ("finetune", "gtapp.cli.finetune"),
+    ("evaluate", "gtapp.cli.evaluate"),
     ("update", "gtapp.cli.update"),
+    ("jobs", "gtapp.cli.jobs"),
+    ("admin", "gtapp.cli.admin"),
 ]
 
 

@@ -29,6 +29,8 @@ def register(subparsers) -> None:
     ps.add_argument("--metric", default="exact_match",
                     help="metric of a 'user' dataset (exact_match, numeric_exact_match, "
                          "letter_exact_match, rouge_l)")
+    ps.add_argument("--skip-invalid", action="store_true",
+                    help="skip records of the wrong shape (listed) instead of stopping at the first")
     ps.add_argument("--hub", action="store_true", help="download from the hub if no files are given "
                                                       "(needs the 'datasets' package and a network)")
     ps.set_defaults(func=cmd_show)
@@ -70,7 +72,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         if not (args.train or args.test or args.path or args.hub):
             raise DatasetError(f"give --train FILE [--test FILE] or --path FOLDER for {args.name!r}")
         task = load(args.name, args.train, args.test, path=args.path, limit=args.limit, seed=args.seed,
-                    hub=args.hub)
+                    hub=args.hub, skip_invalid=args.skip_invalid)
     src = task.source
     print(f"{task.name}: {len(task.train):,} train, {len(task.test):,} test "
           f"(metric {task.metric}, family {task.family}, max_new_tokens {task.max_new_tokens})")
@@ -79,7 +81,9 @@ def cmd_show(args: argparse.Namespace) -> int:
             print(f"  {key.replace('_path', '')}: {src[key]}")
     print(f"  split: {src.get('split', '?')}")
     if src.get("skipped"):
-        print(f"  skipped {src['skipped']:,} records with an empty answer or text")
+        print(f"  skipped {src['skipped']:,} record(s): empty answer/text or invalid")
+        for msg in src.get("invalid", []):
+            print(f"    {msg}")
     for split_name, examples in (("train", task.train), ("test", task.test)):
         for i, ex in enumerate(examples[: args.n]):
             print(f"\n--- {split_name} example {i + 1} ---")

@@ -24,5 +24,5 @@ def load_hub(name: str, **kwargs):
     return _load_hub(name, **kwargs)
 
 
-__all__ = ["DatasetError", "DatasetSpec", "Limits", "REGISTRY", "available", "load", "load_hub",
+__all__ = ["DatasetError", "DatasetSpec", "Limits", "MAX_ROWS", "MAX_ROW_CHARS", "REGISTRY", "available", "load", "load_hub",
            "load_user_dataset", "read_examples", "resolve_name", "split_examples"]

@@ -76,6 +76,10 @@ def load_hub(name: str, *, limit: int | None = None, seed: int = 0, max_rows: in
     except ImportError:
         raise DatasetError(f"{spec.name}: loading from the hub needs the 'datasets' package "
                            "(pip install datasets); or pass local files") from None
+    if not callable(getattr(hf_datasets, "load_dataset", None)):  # e.g. a folder named datasets/
+        raise DatasetError(f"{spec.name}: the 'datasets' module found "
+                           f"({getattr(hf_datasets, '__path__', None) or getattr(hf_datasets, '__file__', '?')}) "
+                           "is not the Hugging Face datasets library")
     repo, config, train_split, test_split = spec.hub
     limits = Limits.make(max_rows=max_rows, max_row_chars=max_row_chars)
     splits: dict[str, list[Example]] = {}

@@ -78,8 +78,9 @@ class Task:
     def score(self, generations: Sequence[str], examples: Sequence[Example]) -> float:
         """Score raw generations against examples' answers (any of ``references`` counts)."""
         preds = [self.extract(g) for g in generations]
-        if self.metric == "rouge_l":
-            return metrics.rouge_l(preds, [e.answer for e in examples])
+        if self.metric == "rouge_l":  # best over the alternative reference summaries
+            return sum(max(metrics.rouge_l([p], [r]) for r in (e.answer,) + tuple(e.references))
+                       for p, e in zip(preds, examples)) / len(examples) if examples else float("nan")
         numeric = self.metric == "numeric_exact_match"
         hits = 0
         for p, e in zip(preds, examples):

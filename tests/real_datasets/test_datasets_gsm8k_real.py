@@ -9,7 +9,8 @@ import pytest
 
 from gtapp import datasets
 
-GSM8K = Path("/work/shared/datasets/gsm8k")
+# ../shared beside the checkout (CI lays a copy there too).
+GSM8K = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "gsm8k"
 
 pytestmark = pytest.mark.skipif(
     not (GSM8K / "train.jsonl").is_file() or not (GSM8K / "test.jsonl").is_file(),

@@ -138,10 +138,8 @@ def test_explicit_paths_and_seeded_split_determinism():
     assert t3.source["full_sizes"] == {"train": 4, "test": 2}
 
 
-def test_data_dir_env_and_missing_paths(monkeypatch):
-    monkeypatch.setenv("GTAPP_DATASETS_DIR", str(FIX))
-    assert len(datasets.load("samsum").test) == 2
-    monkeypatch.delenv("GTAPP_DATASETS_DIR")
+def test_datasets_dir_and_missing_paths():
+    assert len(datasets.load("samsum", datasets_dir=FIX).test) == 2
     with pytest.raises(datasets.DatasetError, match="no files given for 'gsm8k'.*train.jsonl"):
         datasets.load("gsm8k")
     with pytest.raises(FileNotFoundError, match="no gsm8k files found"):
@@ -194,3 +192,12 @@ def test_hub_rows_are_converted_to_the_published_layout(monkeypatch):
     dsum = datasets.load("dialogsum", hub=True)
     assert len(dsum.test) == 2 and dsum.test[0].references == ("They part.",)
     assert all(c[3] is False for c in calls)  # never runs hub loading scripts
+
+
+def test_hub_refuses_a_module_that_is_not_hf_datasets(monkeypatch):
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "datasets", types.ModuleType("datasets"))
+    with pytest.raises(datasets.DatasetError, match="is not the Hugging Face datasets library"):
+        datasets.load("samsum", hub=True)

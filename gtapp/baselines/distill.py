@@ -1,0 +1,182 @@
+"""Distillation from the fine-tuned TinyLM (teacher) into an LLM LoRA (student).
+
+* ``kd_logit`` — word-level logit distillation on the organisation's private data: the
+  sequences are the private **prompts + gold answers** (tokenised by :mod:`gtapp.data`,
+  exactly as the oracle's fine-tune sees them), and the loss is
+  ``T^2 * KL(softmax(teacher/T) || softmax(student/T))`` averaged over the answer (+EOS)
+  positions — the positions the fine-tunes are trained on. No cross-entropy on the gold
+  tokens: the gold answer is only the context the teacher is queried in.
+  (``targets="teacher"`` uses the teacher's own greedy answers instead of the gold ones.)
+* ``datafree_kd`` — no private data at all: texts are **sampled** from the fine-tuned
+  TinyLM (temperature sampling from a document start, i.e. EOS, or from given generic
+  prefixes) and the same KL is applied on every sampled position.
+
+Both attach the LLM recipe's seeded LoRA (:func:`gtapp.models.attach_lora`) and train it
+with the oracle's budget and optimiser (same optimizer steps x batch size, same constant
+learning rate, AdamW without weight decay, the same epoch-wise shuffled batches as
+:mod:`gtapp.finetune`), then save a stock peft adapter (safetensors) in ``out_dir``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from gtapp.baselines.common import Budget, CostMeter, batch_indices, cut_at_eos, decode, left_pad, model_step
+from gtapp.data import IGNORE_INDEX, EncodedDataset, _pad_id, iter_batches, prompt_ids
+from gtapp.models import attach_lora, load_model
+from gtapp.progress import ProgressFn, Tracker
+from gtapp.recipe import LoraRecipe
+from gtapp.tasks.base import Example
+
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target_mask: torch.Tensor,
+            temperature: float = 1.0) -> torch.Tensor:
+    """Mean over target positions of T^2 KL(p_teacher^T || p_student^T).
+
+    ``*_logits`` are [B, L, V] from one forward pass over the same ids; ``target_mask`` [B, L]
+    marks the tokens to distil (position t's distribution is read from logits at t - 1).
+    """
+    m = target_mask[:, 1:].bool()
+    if not bool(m.any()):
+        return student_logits.sum() * 0.0
+    s = student_logits[:, :-1][m].float() / temperature
+    t = teacher_logits[:, :-1][m].float() / temperature
+    kl = F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), log_target=True, reduction="batchmean")
+    return kl * temperature * temperature
+
+
+@torch.no_grad()
+def kl_to_teacher(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer, examples: Sequence[Example],
+                  temperature: float = 1.0, batch_size: int = 32, max_length: int = 256) -> float:
+    """Mean KL(teacher || student) per answer token on ``examples`` (prompt + gold answer)."""
+    ds = EncodedDataset(tokenizer, examples, max_length=max_length)
+    total, count = 0.0, 0
+    for model in (student, teacher):
+        model.eval()
+    dev = next(student.parameters()).device
+    for ids, mask, labels in iter_batches(ds, batch_size):
+        ids, mask, labels = ids.to(dev), mask.to(dev), labels.to(dev)
+        target = labels != IGNORE_INDEX
+        n = int(target[:, 1:].sum())
+        if n == 0:
+            continue
+        s = student(input_ids=ids, attention_mask=mask).logits
+        t = teacher(input_ids=ids, attention_mask=mask).logits
+        total += float(kd_loss(s, t, target, temperature)) * n
+        count += n
+    return total / count if count else float("nan")
+
+
+def encoded_examples(tokenizer, examples: Sequence[Example], max_length: int):
+    """(input_ids, attention_mask, target_mask) right-padded, targets = answer + EOS."""
+    ds = EncodedDataset(tokenizer, list(examples), max_length=max_length)
+    return ds.input_ids, ds.attention_mask, ds.labels != IGNORE_INDEX
+
+
+def distill(llm_path: str | Path, recipe: LoraRecipe, teacher: torch.nn.Module, input_ids: torch.Tensor,
+            attention_mask: torch.Tensor, target_mask: torch.Tensor, budget: Budget, out_dir: str | Path,
+            seed: int, meter: CostMeter, temperature: float = 1.0, progress: Optional[ProgressFn] = None,
+            stage: str = "distil", device: str | torch.device = "cpu") -> dict:
+    """Train the LLM recipe's LoRA to match ``teacher`` on the given sequences; save the adapter.
+
+    Batches of ``budget.batch_size`` rows are drawn epoch by epoch from a permutation seeded
+    by ``seed``; exactly ``budget.steps`` AdamW steps. Returns a record (losses, adapter dir).
+    """
+    n = input_ids.shape[0]
+    if n == 0:
+        raise ValueError("no sequences to distil on")
+    torch.manual_seed(seed)
+    student = attach_lora(load_model(llm_path, device=device), recipe)
+    student.to(device)
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=budget.lr, weight_decay=0.0)
+    teacher.eval()
+    batches = batch_indices(n, budget.batch_size, seed)
+    tracker = Tracker(progress, stage, budget.steps)
+    losses = []
+    student.train()
+    for step in range(budget.steps):
+        idx = next(batches)
+        mask = attention_mask[idx]
+        k = int(mask.any(dim=0).nonzero().max()) + 1  # trim all-padding right columns
+        ids, mask, tgt = input_ids[idx, :k].to(device), mask[:, :k].to(device), target_mask[idx, :k].to(device)
+        with torch.no_grad():
+            t_logits = teacher(input_ids=ids, attention_mask=mask).logits
+        s_logits = student(input_ids=ids, attention_mask=mask).logits
+        loss = kd_loss(s_logits, t_logits, tgt, temperature)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ntok = int(mask.sum())
+        meter.add_tokens(ntok, "student")
+        meter.add_tokens(ntok, "teacher")
+        losses.append(float(loss))
+        tracker.update(step + 1, f"kl {losses[-1]:.4f}")
+    student.eval()
+    if not all(torch.isfinite(p).all() for p in params):
+        raise FloatingPointError("distillation diverged: non-finite LoRA weights (lower the learning rate)")
+    adapter_dir = Path(out_dir)
+    student.save_pretrained(str(adapter_dir), safe_serialization=True)
+    return {"adapter_dir": str(adapter_dir), "losses": [round(x, 6) for x in losses],
+            "first_loss": losses[0], "final_loss": losses[-1], "sequences": n, "temperature": temperature,
+            "steps": budget.steps, "batch_size": budget.batch_size, "lr": budget.lr}
+
+
+def start_ids(tokenizer, prefix: str) -> list[int]:
+    """The ids a sample starts from: the prefix as a prompt, or EOS (a document break) if empty
+    (the same convention as :func:`gtapp.evaluate.generate`)."""
+    ids = prompt_ids(tokenizer, prefix)
+    return ids if ids else [int(tokenizer.eos_token_id)]
+
+
+@torch.no_grad()
+def sample_sequences(teacher: torch.nn.Module, tokenizer, n: int, max_new_tokens: int, temperature: float,
+                     seed: int, prefixes: Sequence[str] = ("",), batch_size: int = 32,
+                     meter: Optional[CostMeter] = None, device: str | torch.device = "cpu",
+                     progress: Optional[ProgressFn] = None) -> list[tuple[list[int], list[int]]]:
+    """``n`` samples from ``teacher``: (start ids, sampled ids incl. a final EOS if produced).
+
+    Prefixes are used round-robin; sampling uses a generator seeded by ``seed``.
+    """
+    if temperature <= 0:
+        raise ValueError("sampling needs temperature > 0")
+    teacher.eval()
+    g = torch.Generator().manual_seed(seed)
+    pad, eos = _pad_id(tokenizer), tokenizer.eos_token_id
+    out = []
+    tracker = Tracker(progress, "sample teacher", n)
+    step = model_step(teacher)
+    for start in range(0, n, batch_size):
+        rows = [start_ids(tokenizer, prefixes[i % len(prefixes)]) for i in range(start, min(n, start + batch_size))]
+        ids, mask = left_pad(rows, pad)
+        seq = decode(step, ids.to(device), mask.to(device), max_new_tokens, eos, pad, temperature=temperature,
+                     generator=g).cpu()
+        width = ids.shape[1]
+        for r, row in zip(rows, seq[:, width:].tolist()):
+            body = cut_at_eos(row, eos)
+            if eos is not None and len(body) < len(row):
+                body = body + [eos]
+            out.append((r, body))
+        if meter is not None:
+            meter.add_tokens(int(mask.sum()) + (seq.shape[1] - width) * len(rows), "sampling")
+        tracker.update(len(out))
+    return out
+
+
+def pack_samples(samples: Sequence[tuple[list[int], list[int]]], pad: int, max_length: int):
+    """Right-padded (input_ids, attention_mask, target_mask) with targets = sampled tokens."""
+    rows = [(s + b)[:max_length] for s, b in samples]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    tgt = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, ((s, _), r) in enumerate(zip(samples, rows)):
+        ids[i, :len(r)] = torch.tensor(r)
+        mask[i, :len(r)] = 1
+        tgt[i, len(s):len(r)] = True
+    return ids, mask, tgt

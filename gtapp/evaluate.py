@@ -1,0 +1,172 @@
+"""Evaluating a causal LM (optionally with a LoRA adapter) on a task.
+
+* :func:`answer_nll` — mean negative log-likelihood (nats) per answer token (answer + EOS,
+  the tokens the fine-tune is trained on; every token for language modelling).
+* :func:`generate` — greedy, left-padded batch generation up to EOS or ``max_new_tokens``;
+  cutting at the first newline (single-line answers) is the task's ``extract``.
+* :func:`evaluate` — the task's metric on a split: ``task.score(generations, examples)``
+  for generative tasks, ``exp(answer NLL)`` (perplexity) for language modelling.
+* :func:`load_with_adapter` / :func:`evaluate_paths` — the same from folder paths.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from gtapp.data import IGNORE_INDEX, EncodedDataset, _pad_id, iter_batches, prompt_ids
+from gtapp.tasks.base import Example, Task
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def sequence_nll(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence summed next-token NLL over labelled positions, and their token counts.
+
+    Each row's value depends on that row only (what DP-SGD's per-example clipping needs).
+    """
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    target = labels[:, 1:]
+    logits = logits[:, :-1]
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
+                          ignore_index=IGNORE_INDEX, reduction="none").view(target.shape)
+    counts = (target != IGNORE_INDEX).sum(dim=1)
+    return nll.sum(dim=1), counts
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+@torch.no_grad()
+def answer_nll(model: torch.nn.Module, tokenizer, examples: Sequence[Example], batch_size: int = 32,
+               max_length: int = 256) -> tuple[float, int]:
+    """(mean NLL in nats per answer token, number of answer tokens) over ``examples``."""
+    if not examples:
+        return float("nan"), 0
+    was_training = model.training
+    model.eval()
+    device = _device(model)
+    ds = EncodedDataset(tokenizer, examples, max_length=max_length)
+    total, count = 0.0, 0
+    try:
+        for ids, mask, labels in iter_batches(ds, batch_size):
+            s, n = sequence_nll(model, ids.to(device), mask.to(device), labels.to(device))
+            total += float(s.sum())
+            count += int(n.sum())
+    finally:
+        model.train(was_training)
+    return (total / count if count else float("nan")), count
+
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int,
+             batch_size: int = 32) -> list[str]:
+    """Greedy continuations of ``prompts`` (decoded new text only, stopped at EOS)."""
+    if max_new_tokens <= 0:
+        return ["" for _ in prompts]
+    was_training = model.training
+    model.eval()
+    device = _device(model)
+    pad = _pad_id(tokenizer)
+    eos = tokenizer.eos_token_id
+    out: list[str] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = [prompt_ids(tokenizer, p) for p in prompts[start:start + batch_size]]
+            chunk = [c if c else [eos] for c in chunk]  # an empty prompt starts from EOS (document break)
+            width = max(len(c) for c in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, c in enumerate(chunk):  # left padding
+                ids[i, width - len(c):] = torch.tensor(c)
+                mask[i, width - len(c):] = 1
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                 pad_token_id=pad, eos_token_id=eos)
+            for row in gen[:, width:].tolist():
+                if eos is not None and eos in row:
+                    row = row[:row.index(eos)]
+                out.append(tokenizer.decode(row, skip_special_tokens=True))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def evaluate(model: torch.nn.Module, tokenizer, task: Task, split: str = "test", limit: Optional[int] = None,
+             batch_size: int = 32, max_length: int = 256) -> dict:
+    """The task's metric on ``split`` (first ``limit`` examples), plus answer NLL and wall time.
+
+    Returns ``{"task", "split", "metric", "value", "answer_nll", "n", "n_tokens", "wall_s"}``;
+    ``value`` is the task score for generative tasks and exp(answer NLL) for perplexity.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    examples = list(getattr(task, split))
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        examples = examples[:limit]
+    if not examples:
+        raise ValueError(f"task '{task.name}' has no {split} examples")
+    t0 = time.monotonic()
+    nll, n_tokens = answer_nll(model, tokenizer, examples, batch_size=batch_size, max_length=max_length)
+    if task.generative:
+        gens = generate(model, tokenizer, [e.prompt for e in examples], task.max_new_tokens, batch_size=batch_size)
+        value = float(task.score(gens, examples))
+    else:
+        value = math.exp(nll) if math.isfinite(nll) else float("nan")
+    return {"task": task.name, "split": split, "metric": task.metric_name, "value": value,
+            "answer_nll": nll, "n": len(examples), "n_tokens": n_tokens,
+            "wall_s": round(time.monotonic() - t0, 3)}
+
+
+def check_adapter_dir(adapter_dir: str | Path) -> Path:
+    """A peft adapter folder with safetensors weights (never a pickle)."""
+    d = Path(adapter_dir)
+    if not d.is_dir():
+        raise FileNotFoundError(f"adapter folder not found: {d}")
+    if not (d / ADAPTER_CONFIG).is_file():
+        raise ValueError(f"{d}: no {ADAPTER_CONFIG} (not a peft adapter folder)")
+    if not (d / ADAPTER_WEIGHTS).is_file():
+        raise ValueError(f"{d}: no {ADAPTER_WEIGHTS}; only safetensors adapters are loaded (never pickles)")
+    return d
+
+
+def load_with_adapter(model_path: str | Path, adapter_dir: str | Path | None = None,
+                      device: str | torch.device = "cpu"):
+    """(model, tokenizer): the base model at ``model_path``, with the peft adapter in
+    ``adapter_dir`` applied via ``PeftModel.from_pretrained`` when given."""
+    from peft import PeftModel
+
+    from gtapp.models import load_model, load_tokenizer
+
+    model = load_model(model_path, device=device)
+    tokenizer = load_tokenizer(model_path)
+    if adapter_dir is not None:
+        d = check_adapter_dir(adapter_dir)
+        model = PeftModel.from_pretrained(model, str(d), is_trainable=False).to(device)
+        model.eval()
+    return model, tokenizer
+
+
+def evaluate_paths(model_path: str | Path, task: Task, adapter_dir: str | Path | None = None,
+                   split: str = "test", limit: Optional[int] = None, batch_size: int = 32,
+                   device: str | torch.device = "cpu") -> dict:
+    """Load ``model_path`` (+ optional adapter) and :func:`evaluate` it on ``task``."""
+    t0 = time.monotonic()
+    model, tokenizer = load_with_adapter(model_path, adapter_dir, device=device)
+    result = evaluate(model, tokenizer, task, split=split, limit=limit, batch_size=batch_size)
+    result.update({"model": str(model_path), "adapter": str(adapter_dir) if adapter_dir is not None else None,
+                   "total_wall_s": round(time.monotonic() - t0, 3)})
+    return result

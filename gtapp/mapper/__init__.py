@@ -1,0 +1,24 @@
+"""Mappers from a TinyLM update to an LLM update: the Gradient Transformer and baselines.
+
+    from gtapp.mapper import GTMapper, RidgeMapper, MeanMapper, load_mapper
+    mapper = GTMapper(pair_set.recipes, {"steps": 1000})
+    card = mapper.fit(pair_set)              # split by shadow run, validated, best kept
+    factors = mapper.predict(tiny_update)    # {llm module: (A, B)}
+    mapper.save("mappers/gt-v1"); load_mapper("mappers/gt-v1")
+
+See base.py (interface, version folders, OOD score), transformer.py (the network),
+train.py (its training), ridge.py and mean.py (the baselines to beat), space.py (tensor
+layout and factored maths).
+"""
+
+from gtapp.mapper.base import (OOD_THRESHOLD, Mapper, OodReference, load_mapper, make_mapper, mapper_classes,
+                               read_card, recipe_fingerprint, split_by_run)
+from gtapp.mapper.mean import MeanMapper
+from gtapp.mapper.ridge import RidgeMapper
+from gtapp.mapper.space import UpdateSpace, as_factors, update_metrics
+from gtapp.mapper.train import GTMapper
+from gtapp.mapper.transformer import GradientTransformer, GTConfig
+
+__all__ = ["Mapper", "GTMapper", "RidgeMapper", "MeanMapper", "GradientTransformer", "GTConfig", "OodReference",
+           "UpdateSpace", "as_factors", "update_metrics", "load_mapper", "make_mapper", "mapper_classes",
+           "read_card", "recipe_fingerprint", "split_by_run", "OOD_THRESHOLD"]

@@ -1,0 +1,411 @@
+"""Shadow pairs: (TinyLM update, LLM update) pairs the provider makes on its own data.
+
+For every shadow *run* -- a (task, bootstrap subset of the task's TRAIN split, seed) --
+both models are fine-tuned from their recipes on exactly the same examples with the same
+seed, and every checkpoint along the trajectory (``snapshot_steps`` plus the final step)
+gives one pair. More pairs per LLM fine-tune is the point: an LLM fine-tune is what a pair
+costs.
+
+A pair set is a folder, versioned and resumable:
+
+    OUT/pairset.json         manifest: format, version, recipe fingerprints, settings,
+                             finished runs (task, subset indices + hash, seed, steps,
+                             pair ids, shard file + sha256, fine-tune losses and times)
+    OUT/recipe.json          the RecipePair the pairs were made with
+    OUT/runs/<key>.safetensors   one shard per finished run: for each step k,
+                             ``{k}.tiny.<module>.A`` / ``.B`` and ``{k}.llm.<module>.A`` / ``.B``
+                             (absolute LoRA factors, float32)
+
+Each run's shard is written to a temporary name and renamed, then the manifest is
+rewritten atomically; a run is finished exactly when the manifest lists it. An interrupted
+generation (crash, Ctrl-C, :class:`~gtapp.progress.Cancelled`) therefore loses at most the
+run in progress, and rerunning the same command skips every finished run. The set's
+``version`` is a hash of the recipes, the settings and the finished shards' hashes, so any
+change to the set's contents changes it.
+
+Cost note: :func:`gtapp.finetune.finetune` takes a model *path* and loads the base model
+(and tokenizer) itself, so each run pays two model loads; on the tiny zoo models that load
+is a large share of a run. A finetune entry point that accepts a loaded model (resetting
+LoRA between runs) would remove it -- see the report in the module's PR.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from gtapp import __version__
+from gtapp.progress import Cancelled, Progress, ProgressFn, Tracker
+from gtapp.recipe import LoraRecipe, RecipeError, RecipePair
+
+PAIRSET_FORMAT = 1
+MANIFEST = "pairset.json"
+RECIPE = "recipe.json"
+PEFT_PREFIX = "base_model.model."
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def recipe_fingerprint(recipe: LoraRecipe) -> str:
+    from gtapp.validate import recipe_fingerprints
+
+    return recipe_fingerprints(recipe)["recipe"]
+
+
+# ----------------------------------------------------------------------------- config and plan
+
+@dataclass
+class ShadowConfig:
+    """What to fine-tune. ``tasks``, ``subsets`` and ``seeds`` say which runs; everything
+    else (:meth:`settings`) must stay the same across every run of one pair set."""
+
+    tasks: tuple[str, ...]
+    subsets: int = 4  # bootstrap subsets per task
+    subset_size: int = 64
+    steps: int = 40
+    snapshot_steps: tuple[int, ...] = ()  # checkpoints kept besides the final step
+    seeds: tuple[int, ...] = (0,)
+    lr: float = 2e-3  # TinyLM learning rate
+    llm_lr: Optional[float] = None  # LLM learning rate (default: lr)
+    batch_size: int = 8
+    max_length: int = 128
+    task_seed: int = 0  # make_task(name, seed=task_seed, n_train=n_train)
+    n_train: int = 512  # size of each task's TRAIN split the subsets are drawn from
+    bootstrap: bool = True  # subsets drawn with replacement
+    subset_seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self):
+        self.tasks = tuple(self.tasks)
+        self.seeds = tuple(int(s) for s in self.seeds)
+        snaps = sorted({int(k) for k in self.snapshot_steps})
+        bad = [k for k in snaps if not 1 <= k <= self.steps]
+        if bad:
+            raise ValueError(f"snapshot steps must lie in 1..{self.steps}, got {bad}")
+        self.snapshot_steps = tuple(snaps)
+        if not self.tasks:
+            raise ValueError("no shadow tasks given")
+        if self.subsets < 1 or self.subset_size < 1 or self.steps < 1 or not self.seeds:
+            raise ValueError("subsets, subset_size, steps must be >= 1 and at least one seed given")
+        if not self.bootstrap and self.subset_size > self.n_train:
+            raise ValueError(f"subset_size {self.subset_size} > n_train {self.n_train} without bootstrap")
+
+    @property
+    def pair_steps(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.snapshot_steps) | {self.steps}))
+
+    def settings(self) -> dict:
+        d = asdict(self)
+        for k in ("tasks", "subsets", "seeds", "device"):
+            d.pop(k)
+        d["snapshot_steps"] = list(self.snapshot_steps)
+        d["llm_lr"] = self.llm_lr if self.llm_lr is not None else self.lr
+        return d
+
+
+@dataclass(frozen=True)
+class ShadowRun:
+    task: str
+    subset: int
+    seed: int
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.task}#sub{self.subset}#seed{self.seed}"
+
+    @property
+    def key(self) -> str:
+        """File-name-safe key of the run."""
+        return hashlib.sha256(self.run_id.encode()).hexdigest()[:16]
+
+
+def plan(config: ShadowConfig) -> list[ShadowRun]:
+    """All runs of a config, in generation order (task, subset, seed)."""
+    return [ShadowRun(t, k, s) for t in config.tasks for k in range(config.subsets) for s in config.seeds]
+
+
+def subset_indices(task: str, subset: int, config: ShadowConfig) -> list[int]:
+    """The bootstrap subset ``subset`` of ``task``'s train split (deterministic)."""
+    rng = random.Random(f"shadow|{task}|{subset}|{config.subset_seed}")
+    if config.bootstrap:
+        return [rng.randrange(config.n_train) for _ in range(config.subset_size)]
+    return rng.sample(range(config.n_train), config.subset_size)
+
+
+def indices_hash(indices: Sequence[int]) -> str:
+    return hashlib.sha256(json.dumps(list(indices)).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- pairs
+
+@dataclass
+class Pair:
+    """One (TinyLM update, LLM update) pair: absolute LoRA factors {module: (A, B)}."""
+
+    pair_id: str
+    run_id: str
+    tiny: Factors
+    llm: Factors
+    meta: dict = field(default_factory=dict)
+
+
+def _factors_from_shard(tensors: dict, step: int, which: str) -> Factors:
+    prefix = f"{step}.{which}."
+    out: dict[str, list] = {}
+    for k, v in tensors.items():
+        if k.startswith(prefix):
+            module, part = k[len(prefix):].rsplit(".", 1)
+            out.setdefault(module, [None, None])[0 if part == "A" else 1] = v
+    return {m: (a, b) for m, (a, b) in out.items()}
+
+
+class PairSet:
+    """A pair set folder (see the module doc). Iterating yields :class:`Pair` s."""
+
+    def __init__(self, root: Path, manifest: dict, recipes: RecipePair):
+        self.root = Path(root)
+        self.manifest = manifest
+        self.recipes = recipes
+        self._pairs: Optional[list[Pair]] = None
+
+    @classmethod
+    def load(cls, root: str | Path, verify: bool = True) -> "PairSet":
+        root = Path(root)
+        path = root / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: is {root} a pair set made by `gtapp shadow`?")
+        manifest = json.loads(path.read_text())
+        if manifest.get("format") != PAIRSET_FORMAT or manifest.get("kind") != "gtapp.pairset":
+            raise ValueError(f"{path}: not a gtapp pair set of format {PAIRSET_FORMAT}")
+        ps = cls(root, manifest, RecipePair.load(root / RECIPE))
+        if verify:
+            for run_id, run in manifest["runs"].items():
+                shard = root / run["shard"]
+                if not shard.is_file():
+                    raise ValueError(f"{root}: shard of run {run_id} is missing ({run['shard']})")
+        return ps
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def runs(self) -> dict:
+        return self.manifest["runs"]
+
+    @property
+    def pairs(self) -> list[Pair]:
+        if self._pairs is None:
+            self._pairs = []
+            for run_id, run in self.manifest["runs"].items():
+                self._pairs.extend(self.run_pairs(run_id))
+        return self._pairs
+
+    def run_pairs(self, run_id: str) -> list[Pair]:
+        run = self.manifest["runs"][run_id]
+        shard = self.root / run["shard"]
+        data = shard.read_bytes()
+        if hashlib.sha256(data).hexdigest() != run["sha256"]:
+            raise ValueError(f"{shard}: contents do not match the manifest's sha256 (file changed or corrupt)")
+        from safetensors.torch import load as load_bytes
+
+        tensors = load_bytes(data)
+        out = []
+        for step in run["steps"]:
+            meta = {k: run[k] for k in ("task", "subset", "seed", "subset_hash", "indices") if k in run}
+            meta.update({"step": step, "task_seed": self.manifest["settings"]["task_seed"],
+                         "n_train": self.manifest["settings"]["n_train"], "steps": self.manifest["settings"]["steps"]})
+            out.append(Pair(f"{run_id}@{step}", run_id, _factors_from_shard(tensors, step, "tiny"),
+                            _factors_from_shard(tensors, step, "llm"), meta))
+        return out
+
+    def __len__(self) -> int:
+        return sum(len(r["steps"]) for r in self.manifest["runs"].values())
+
+    def __iter__(self) -> Iterator[Pair]:
+        return iter(self.pairs)
+
+    def __getitem__(self, i) -> Pair:
+        return self.pairs[i]
+
+    def tasks(self) -> list[str]:
+        return sorted({r["task"] for r in self.manifest["runs"].values()})
+
+    def select(self, tasks: Optional[Sequence[str]] = None, runs: Optional[Sequence[str]] = None,
+               max_runs: Optional[int] = None) -> list[Pair]:
+        """Pairs of the given tasks / runs (e.g. to hold tasks out, or to measure scaling)."""
+        ids = [r for r, v in self.manifest["runs"].items()
+               if (tasks is None or v["task"] in tasks) and (runs is None or r in runs)]
+        if max_runs is not None:
+            ids = ids[:max_runs]
+        keep = set(ids)
+        return [p for p in self.pairs if p.run_id in keep]
+
+    def summary(self) -> dict:
+        m = self.manifest
+        return {"version": m["version"], "runs": len(m["runs"]), "pairs": len(self), "tasks": self.tasks(),
+                "steps": m["settings"]["steps"], "pair_steps": m["settings"].get("pair_steps"),
+                "recipes": m["recipes"], "wall_s": round(sum(r.get("wall_s", 0) for r in m["runs"].values()), 2)}
+
+
+# ----------------------------------------------------------------------------- generation
+
+def _set_version(manifest: dict) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"recipes": manifest["recipes"], "settings": manifest["settings"]}, sort_keys=True).encode())
+    for run_id in sorted(manifest["runs"]):
+        h.update(run_id.encode())
+        h.update(manifest["runs"][run_id]["sha256"].encode())
+    return h.hexdigest()[:16]
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _read_adapter(folder: Path, recipe: LoraRecipe) -> Factors:
+    """Factors of an adapter folder our own fine-tune just wrote (trusted; keys checked)."""
+    tensors = load_file(str(Path(folder) / ADAPTER_WEIGHTS))
+    out = {}
+    for m in recipe.modules():
+        ka, kb = f"{PEFT_PREFIX}{m}.lora_A.weight", f"{PEFT_PREFIX}{m}.lora_B.weight"
+        if ka not in tensors or kb not in tensors:
+            raise RecipeError(f"{folder}: adapter lacks {m}")
+        out[m] = (tensors[ka].float(), tensors[kb].float())
+    return out
+
+
+def _sub_progress(progress: Optional[ProgressFn], start: float, end: float, stage: str, prefix: str):
+    if progress is None:
+        return None
+
+    def fn(p: Progress) -> None:
+        progress(Progress(start + (end - start) * p.fraction, stage, None, f"{prefix} {p.message}".strip()))
+    return fn
+
+
+def open_or_create(out: Path, recipes: RecipePair, config: ShadowConfig, zoo_dir: str) -> dict:
+    """The manifest of ``out``: created empty, or an existing one checked to be compatible."""
+    fps = {"tiny": recipe_fingerprint(recipes.tiny), "llm": recipe_fingerprint(recipes.llm)}
+    settings = {**config.settings(), "pair_steps": list(config.pair_steps)}
+    path = out / MANIFEST
+    if path.is_file():
+        manifest = json.loads(path.read_text())
+        if manifest.get("format") != PAIRSET_FORMAT:
+            raise ValueError(f"{path}: pair set format {manifest.get('format')!r}, expected {PAIRSET_FORMAT}")
+        if manifest["recipes"] != fps:
+            raise RecipeError(f"{out} holds pairs made with other recipes (tiny {manifest['recipes']['tiny'][:12]}, "
+                              f"llm {manifest['recipes']['llm'][:12]}); this zoo has tiny {fps['tiny'][:12]}, "
+                              f"llm {fps['llm'][:12]}: use another --out folder")
+        if manifest["settings"] != settings:
+            diff = sorted(k for k in set(settings) | set(manifest["settings"])
+                          if settings.get(k) != manifest["settings"].get(k))
+            raise ValueError(f"{out} was made with other settings ({', '.join(diff)} differ: "
+                             f"{ {k: manifest['settings'].get(k) for k in diff} }); resume with the same "
+                             f"settings or use another --out folder")
+        return manifest
+    out.mkdir(parents=True, exist_ok=True)
+    recipes.save(out / RECIPE)
+    manifest = {"format": PAIRSET_FORMAT, "kind": "gtapp.pairset", "version": "", "recipes": fps,
+                "settings": settings, "zoo": str(zoo_dir), "runs": {},
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "gtapp_version": __version__}
+    manifest["version"] = _set_version(manifest)
+    _write_json_atomic(path, manifest)
+    return manifest
+
+
+def generate_pairs(zoo_dir: str | Path, config: ShadowConfig, out_dir: str | Path,
+                   progress: Optional[ProgressFn] = None, *,
+                   finetune_fn: Optional[Callable] = None) -> PairSet:
+    """Make (or resume) the pair set of ``config`` in ``out_dir``; returns it.
+
+    ``zoo_dir``: a model-pair folder (tiny/, llm/, recipe.json). ``finetune_fn``: defaults to
+    :func:`gtapp.finetune.finetune` (tests pass a counting wrapper). Raises
+    :class:`~gtapp.progress.Cancelled` when ``progress`` does; every run finished before that
+    stays in the set.
+    """
+    from gtapp.finetune import FinetuneConfig, finetune
+    from gtapp.models import ModelPair
+    from gtapp.tasks.universe import make_task
+
+    finetune_fn = finetune_fn or finetune
+    out = Path(out_dir)
+    pair = ModelPair.from_dir(zoo_dir)
+    manifest = open_or_create(out, pair.recipes, config, str(zoo_dir))
+    runs = plan(config)
+    todo = [r for r in runs if r.run_id not in manifest["runs"] or not (out / manifest["runs"][r.run_id]["shard"]).is_file()]
+    tracker = Tracker(progress, "shadow", max(len(todo), 1))
+    tracker.update(0, f"{len(runs) - len(todo)} of {len(runs)} runs already done")
+    tasks = {}
+    (out / "runs").mkdir(exist_ok=True)
+    work = out / ".work"
+    snaps = tuple(k for k in config.snapshot_steps if k < config.steps)
+    for i, run in enumerate(todo):
+        t0 = time.monotonic()
+        if run.task not in tasks:
+            tasks[run.task] = make_task(run.task, seed=config.task_seed, n_train=config.n_train, n_test=1)
+        idx = subset_indices(run.task, run.subset, config)
+        examples = [tasks[run.task].train[j] for j in idx]
+        tmp = work / run.key
+        if tmp.exists():
+            shutil.rmtree(tmp)  # leftovers of an interrupted run
+        tmp.mkdir(parents=True)
+        try:
+            factors: dict[str, dict[int, Factors]] = {}
+            records = {}
+            for j, which in enumerate(("tiny", "llm")):
+                lr = config.lr if which == "tiny" else (config.llm_lr or config.lr)
+                fcfg = FinetuneConfig(steps=config.steps, lr=lr, batch_size=config.batch_size,
+                                      max_length=config.max_length, seed=run.seed, snapshot_steps=snaps,
+                                      device=config.device)
+                lo = (i + j / 2) / len(todo)
+                sub = _sub_progress(progress, lo, lo + 0.5 / len(todo), "shadow",
+                                    f"run {i + 1}/{len(todo)} {which}")
+                res = finetune_fn(pair.path(which), pair.recipe(which), examples, fcfg, tmp / which, sub)
+                recipe = pair.recipe(which)
+                per_step = {k: _read_adapter(Path(res.snapshots[k]), recipe) for k in snaps}
+                per_step[config.steps] = _read_adapter(Path(res.adapter_dir), recipe)
+                factors[which] = per_step
+                loss = res.record.get("loss", {}) if isinstance(res.record, dict) else {}
+                records[which] = {"loss_first": loss.get("first"), "loss_last": loss.get("last"),
+                                  "wall_s": res.record.get("wall_s") if isinstance(res.record, dict) else None}
+            tensors = {}
+            for which, per_step in factors.items():
+                for k, fs in per_step.items():
+                    for m, (a, b) in fs.items():
+                        tensors[f"{k}.{which}.{m}.A"] = a.contiguous()
+                        tensors[f"{k}.{which}.{m}.B"] = b.contiguous()
+            shard_rel = f"runs/{run.key}.safetensors"
+            part = out / (shard_rel + ".partial")
+            save_file(tensors, str(part), metadata={"run_id": run.run_id})
+            digest = hashlib.sha256(part.read_bytes()).hexdigest()
+            os.replace(part, out / shard_rel)
+            manifest["runs"][run.run_id] = {
+                "task": run.task, "subset": run.subset, "seed": run.seed, "indices": idx,
+                "subset_hash": indices_hash(idx), "steps": list(config.pair_steps),
+                "pairs": [f"{run.run_id}@{k}" for k in config.pair_steps], "shard": shard_rel, "sha256": digest,
+                "finetune": records, "wall_s": round(time.monotonic() - t0, 3),
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            manifest["version"] = _set_version(manifest)
+            manifest["updated_at"] = manifest["runs"][run.run_id]["finished_at"]
+            _write_json_atomic(out / MANIFEST, manifest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        tracker.update(i + 1, f"finished run {i + 1}/{len(todo)} {run.run_id}")
+    shutil.rmtree(work, ignore_errors=True)
+    return PairSet.load(out)

@@ -1,0 +1,644 @@
+"""Update vectors: what a fine-tune changed, in factored form.
+
+A LoRA fine-tune starts at the recipe's seeded ``A0`` and ``B0 = 0`` and ends at ``(A, B)``;
+its weight update is ``ΔW = scale · B · A`` (``scale = alpha / r``; the ``B0 · A0`` term is
+zero). :class:`ModuleUpdate` holds one module's factors, :class:`UpdateVector` a whole model's.
+
+Dense ``ΔW`` matrices are built only when asked for (:meth:`ModuleUpdate.dense`); norms,
+inner products, distances and cosines are computed from r×r Gram matrices:
+
+    ‖B1A1 − B2A2‖²_F = tr(B1ᵀB1·A1A1ᵀ) − 2 tr(B1ᵀB2·A2A1ᵀ) + tr(B2ᵀB2·A2A2ᵀ).
+
+Raw factors are not unique (``BA = (BM)(M⁻¹A)``); :meth:`ModuleUpdate.canonical` gives the
+gauge-free thin SVD of ``scale · B · A`` (via QR of both factors and an r×r SVD, signs fixed).
+With the recipe's shared seeded init the raw ``(ΔA, B)`` coordinates are comparable across
+runs, which is what :meth:`UpdateVector.to_flat` exposes to simple mappers.
+
+Files: :meth:`UpdateVector.save` writes ``X.safetensors`` (``<module>.lora_A``, ``<module>.lora_B``
+and, only when the initial A is neither the recipe's seeded one nor zero, ``<module>.lora_A0``)
+plus an ``X.json`` sidecar (format, recipe fingerprints, per-module shapes/rank/scale/init,
+meta). :func:`write_peft_adapter` writes a stock peft adapter folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from gtapp.recipe import LoraRecipe, init_fingerprint, layer_of, module_sort_key, seeded_lora_a
+from gtapp.validate import (PEFT_PREFIX, SIDECAR_NAME, WEIGHTS_NAME, AdapterError, Limits, adapter_key,
+                            load_adapter, recipe_fingerprints)
+
+__all__ = [
+    "ModuleUpdate", "UpdateVector", "FlatSegment", "flat_layout", "write_peft_adapter", "recipe_fingerprints",
+    "AdapterError", "UPDATE_FORMAT",
+]
+
+UPDATE_FORMAT = "gtapp.update/1"
+Factors = Mapping[str, tuple[torch.Tensor, torch.Tensor]]  # module -> (A r×in, B out×r)
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to("cpu", torch.float32).contiguous()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------- one module
+
+
+@dataclass
+class ModuleUpdate:
+    """One LoRA module's update: final factors ``a`` (r×in), ``b`` (out×r), initial ``a0``.
+
+    ``B0`` is zero by construction, so ``ΔW = scale · b · a`` and ``delta_b = b``.
+    """
+
+    module: str
+    a: torch.Tensor
+    b: torch.Tensor
+    a0: torch.Tensor
+    scale: float
+
+    def __post_init__(self) -> None:
+        self.a, self.b, self.a0 = _f32(self.a), _f32(self.b), _f32(self.a0)
+        self.scale = float(self.scale)
+        if self.a.ndim != 2 or self.b.ndim != 2:
+            raise ValueError(f"{self.module}: A and B must be matrices, got {tuple(self.a.shape)}, {tuple(self.b.shape)}")
+        if self.b.shape[1] != self.a.shape[0]:
+            raise ValueError(f"{self.module}: B {tuple(self.b.shape)} and A {tuple(self.a.shape)} ranks differ")
+        if self.a0.shape != self.a.shape:
+            raise ValueError(f"{self.module}: initial A {tuple(self.a0.shape)} differs from A {tuple(self.a.shape)}")
+        if not math.isfinite(self.scale):
+            raise ValueError(f"{self.module}: scale must be finite")
+
+    @property
+    def rank(self) -> int:
+        return self.a.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(out_features, in_features) of the module's weight."""
+        return self.b.shape[0], self.a.shape[1]
+
+    @property
+    def delta_a(self) -> torch.Tensor:
+        return self.a - self.a0
+
+    @property
+    def delta_b(self) -> torch.Tensor:
+        return self.b
+
+    def dense(self) -> torch.Tensor:
+        """``ΔW = scale · B · A`` (out×in, float32). Materialises the full matrix: only on request."""
+        return (self.scale * (self.b.double() @ self.a.double())).float()
+
+    # Gram-matrix algebra (float64, r×r) ---------------------------------------------------
+
+    def inner(self, other: "ModuleUpdate") -> float:
+        """⟨ΔW1, ΔW2⟩_F = s1·s2·tr(B1ᵀB2 · A2A1ᵀ)."""
+        if self.shape != other.shape:
+            raise ValueError(f"{self.module}: shapes differ ({self.shape} vs {other.shape})")
+        b1, a1, b2, a2 = self.b.double(), self.a.double(), other.b.double(), other.a.double()
+        return self.scale * other.scale * float(torch.trace((b1.T @ b2) @ (a2 @ a1.T)))
+
+    def sq_norm(self) -> float:
+        return max(0.0, self.inner(self))
+
+    def norm(self) -> float:
+        return math.sqrt(self.sq_norm())
+
+    def sq_distance(self, other: "ModuleUpdate") -> float:
+        """‖ΔW1 − ΔW2‖²_F from the stacked factors [s1·B1, −s2·B2]·[A1; A2] (a rank-(r1+r2) Gram)."""
+        if self.shape != other.shape:
+            raise ValueError(f"{self.module}: shapes differ ({self.shape} vs {other.shape})")
+        b = torch.cat([self.scale * self.b.double(), -other.scale * other.b.double()], dim=1)
+        a = torch.cat([self.a.double(), other.a.double()], dim=0)
+        return max(0.0, float(torch.trace((b.T @ b) @ (a @ a.T))))
+
+    # Gauge-free form ----------------------------------------------------------------------
+
+    def canonical(self, form: str = "factors", rtol: float = 1e-10):
+        """The thin SVD of ``scale · B · A``, independent of the factor gauge.
+
+        ``B = Q_b R_b``, ``Aᵀ = Q_a R_a``; ``scale · R_b R_aᵀ = U' S V'ᵀ`` (r×r);
+        ``U = Q_b U'``, ``V = Q_a V'``. Signs: the largest-magnitude entry of each column of U
+        is made positive (ties: first index). Components with ``S ≤ rtol · S_max`` are zeroed.
+        Singular vectors of repeated singular values are only defined up to a rotation.
+
+        ``form="factors"`` returns ``(U√S, √S Vᵀ)`` (out×r, r×in: "B", "A" with
+        ``B·A = ΔW``, no separate scale); ``form="svd"`` returns ``(U, S, V)``.
+        """
+        qb, rb = torch.linalg.qr(self.b.double())
+        qa, ra = torch.linalg.qr(self.a.double().T)
+        u_, s, vh_ = torch.linalg.svd(self.scale * (rb @ ra.T))
+        u, v = qb @ u_, qa @ vh_.T
+        keep = s > rtol * (float(s.max()) if s.numel() else 0.0)
+        s = torch.where(keep, s, torch.zeros_like(s))
+        u, v = u * keep, v * keep
+        if u.shape[0]:
+            idx = u.abs().argmax(dim=0)
+            sign = torch.sign(u[idx, torch.arange(u.shape[1])])
+            sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+            u, v = u * sign, v * sign
+        if form == "svd":
+            return u.float(), s.float(), v.float()
+        if form == "factors":
+            root = s.sqrt()
+            return (u * root).float(), (root[:, None] * v.T).float()
+        raise ValueError(f"form must be 'factors' or 'svd', got {form!r}")
+
+
+# ----------------------------------------------------------------------------- flat layout
+
+
+@dataclass(frozen=True)
+class FlatSegment:
+    module: str
+    part: str  # "delta_a" (r×in) or "b" (out×r)
+    shape: tuple[int, int]
+    start: int
+    stop: int
+
+
+def flat_layout(shapes: Mapping[str, tuple[int, int]], rank: int | Mapping[str, int]) -> list[FlatSegment]:
+    """Layout of :meth:`UpdateVector.to_flat`: per module in ``module_sort_key`` order (the
+    recipe's ``modules()`` order), ΔA (r×in, row-major) then B (out×r, row-major)."""
+    out, pos = [], 0
+    for module in sorted(shapes, key=module_sort_key):
+        o, i = shapes[module]
+        r = rank[module] if isinstance(rank, Mapping) else rank
+        for part, shp in (("delta_a", (r, i)), ("b", (o, r))):
+            n = shp[0] * shp[1]
+            out.append(FlatSegment(module, part, shp, pos, pos + n))
+            pos += n
+    return out
+
+
+# ----------------------------------------------------------------------------- whole model
+
+
+@dataclass
+class UpdateVector:
+    """A model's update: one :class:`ModuleUpdate` per LoRA module, plus where it came from.
+
+    ``recipe_fingerprints`` (see :func:`recipe_fingerprints`) ties it to a recipe; ``meta`` is
+    JSON-able provenance (``source`` = adapter | factors | checkpoints | flat | average | ...).
+    """
+
+    recipe_fingerprints: dict[str, Any]
+    modules: dict[str, ModuleUpdate]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.modules = {m: self.modules[m] for m in sorted(self.modules, key=module_sort_key)}
+        for name, mu in self.modules.items():
+            if mu.module != name:
+                raise ValueError(f"module update keyed {name!r} is for {mu.module!r}")
+
+    # construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_factors(cls, factors: Factors, recipe: LoraRecipe, meta: Mapping | None = None) -> "UpdateVector":
+        """From final LoRA factors ``{module: (A, B)}`` trained from the recipe's init (e.g.
+        :func:`gtapp.models.lora_factors`). The initial A is the recipe's seeded one."""
+        missing, extra = set(recipe.shapes) - set(factors), set(factors) - set(recipe.shapes)
+        if missing or extra:
+            raise ValueError(f"factors do not match the recipe's modules (missing {sorted(missing)[:3]}, "
+                             f"extra {sorted(extra)[:3]})")
+        modules = {}
+        for module in recipe.modules():
+            a, b = factors[module]
+            o, i = recipe.shapes[module]
+            if tuple(a.shape) != (recipe.rank, i) or tuple(b.shape) != (o, recipe.rank):
+                raise ValueError(f"{module}: A {tuple(a.shape)} / B {tuple(b.shape)}, recipe expects "
+                                 f"{(recipe.rank, i)} / {(o, recipe.rank)}")
+            a0 = seeded_lora_a(recipe.init_seed, module, recipe.rank, i)
+            modules[module] = ModuleUpdate(module, a, b, a0, recipe.scale)
+        return cls(recipe_fingerprints(recipe), modules, {"source": "factors", **dict(meta or {})})
+
+    @classmethod
+    def from_adapter(cls, adapter: str | Path | Sequence[str | Path], recipe: LoraRecipe, *,
+                     limits: Limits | None = None, workdir: str | Path | None = None) -> "UpdateVector":
+        """From an (untrusted) peft adapter: validated by :func:`gtapp.validate.load_adapter` first."""
+        checked = load_adapter(adapter, recipe, limits=limits, workdir=workdir)
+        s = checked.summary
+        meta = {"source": "adapter", "sha256": s.sha256, "dtype": s.dtype, "file_sizes": s.file_sizes,
+                "base_model_name_or_path": s.base_model_name_or_path, "peft_version": s.peft_version}
+        uv = cls.from_factors(checked.factors, recipe)
+        uv.meta = meta
+        return uv
+
+    @classmethod
+    def from_checkpoints(cls, base_model: Any, finetuned_model: Any, recipe_or_targets: LoraRecipe | Iterable[str],
+                         rank: int) -> "UpdateVector":
+        """From two full checkpoints: ``ΔW = W_ft − W_base`` per target module, kept as its
+        rank-``rank`` truncated SVD (``B = U√S``, ``A = √S Vᵀ``, scale 1, initial A zero).
+
+        ``base_model`` / ``finetuned_model``: a local Hugging Face folder (only the target
+        weights are read from its safetensors files), a hub id, a loaded ``nn.Module`` or a
+        state dict. ``recipe_or_targets``: a recipe (its modules) or module-type names such as
+        ``("q_proj", "v_proj")``. ``meta["dropped_energy"]`` is the fraction of ‖ΔW‖²_F the
+        truncation discarded (overall), ``meta["dropped_energy_per_module"]`` per module.
+        Each module's ΔW is formed densely here: it is what a full checkpoint difference is.
+        """
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
+        if isinstance(recipe_or_targets, LoraRecipe):
+            recipe = recipe_or_targets
+            names = {m: f"{m}.weight" for m in recipe.shapes}
+            fps = recipe_fingerprints(recipe)
+        else:
+            recipe, fps, names = None, {}, None
+        targets = set(recipe.target_modules) if recipe else set(recipe_or_targets)
+        base = _weights(base_model, names, targets)
+        ft = _weights(finetuned_model, names if names else {m: f"{m}.weight" for m in base}, targets)
+        if set(base) != set(ft):
+            raise ValueError(f"the checkpoints' target modules differ: {sorted(set(base) ^ set(ft))[:4]}")
+        if not base:
+            raise ValueError(f"no weights of modules {sorted(targets)} found in the checkpoints")
+        modules, dropped, total_e, dropped_e = {}, {}, 0.0, 0.0
+        for module in sorted(base, key=module_sort_key):
+            wb, wf = base[module], ft[module]
+            if wb.shape != wf.shape:
+                raise ValueError(f"{module}: shapes differ ({tuple(wb.shape)} vs {tuple(wf.shape)})")
+            if recipe and tuple(wb.shape) != tuple(recipe.shapes[module]):
+                raise ValueError(f"{module}: checkpoint shape {tuple(wb.shape)} is not the recipe's "
+                                 f"{recipe.shapes[module]}")
+            wdt = torch.float64 if wb.numel() <= 1 << 22 else torch.float32
+            delta = wf.to(wdt) - wb.to(wdt)
+            u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+            k = min(rank, s.numel())
+            e_all = float((s.double() ** 2).sum())
+            e_drop = float((s[k:].double() ** 2).sum())
+            root = s[:k].sqrt()
+            b = u[:, :k] * root
+            a = root[:, None] * vh[:k]
+            modules[module] = ModuleUpdate(module, a, b, torch.zeros_like(a, dtype=torch.float32), 1.0)
+            dropped[module] = e_drop / e_all if e_all > 0 else 0.0
+            total_e += e_all
+            dropped_e += e_drop
+        meta = {"source": "checkpoints", "rank": rank, "dropped_energy": dropped_e / total_e if total_e > 0 else 0.0,
+                "dropped_energy_per_module": dropped,
+                "base": _describe(base_model), "finetuned": _describe(finetuned_model)}
+        return cls(fps, modules, meta)
+
+    @classmethod
+    def from_flat(cls, flat: Any, recipe: LoraRecipe, meta: Mapping | None = None) -> "UpdateVector":
+        """Inverse of :meth:`to_flat` for the recipe's modules and rank (initial A: the recipe's)."""
+        flat = torch.as_tensor(flat).detach().to("cpu", torch.float32).reshape(-1)
+        layout = flat_layout(recipe.shapes, recipe.rank)
+        if flat.numel() != layout[-1].stop:
+            raise ValueError(f"flat vector has {flat.numel()} numbers, the recipe's layout {layout[-1].stop}")
+        parts: dict[str, dict[str, torch.Tensor]] = {}
+        for seg in layout:
+            parts.setdefault(seg.module, {})[seg.part] = flat[seg.start:seg.stop].reshape(seg.shape)
+        modules = {}
+        for module, p in parts.items():
+            a0 = seeded_lora_a(recipe.init_seed, module, recipe.rank, recipe.shapes[module][1])
+            modules[module] = ModuleUpdate(module, a0 + p["delta_a"], p["b"], a0, recipe.scale)
+        return cls(recipe_fingerprints(recipe), modules, {"source": "flat", **dict(meta or {})})
+
+    # views --------------------------------------------------------------------------------
+
+    def module_names(self) -> list[str]:
+        return list(self.modules)
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, int]]:
+        return {m: mu.shape for m, mu in self.modules.items()}
+
+    def factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``{module: (A, B)}`` (final factors; the module's scale is not folded in)."""
+        return {m: (mu.a.clone(), mu.b.clone()) for m, mu in self.modules.items()}
+
+    def dense(self, module: str) -> torch.Tensor:
+        """``ΔW`` of one module (out×in). Materialises it: use only where a dense matrix is needed."""
+        return self.modules[module].dense()
+
+    def canonical(self, form: str = "factors") -> dict[str, tuple[torch.Tensor, ...]]:
+        return {m: mu.canonical(form) for m, mu in self.modules.items()}
+
+    def to_flat(self) -> torch.Tensor:
+        """(ΔA, B) of every module, flattened per :func:`flat_layout` (float32, 1-D)."""
+        if not self.modules:
+            return torch.zeros(0)
+        return torch.cat([t.reshape(-1) for mu in self.modules.values() for t in (mu.delta_a, mu.b)])
+
+    def flat_layout(self) -> list[FlatSegment]:
+        return flat_layout(self.shapes, {m: mu.rank for m, mu in self.modules.items()})
+
+    # algebra ------------------------------------------------------------------------------
+
+    def _check_compatible(self, other: "UpdateVector") -> None:
+        if set(self.modules) != set(other.modules):
+            diff = sorted(set(self.modules) ^ set(other.modules))
+            raise ValueError(f"updates cover different modules (e.g. {diff[:3]})")
+        for m, mu in self.modules.items():
+            if mu.shape != other.modules[m].shape:
+                raise ValueError(f"{m}: shapes differ ({mu.shape} vs {other.modules[m].shape})")
+
+    def module_norms(self) -> dict[str, float]:
+        return {m: mu.norm() for m, mu in self.modules.items()}
+
+    def layer_norms(self) -> dict[int, float]:
+        sq: dict[int, float] = {}
+        for m, mu in self.modules.items():
+            sq[layer_of(m)] = sq.get(layer_of(m), 0.0) + mu.sq_norm()
+        return {k: math.sqrt(v) for k, v in sorted(sq.items())}
+
+    def frobenius_norm(self) -> float:
+        """‖ΔW‖_F over all modules (from r×r Grams)."""
+        return math.sqrt(sum(mu.sq_norm() for mu in self.modules.values()))
+
+    def inner(self, other: "UpdateVector") -> float:
+        self._check_compatible(other)
+        return sum(mu.inner(other.modules[m]) for m, mu in self.modules.items())
+
+    def distance(self, other: "UpdateVector") -> float:
+        """‖ΔW_self − ΔW_other‖_F over all modules (from Gram matrices, no dense ΔW)."""
+        self._check_compatible(other)
+        return math.sqrt(sum(mu.sq_distance(other.modules[m]) for m, mu in self.modules.items()))
+
+    def cosine(self, other: "UpdateVector") -> float:
+        """⟨ΔW1, ΔW2⟩ / (‖ΔW1‖‖ΔW2‖) over all modules; 0.0 when either update is zero."""
+        denom = self.frobenius_norm() * other.frobenius_norm()
+        return self.inner(other) / denom if denom > 0 else 0.0
+
+    def scale_by(self, c: float) -> "UpdateVector":
+        """The update whose ΔW is ``c · ΔW`` (B scaled by c; A, and so ΔA, unchanged)."""
+        c = float(c)
+        mods = {m: ModuleUpdate(m, mu.a, c * mu.b, mu.a0, mu.scale) for m, mu in self.modules.items()}
+        return UpdateVector(dict(self.recipe_fingerprints), mods, {**self.meta, "scaled_by": c})
+
+    @staticmethod
+    def average(updates: Sequence["UpdateVector"], weights: Sequence[float] | None = None) -> "UpdateVector":
+        """Weighted mean of raw update vectors: ``ΔA`` and ``B`` averaged separately (as the
+        paper averages clients' updates; note this is not the mean of the ΔW's).
+        ``weights`` are normalised to sum to 1 (default: equal)."""
+        if not updates:
+            raise ValueError("average of no updates")
+        w = [1.0] * len(updates) if weights is None else [float(x) for x in weights]
+        if len(w) != len(updates) or any(not math.isfinite(x) or x < 0 for x in w) or sum(w) <= 0:
+            raise ValueError(f"weights must be {len(updates)} non-negative numbers with a positive sum, got {w}")
+        w = [x / sum(w) for x in w]
+        first = updates[0]
+        for u in updates[1:]:
+            first._check_compatible(u)
+            if u.recipe_fingerprints != first.recipe_fingerprints:
+                raise ValueError("updates were made for different recipes; average only updates of one recipe")
+        mods = {}
+        for m, mu in first.modules.items():
+            for u in updates[1:]:
+                o = u.modules[m]
+                if o.scale != mu.scale or o.rank != mu.rank or not torch.equal(o.a0, mu.a0):
+                    raise ValueError(f"{m}: updates differ in scale, rank or initial A; they cannot be averaged")
+            da = sum(wi * u.modules[m].delta_a.double() for wi, u in zip(w, updates))
+            b = sum(wi * u.modules[m].b.double() for wi, u in zip(w, updates))
+            mods[m] = ModuleUpdate(m, mu.a0.double() + da, b, mu.a0, mu.scale)
+        return UpdateVector(dict(first.recipe_fingerprints), mods,
+                            {"source": "average", "weights": w, "n": len(updates),
+                             "inputs": [u.meta.get("source") for u in updates]})
+
+    # files --------------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``path`` (safetensors) and its ``.json`` sidecar; returns the safetensors path."""
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path = path.with_name(path.name + ".safetensors")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        init_seed = self.recipe_fingerprints.get("init_seed")
+        tensors, mods = {}, {}
+        for m, mu in self.modules.items():
+            tensors[f"{m}.lora_A"] = mu.a
+            tensors[f"{m}.lora_B"] = mu.b
+            if not torch.any(mu.a0):
+                init = "zeros"
+            elif isinstance(init_seed, int) and torch.equal(mu.a0, seeded_lora_a(init_seed, m, mu.rank, mu.shape[1])):
+                init = "seeded"
+            else:
+                init, tensors[f"{m}.lora_A0"] = "stored", mu.a0
+            mods[m] = {"shape": list(mu.shape), "rank": mu.rank, "scale": mu.scale, "init": init}
+        sidecar = {"format": UPDATE_FORMAT, "recipe_fingerprints": self.recipe_fingerprints, "modules": mods,
+                   "meta": self.meta}
+        try:
+            text = json.dumps(sidecar, indent=2, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"update meta must be JSON-serialisable: {e}") from None
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": UPDATE_FORMAT})
+        os.replace(tmp, path)
+        _atomic_write_text(sidecar_path(path), text)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "UpdateVector":
+        """Read a file written by :meth:`save` (the safetensors path or its ``.json`` sidecar)."""
+        path = Path(path)
+        if path.suffix == ".json":
+            path = path.with_suffix(".safetensors")
+        side = sidecar_path(path)
+        try:
+            info = json.loads(side.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"{side}: sidecar not found; an update file is X.safetensors plus X.json") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{side}: not valid JSON ({e})") from None
+        if not isinstance(info, dict) or info.get("format") != UPDATE_FORMAT:
+            raise ValueError(f"{side}: not a gtapp update (expected format {UPDATE_FORMAT!r})")
+        try:
+            tensors = load_file(str(path))
+        except FileNotFoundError:
+            raise ValueError(f"{path}: not found") from None
+        except Exception as e:
+            raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+        try:
+            return cls._from_loaded(path, info, tensors)
+        except (KeyError, TypeError, AttributeError, IndexError) as e:
+            raise ValueError(f"{side}: malformed update sidecar ({type(e).__name__}: {e})") from None
+
+    @classmethod
+    def _from_loaded(cls, path: Path, info: dict, tensors: dict[str, torch.Tensor]) -> "UpdateVector":
+        fps = info.get("recipe_fingerprints") or {}
+        init_seed = fps.get("init_seed")
+        mods, expected = {}, set()
+        for m, d in info["modules"].items():
+            a, b = tensors.get(f"{m}.lora_A"), tensors.get(f"{m}.lora_B")
+            if a is None or b is None:
+                raise ValueError(f"{path}: tensors of {m} missing")
+            expected |= {f"{m}.lora_A", f"{m}.lora_B"}
+            init = d.get("init")
+            if init == "zeros":
+                a0 = torch.zeros_like(a)
+            elif init == "seeded" and isinstance(init_seed, int):
+                a0 = seeded_lora_a(init_seed, m, a.shape[0], a.shape[1])
+            elif init == "stored" and f"{m}.lora_A0" in tensors:
+                a0 = tensors[f"{m}.lora_A0"]
+                expected.add(f"{m}.lora_A0")
+            else:
+                raise ValueError(f"{path}: initial A of {m} cannot be reconstructed (init {init!r})")
+            mu = ModuleUpdate(m, a, b, a0, d["scale"])
+            if list(mu.shape) != list(d["shape"]) or mu.rank != d["rank"]:
+                raise ValueError(f"{path}: {m} has shape {mu.shape} rank {mu.rank}, sidecar says {d}")
+            mods[m] = mu
+        if set(tensors) != expected:
+            raise ValueError(f"{path}: unexpected tensors {sorted(set(tensors) - expected)[:3]}")
+        seeded = {m: mu.shape for m, mu in mods.items() if info["modules"][m]["init"] == "seeded"}
+        if seeded and len(seeded) == len(mods) and "init_fingerprint" in fps:
+            rank = next(iter(mods.values())).rank
+            if init_fingerprint(init_seed, rank, seeded) != fps["init_fingerprint"]:
+                raise ValueError(f"{path}: the seeded initial A's do not reproduce the recipe's init_fingerprint")
+        return cls(fps, mods, info.get("meta") or {})
+
+    def check_recipe(self, recipe: LoraRecipe) -> None:
+        """Raise ValueError unless this update was made for ``recipe``."""
+        want = recipe_fingerprints(recipe)
+        for key in ("recipe", "base_fingerprint", "init_fingerprint"):
+            if self.recipe_fingerprints.get(key) != want[key]:
+                raise ValueError(f"update's {key} {str(self.recipe_fingerprints.get(key))[:12]} is not the "
+                                 f"recipe's {want[key][:12]}")
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "modules": len(self.modules),
+            "ranks": sorted({mu.rank for mu in self.modules.values()}),
+            "parameters": sum(mu.a.numel() + mu.b.numel() for mu in self.modules.values()),
+            "frobenius_norm": self.frobenius_norm(),
+            "layer_norms": {str(k): v for k, v in self.layer_norms().items()},
+            "recipe_fingerprints": self.recipe_fingerprints,
+            "meta": self.meta,
+        }
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """The JSON sidecar of an update file ``X.safetensors``: ``X.json``."""
+    return Path(path).with_suffix(".json")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _describe(obj: Any) -> str:
+    return str(obj) if isinstance(obj, (str, Path)) else type(obj).__name__
+
+
+def _weights(source: Any, names: Mapping[str, str] | None, targets: set[str]) -> dict[str, torch.Tensor]:
+    """Target Linear weights ``{module: W}`` from a folder / hub id / module / state dict.
+
+    ``names`` maps module -> state-dict key when known (a recipe); otherwise every
+    ``*.layers.N.*.<target>.weight`` key is taken.
+    """
+
+    def pick(keys: Iterable[str]) -> dict[str, str]:
+        if names is not None:
+            return {m: k for m, k in names.items()}
+        out = {}
+        for k in keys:
+            if k.endswith(".weight") and ".layers." in f".{k}":
+                m = k[: -len(".weight")]
+                if m.rsplit(".", 1)[-1] in targets:
+                    out[m] = k
+        return out
+
+    if isinstance(source, torch.nn.Module):
+        source = source.state_dict()
+    if isinstance(source, Mapping):
+        sd = {k.removeprefix(PEFT_PREFIX): v for k, v in source.items()}
+        want = pick(sd)
+        missing = [k for k in want.values() if k not in sd]
+        if missing:
+            raise ValueError(f"state dict lacks {missing[:3]}")
+        return {m: sd[k].detach().to("cpu") for m, k in want.items()}
+    path = Path(str(source))
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
+    if files:
+        from safetensors import safe_open
+
+        handles = {}
+        try:
+            for f in files:
+                handles[f] = safe_open(str(f), "pt")
+            index = {k: f for f, h in handles.items() for k in h.keys()}
+            want = pick(index)
+            missing = [k for k in want.values() if k not in index]
+            if missing:
+                raise ValueError(f"{path}: checkpoint lacks {missing[:3]}")
+            return {m: handles[index[k]].get_tensor(k) for m, k in want.items()}
+        finally:
+            handles.clear()
+    from gtapp.models import load_model
+
+    return _weights(load_model(str(source)), names, targets)
+
+
+# ----------------------------------------------------------------------------- peft output
+
+
+def write_peft_adapter(update: UpdateVector | Factors, recipe: LoraRecipe, out_dir: str | Path,
+                       base_model_name_or_path: str | None = None) -> Path:
+    """Write a stock peft LoRA adapter folder loadable by ``PeftModel.from_pretrained``.
+
+    ``update``: an :class:`UpdateVector` (each module's own scale is folded into B so that
+    the adapter's ``(lora_alpha / r) · B · A`` equals the update's ΔW) or raw ``{module: (A, B)}``
+    factors taken at the recipe's scale. The adapter's rank is the recipe's when every module
+    has that rank (alpha = the recipe's), else the largest module rank (factors zero-padded,
+    ``lora_alpha = r`` so the scale is 1). Also writes ``gtapp_recipe.json`` (fingerprints;
+    peft ignores it). Returns ``out_dir``.
+    """
+    from peft import LoraConfig
+
+    out_dir = Path(out_dir)
+    if isinstance(update, UpdateVector):
+        items = {m: (mu.a, mu.b, mu.scale) for m, mu in update.modules.items()}
+    else:
+        items = {m: (_f32(a), _f32(b), recipe.scale) for m, (a, b) in update.items()}
+    missing, extra = set(recipe.shapes) - set(items), set(items) - set(recipe.shapes)
+    if missing or extra:
+        raise ValueError(f"update does not cover the recipe's modules (missing {sorted(missing)[:3]}, "
+                         f"extra {sorted(extra)[:3]})")
+    ranks = {a.shape[0] for a, _, _ in items.values()}
+    if ranks == {recipe.rank}:
+        r, alpha = recipe.rank, recipe.alpha
+    else:
+        r = max(ranks)
+        alpha = float(r)
+    target_scale = alpha / r
+    tensors = {}
+    for m in recipe.modules():
+        a, b, scale = items[m]
+        o, i = recipe.shapes[m]
+        if a.shape[1] != i or b.shape[0] != o:
+            raise ValueError(f"{m}: factors give a {b.shape[0]}x{a.shape[1]} update, the recipe's module is {o}x{i}")
+        k = a.shape[0]
+        a_out = torch.zeros(r, i)
+        b_out = torch.zeros(o, r)
+        a_out[:k] = a
+        b_out[:, :k] = b * (scale / target_scale)
+        if not (torch.isfinite(a_out).all() and torch.isfinite(b_out).all()):
+            raise ValueError(f"{m}: update has non-finite values")
+        tensors[adapter_key(m, "lora_A")] = a_out.contiguous()
+        tensors[adapter_key(m, "lora_B")] = b_out.contiguous()
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=recipe.dropout,
+                        target_modules=sorted(recipe.target_modules), bias="none", task_type="CAUSAL_LM",
+                        init_lora_weights=True,
+                        base_model_name_or_path=base_model_name_or_path or recipe.base_model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(out_dir))
+    tmp = out_dir / (WEIGHTS_NAME + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, out_dir / WEIGHTS_NAME)
+    side = {"gtapp_recipe": 1, **recipe_fingerprints(recipe)}
+    _atomic_write_text(out_dir / SIDECAR_NAME, json.dumps(side, indent=2, sort_keys=True))
+    return out_dir

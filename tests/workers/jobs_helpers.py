@@ -1,0 +1,32 @@
+"""Helpers shared by the job-system tests (settings with fast liveness, users in two orgs)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from storage import accounts
+from storage.db import session_scope
+from storage.settings import Settings
+
+# Fast liveness for tests: heartbeats every 0.5 s, a worker presumed dead after 3 s silent.
+FAST = dict(heartbeat_interval_s=0.5, heartbeat_stale_s=3.0, reaper_interval_s=0.5, progress_min_interval_s=0.2,
+            embedded_poll_s=0.2, first_admin_password="admin-password")
+
+
+def make_settings(root: Path, database_url: str | None = None, broker_url: str | None = None,
+                  key_prefix: str = "", **kw) -> Settings:
+    root.mkdir(parents=True, exist_ok=True)
+    return Settings(data_dir=root, database_url=database_url or f"sqlite:///{root / 'gtapp.db'}",
+                    broker_url=broker_url, broker_key_prefix=key_prefix, _env_file=None, **{**FAST, **kw})
+
+
+def add_users(settings: Settings) -> dict[str, str]:
+    """alice (member, org acme), bob (member, org globex), root (admin, org provider)."""
+    tag = uuid.uuid4().hex[:6]
+    names = {"alice": f"alice{tag}", "bob": f"bob{tag}", "root": f"root{tag}"}
+    with session_scope(settings=settings) as s:
+        accounts.create_user(s, f"acme{tag}", names["alice"], "password123", "member")
+        accounts.create_user(s, f"globex{tag}", names["bob"], "password123", "member")
+        accounts.create_user(s, f"provider{tag}", names["root"], "password123", "admin")
+    return names

@@ -1,0 +1,276 @@
+"""The job API used by the CLI, the dashboard and tests alike.
+
+    from workers import client
+    job_id = client.submit("selftest", {"steps": 5}, user="alice")
+    view = client.wait(job_id, timeout=60)
+    client.get(job_id, user="alice"); client.list(user="alice"); client.cancel(job_id, user="alice")
+
+``user`` is a username, a user id, a ``storage.models.User`` or a
+``storage.accounts.Principal``. Tenancy is enforced here: a member sees and cancels only
+their organisation's jobs and cannot submit admin kinds (shadow, train_mapper, bench);
+an admin sees everything. Unknown and foreign jobs both read as "not found".
+
+Submitting checks the kind and its parameters, reserves privacy budget for DP jobs (a job
+that would exceed its dataset's budget is refused before anything is queued), records the
+row as ``queued`` and hands it to the broker; if the broker is unreachable the row is
+marked failed with the reason, the reservation is released, and ``QueueUnavailable`` is
+raised. With no broker configured, jobs run in an embedded in-process worker.
+"""
+
+from __future__ import annotations
+
+import builtins
+import datetime as dt
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from sqlalchemy import select, update
+
+from storage import ledger
+from storage.accounts import Principal, UserRef, ensure_first_admin, principal
+from storage.db import session_scope
+from storage.models import TERMINAL, Job, utcnow
+from storage.settings import Settings, get_settings
+from workers.dispatch import QueueUnavailable, send
+from workers.jobs import REGISTRY, JobNotAvailable, get_spec
+
+__all__ = ["JobClient", "JobView", "JobNotFound", "QueueUnavailable", "JobNotAvailable", "submit", "get", "list",
+           "cancel", "retry", "wait", "kinds", "default_client"]
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A detached snapshot of a job row."""
+
+    id: int
+    kind: str
+    queue: str
+    status: str
+    progress: float
+    stage: str
+    eta_s: Optional[float]
+    attempts: int
+    max_attempts: int
+    worker: Optional[str]
+    error: Optional[str]
+    log_tail: str
+    params: dict
+    outputs: dict
+    cancel_requested: bool
+    org_id: int
+    user_id: Optional[int]
+    run_dir: Optional[str]
+    created_at: dt.datetime
+    started_at: Optional[dt.datetime] = None
+    finished_at: Optional[dt.datetime] = None
+    heartbeat_at: Optional[dt.datetime] = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def elapsed_s(self) -> Optional[float]:
+        if self.started_at is None:
+            return None
+        return ((self.finished_at or utcnow()) - self.started_at).total_seconds()
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, dt.datetime):
+                d[k] = v.isoformat()
+        d["elapsed_s"] = self.elapsed_s
+        return d
+
+    @classmethod
+    def of(cls, j: Job) -> "JobView":
+        return cls(id=j.id, kind=j.kind, queue=j.queue, status=j.status, progress=j.progress, stage=j.stage,
+                   eta_s=j.eta_s, attempts=j.attempts, max_attempts=j.max_attempts, worker=j.worker, error=j.error,
+                   log_tail=j.log_tail or "", params=dict(j.params or {}), outputs=dict(j.outputs or {}),
+                   cancel_requested=j.cancel_requested, org_id=j.org_id, user_id=j.user_id, run_dir=j.run_dir,
+                   created_at=j.created_at, started_at=j.started_at, finished_at=j.finished_at,
+                   heartbeat_at=j.heartbeat_at)
+
+
+class JobClient:
+    """``run_embedded``: with no broker configured, run submitted jobs on this process's
+    embedded worker (the dashboard, tests); False leaves them queued in the database for
+    whichever process runs a worker (``gtapp jobs worker``)."""
+
+    def __init__(self, settings: Optional[Settings] = None, run_embedded: bool = True):
+        self.settings = settings or get_settings()
+        self.run_embedded = run_embedded
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _session(self):
+        return session_scope(settings=self.settings)
+
+    def _visible(self, s, job_id: int, who: Principal) -> Job:
+        job = s.get(Job, job_id)
+        if job is None or (not who.is_admin and job.org_id != who.org_id):
+            raise JobNotFound(f"job {job_id} not found")
+        return job
+
+    def principal(self, user: UserRef) -> Principal:
+        with self._session() as s:
+            return principal(s, user)
+
+    def ensure_ready(self) -> None:
+        """Create the first admin on an empty database; start the embedded worker if no broker."""
+        with self._session() as s:
+            ensure_first_admin(s, self.settings)
+        if self.settings.embedded:
+            from workers.embedded import get_embedded
+
+            get_embedded(self.settings)
+
+    # --- the API --------------------------------------------------------------------------------
+    def submit(self, kind: str, params: Optional[dict], user: UserRef, max_attempts: Optional[int] = None) -> int:
+        spec = get_spec(kind)
+        ok, why = spec.available()
+        if not ok:
+            raise JobNotAvailable(why)
+        clean = spec.check_params(params)
+        attempts = max_attempts or self.settings.job_max_attempts
+        if not 1 <= attempts <= 20:
+            raise ValueError("max_attempts must be in 1..20")
+        with self._session() as s:
+            who = principal(s, user)
+            if spec.admin_only and not who.is_admin:
+                raise PermissionError(f"job kind '{kind}' is for admins only")
+            job = Job(kind=kind, queue=spec.queue, params=clean, status="queued", progress=0.0, stage="queued",
+                      max_attempts=attempts, org_id=who.org_id, user_id=who.user_id, created_at=utcnow())
+            s.add(job)
+            s.flush()
+            request = spec.privacy(clean, s) if spec.privacy else None
+            if request is not None:
+                ledger.reserve(s, request, org_id=who.org_id, job_id=job.id)  # BudgetExceeded rolls back
+            job_id = job.id
+        try:
+            send(self.settings, job_id, kind, spec.queue, run_here=self.run_embedded)
+        except QueueUnavailable as e:
+            with self._session() as s:
+                job = s.get(Job, job_id)
+                if job.status == "queued":
+                    job.status, job.stage, job.error, job.finished_at = "failed", "not queued", str(e), utcnow()
+                    ledger.settle(s, job_id, "not_started", note="released: the job could not be queued")
+            raise
+        return job_id
+
+    def get(self, job_id: int, user: UserRef) -> JobView:
+        with self._session() as s:
+            return JobView.of(self._visible(s, job_id, principal(s, user)))
+
+    def list(self, user: UserRef, status: Optional[str] = None, kind: Optional[str] = None,
+             limit: int = 100, offset: int = 0) -> builtins.list[JobView]:
+        with self._session() as s:
+            who = principal(s, user)
+            q = select(Job).order_by(Job.id.desc()).limit(max(1, min(limit, 1000))).offset(max(offset, 0))
+            if not who.is_admin:
+                q = q.where(Job.org_id == who.org_id)
+            if status:
+                q = q.where(Job.status == status)
+            if kind:
+                q = q.where(Job.kind == kind)
+            return [JobView.of(j) for j in s.scalars(q)]
+
+    def cancel(self, job_id: int, user: UserRef) -> JobView:
+        """A queued job is cancelled at once; a running one is asked to stop (it stops at
+        its next progress report, within a few seconds). Finished jobs are left as they are."""
+        with self._session() as s:
+            job = self._visible(s, job_id, principal(s, user))
+            res = s.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(
+                status="cancelled", stage="cancelled before it started", finished_at=utcnow(),
+                cancel_requested=True, error="cancelled by request before it started"))
+            if res.rowcount == 1:
+                ledger.settle(s, job_id, "not_started", note="released: cancelled before it started")
+            else:  # running (ask it to stop) or already finished (nothing to do)
+                s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(cancel_requested=True))
+            s.flush()
+            s.refresh(job)
+            return JobView.of(job)
+
+    def retry(self, job_id: int, user: UserRef) -> int:
+        """A new job with the same kind and parameters as a failed or cancelled one."""
+        with self._session() as s:
+            job = self._visible(s, job_id, principal(s, user))
+            if job.status not in ("failed", "cancelled"):
+                raise ValueError(f"job {job_id} is {job.status}; only failed or cancelled jobs can be retried")
+            kind, params = job.kind, dict(job.params or {})
+        return self.submit(kind, params, user)
+
+    def wait(self, job_id: int, timeout: float = 600.0, user: Optional[UserRef] = None, poll: float = 0.2) -> JobView:
+        """Block until the job finishes; raises TimeoutError (the job keeps running)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._session() as s:
+                job = s.get(Job, job_id)
+                if job is None:
+                    raise JobNotFound(f"job {job_id} not found")
+                if user is not None:
+                    job = self._visible(s, job_id, principal(s, user))
+                view = JobView.of(job)
+            if view.finished:
+                return view
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} still {view.status} after {timeout:g}s "
+                                   f"({view.progress:.0%}, {view.stage})")
+            time.sleep(poll)
+
+    def kinds(self, user: Optional[UserRef] = None) -> builtins.list[dict]:
+        who = self.principal(user) if user is not None else None
+        out = []
+        for kind, spec in sorted(REGISTRY.items()):
+            ok, why = spec.available()
+            out.append({"kind": kind, "queue": spec.queue, "admin_only": spec.admin_only, "available": ok,
+                        "why_not": why, "defaults": spec.defaults, "description": spec.description,
+                        "allowed": who is None or who.is_admin or not spec.admin_only})
+        return out
+
+
+_default: dict[str, JobClient] = {}
+
+
+def default_client() -> JobClient:
+    settings = get_settings()
+    key = settings.model_dump_json()
+    if key not in _default:
+        _default.clear()
+        _default[key] = JobClient(settings)
+    return _default[key]
+
+
+def submit(kind: str, params: Optional[dict], user: UserRef, max_attempts: Optional[int] = None) -> int:
+    return default_client().submit(kind, params, user, max_attempts)
+
+
+def get(job_id: int, user: UserRef) -> JobView:
+    return default_client().get(job_id, user)
+
+
+def list(user: UserRef, status: Optional[str] = None, kind: Optional[str] = None, limit: int = 100) -> builtins.list[JobView]:  # noqa: A001
+    return default_client().list(user, status=status, kind=kind, limit=limit)
+
+
+def cancel(job_id: int, user: UserRef) -> JobView:
+    return default_client().cancel(job_id, user)
+
+
+def retry(job_id: int, user: UserRef) -> int:
+    return default_client().retry(job_id, user)
+
+
+def wait(job_id: int, timeout: float = 600.0, user: Optional[UserRef] = None) -> JobView:
+    return default_client().wait(job_id, timeout, user)
+
+
+def kinds(user: Optional[UserRef] = None) -> builtins.list[dict]:
+    return default_client().kinds(user)
+
