@@ -2,7 +2,8 @@
 
 One example = one sequence: ``prompt tokens + answer tokens + EOS``. The loss (``labels``)
 covers the answer and EOS only; prompt and padding positions are ``-100``. Language
-modelling examples have an empty prompt, so every token is scored. The prompt is
+modelling examples have an empty prompt, so every token of the text is scored (the
+empty prompt becomes a single document-break token, see :func:`prompt_ids`). The prompt is
 tokenised with the tokenizer's own special-token convention (a Llama tokenizer adds BOS,
 Qwen's and the zoo's add nothing), exactly as :func:`prompt_ids` does for generation, so
 training and evaluation see the same token stream.
@@ -42,14 +43,20 @@ def _pad_id(tokenizer) -> int:
 
 
 def prompt_ids(tokenizer, text: str) -> list[int]:
-    """Token ids of a prompt as the model should see it (the tokenizer's BOS convention,
-    never a trailing EOS)."""
+    """Token ids of a prompt as the model should see it: the tokenizer's BOS convention,
+    never a trailing EOS; an empty prompt (language modelling) that would have no token at
+    all becomes ``[EOS]``, the document break the model saw in pretraining, so the text's
+    first token is predicted and scored too."""
     ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
     eos = tokenizer.eos_token_id
     if ids and eos is not None and ids[-1] == eos:
         plain = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > len(plain) and (not plain or plain[-1] != eos):
             ids.pop()  # the tokenizer appends EOS itself (T5-style); a prompt must not end
+    if not ids:
+        if eos is None:
+            raise ValueError("tokenizer has no EOS token")
+        ids = [int(eos)]
     return ids
 
 

@@ -84,7 +84,6 @@ def generate(model: torch.nn.Module, tokenizer, prompts: Sequence[str], max_new_
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = [prompt_ids(tokenizer, p) for p in prompts[start:start + batch_size]]
-            chunk = [c if c else [eos] for c in chunk]  # an empty prompt starts from EOS (document break)
             width = max(len(c) for c in chunk)
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)

@@ -47,8 +47,6 @@ from gtapp.recipe import LoraRecipe
 from gtapp.tasks.base import Example
 
 RECORD_FORMAT = 1
-# Opacus's hooks on LoRA layers fire with frozen (no-grad) inputs; harmless, and noisy.
-warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
 RECORD_FILE = "finetune.json"
 
 
@@ -318,14 +316,12 @@ def finetune(model_path: str, recipe: LoraRecipe, examples: Sequence[Example], c
         # optimizer's normaliser and the accountant at that q.
         loader = DPDataLoader(dataset, sample_rate=q, generator=data_gen)
         noise_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            train_model, optimizer, loader = engine.make_private(
-                module=peft_model, optimizer=optimizer, data_loader=loader, noise_multiplier=z,
-                max_grad_norm=dp.max_grad_norm, poisson_sampling=False, noise_generator=noise_gen,
-                loss_reduction="mean", grad_sample_mode="hooks")
+        train_model, optimizer, loader = engine.make_private(
+            module=peft_model, optimizer=optimizer, data_loader=loader, noise_multiplier=z,
+            max_grad_norm=dp.max_grad_norm, poisson_sampling=False, noise_generator=noise_gen,
+            loss_reduction="mean", grad_sample_mode="hooks")
         train_model.forbid_grad_accumulation()
-        optimizer.expected_batch_size = q * n
+        optimizer.expected_batch_size = config.batch_size  # = q * N
         optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=q))
         privacy = {"noise_multiplier": float(z), "sample_rate": q, "delta": dp.delta}
 
@@ -346,34 +342,36 @@ def finetune(model_path: str, recipe: LoraRecipe, examples: Sequence[Example], c
     curve = _Curve(config.log_every)
     n_empty = 0
     try:
-        it = batches()
-        for step in range(1, config.steps + 1):
-            ids, mask, labels = next(it)
-            if ids.shape[0] == 0:
-                # Empty Poisson batch: the step still happens (noise only), as the accountant assumes.
-                n_empty += 1
-                for p in params:
-                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                loss_value = None
-            else:
-
-                ids, mask, labels = trim(ids, mask, labels)
-                s, cnt = sequence_nll(train_model, ids.to(device), mask.to(device), labels.to(device))
-                loss = (s / cnt.clamp(min=1)).mean()
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                loss_value = float(loss.detach())
-                if not math.isfinite(loss_value):
-                    raise FinetuneError(f"loss became {loss_value} at step {step} (lower the learning rate)")
-            curve.add(step, loss_value)
-            if step in config.snapshot_steps:
-                folder = stage / "snapshots" / f"step_{step}"
-                _save_adapter(peft_model, folder)
-                snapshots[step] = out_dir / "snapshots" / f"step_{step}"
-            tracker.update(step, f"loss {loss_value:.4f}" if loss_value is not None else "empty batch")
+        with warnings.catch_warnings():
+            # Opacus's hooks on LoRA layers fire with frozen (no-grad) inputs: harmless, noisy.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            it = batches()
+            for step in range(1, config.steps + 1):
+                ids, mask, labels = next(it)
+                if ids.shape[0] == 0:
+                    # Empty Poisson batch: the step still happens (noise only), as the accountant assumes.
+                    n_empty += 1
+                    for p in params:
+                        p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    loss_value = None
+                else:
+                    ids, mask, labels = trim(ids, mask, labels)
+                    s, cnt = sequence_nll(train_model, ids.to(device), mask.to(device), labels.to(device))
+                    loss = (s / cnt.clamp(min=1)).mean()
+                    loss.backward()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    loss_value = float(loss.detach())
+                    if not math.isfinite(loss_value):
+                        raise FinetuneError(f"loss became {loss_value} at step {step} (lower the learning rate)")
+                curve.add(step, loss_value)
+                if step in config.snapshot_steps:
+                    folder = stage / "snapshots" / f"step_{step}"
+                    _save_adapter(peft_model, folder)
+                    snapshots[step] = out_dir / "snapshots" / f"step_{step}"
+                tracker.update(step, f"loss {loss_value:.4f}" if loss_value is not None else "empty batch")
 
         if engine is not None:
             train_model = train_model.to_standard_module()  # strip Opacus's wrapper and hooks

@@ -14,10 +14,11 @@ Two mechanisms appear in gtapp:
   (numerically tighter; optional, never the default, because the ledger composes in RDP).
 
 * **Output perturbation** (the paper's second DP option): clip the update vector to L2
-  norm ``C`` (the L2 sensitivity Δ of a one-example change is then at most ``2C`` under
-  replace-one, ``C`` under add/remove-one — the caller chooses and passes Δ) and add
-  N(0, σ² I). Calibrated with the **analytic Gaussian mechanism** (Balle & Wang 2018,
-  Theorem 8), which is exact for a single Gaussian release and tighter than the classic
+  norm ``C`` and add N(0, σ² I). Two updates inside the ball of radius ``C`` differ by at
+  most ``2C``, so the L2 sensitivity of a whole fine-tune's clipped update to one example
+  is Δ = 2C (unless the caller can prove a smaller bound); the caller passes Δ.
+  Calibrated with the **analytic Gaussian mechanism** (Balle & Wang 2018, Theorem 8),
+  which is exact for a single Gaussian release and tighter than the classic
   σ = Δ·sqrt(2 ln(1.25/δ))/ε bound (which, moreover, only holds for ε < 1).
 
 Units: ε is in nats (the natural-log privacy loss, as everywhere in the DP literature);

@@ -42,10 +42,11 @@ def read_examples(store: ArtifactStore, sha: str) -> list[dict]:
 
 def create_dataset(session: Session, store: ArtifactStore, org_id: int, name: str, examples: Iterable,
                    user_id: Optional[int] = None, task: Optional[str] = None,
-                   epsilon_budget: Optional[float] = None, delta: float = 1e-5, source: Optional[dict] = None) -> Dataset:
+                   epsilon_budget: Optional[float] = None, delta: float = 1e-5,
+                   source: Optional[dict] = None) -> Dataset:
     data = examples_to_jsonl(examples)
+    n = sum(1 for line in data.splitlines() if line.strip())
     sha = store.put_bytes(data)
-    n = data.count(b"\n")
     if epsilon_budget is not None and epsilon_budget <= 0:
         raise ValueError("epsilon_budget must be positive")
     if not 0 < delta < 1:

@@ -61,7 +61,8 @@ class Settings(BaseSettings):
     # --- accounts ---------------------------------------------------------------------------
     first_admin_org: str = "provider"
     first_admin_username: str = "admin"
-    first_admin_password: Optional[str] = Field(None, description="unset: first admin cannot log in until a password is set")
+    first_admin_password: Optional[str] = Field(
+        None, description="unset: the first admin cannot log in until a password is set")
     cli_user: Optional[str] = Field(None, description="username the CLI acts as; default: the first admin")
     secret_key: Optional[str] = Field(None, description="dashboard session signing key")
 

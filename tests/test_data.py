@@ -33,9 +33,12 @@ def test_labels_cover_answer_and_eos_only(tok):
 def test_language_modelling_example_scores_every_token(tok):
     ex = Example("", "The cat sat on the mat. The dog ran.")
     enc = encode(tok, ex, max_length=128)
-    bos = prompt_ids(tok, "")  # the tokenizer's own BOS convention (none for the zoo)
-    assert enc.labels[len(bos):] == enc.input_ids[len(bos):]
-    assert enc.n_answer_tokens == len(enc.input_ids) - len(bos)
+    start = prompt_ids(tok, "")  # the tokenizer's BOS, or EOS as a document break (the zoo)
+    assert start == [tok.eos_token_id]
+    assert enc.labels[:1] == [IGNORE_INDEX]
+    assert enc.labels[1:] == enc.input_ids[1:]
+    assert enc.n_answer_tokens == len(enc.input_ids) - 1
+    assert enc.n_answer_tokens == len(answer_ids(tok, ex.answer))
     assert enc.input_ids[-1] == tok.eos_token_id
 
 
@@ -55,7 +58,8 @@ def test_truncation_keeps_the_answer(tok):
     assert len(enc2.input_ids) == 16 and enc2.labels[0] == IGNORE_INDEX
     # Language modelling: the text is cut at its end.
     enc3 = encode(tok, Example("", "alpha beta gamma delta " * 30), max_length=20)
-    assert len(enc3.input_ids) == 20 and enc3.labels == enc3.input_ids
+    assert len(enc3.input_ids) == 20 and enc3.labels[1:] == enc3.input_ids[1:]
+    assert enc3.input_ids[1:] == answer_ids(tok, "alpha beta gamma delta " * 30)[:19]
 
 
 def test_dataset_is_fixed_length_right_padded(tok):

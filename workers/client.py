@@ -145,6 +145,7 @@ class JobClient:
             who = principal(s, user)
             if spec.admin_only and not who.is_admin:
                 raise PermissionError(f"job kind '{kind}' is for admins only")
+            _check_references(s, clean, who)
             job = Job(kind=kind, queue=spec.queue, params=clean, status="queued", progress=0.0, stage="queued",
                       max_attempts=attempts, org_id=who.org_id, user_id=who.user_id, created_at=utcnow())
             s.add(job)
@@ -235,6 +236,29 @@ class JobClient:
         return out
 
 
+def _check_references(s, params: dict, who: Principal) -> None:
+    """Rows a job names must exist, and datasets/adapters must be the submitter's
+    organisation's (admins included: an organisation's private data is its own)."""
+    from storage.models import Adapter, Dataset, MapperVersion, ModelPair
+
+    def ids(value) -> builtins.list[int]:
+        if value is None:
+            return []
+        values = value if isinstance(value, builtins.list) else [value]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"expected integer ids, got {value!r}")
+        return values
+
+    for key, model, owned in (("dataset_id", Dataset, True), ("adapter_id", Adapter, True),
+                              ("adapter_ids", Adapter, True), ("pair_id", ModelPair, False),
+                              ("mapper_id", MapperVersion, False)):
+        for ref in ids(params.get(key)):
+            row = s.get(model, ref)
+            if row is None or (owned and row.org_id != who.org_id):
+                label = key.removesuffix("_ids").removesuffix("_id")
+                raise JobNotFound(f"{label} {ref} not found")
+
+
 _default: dict[str, JobClient] = {}
 
 
@@ -255,7 +279,8 @@ def get(job_id: int, user: UserRef) -> JobView:
     return default_client().get(job_id, user)
 
 
-def list(user: UserRef, status: Optional[str] = None, kind: Optional[str] = None, limit: int = 100) -> builtins.list[JobView]:  # noqa: A001
+def list(user: UserRef, status: Optional[str] = None, kind: Optional[str] = None,  # noqa: A001
+         limit: int = 100) -> builtins.list[JobView]:
     return default_client().list(user, status=status, kind=kind, limit=limit)
 
 

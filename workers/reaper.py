@@ -45,7 +45,8 @@ def reap(settings: Optional[Settings] = None, now: Optional[dt.datetime] = None)
             action, values = "cancelled", {"status": "cancelled", "finished_at": now, "error": f"cancelled; {lost}"}
         elif attempts < max_attempts:
             action, values = "requeued", {"status": "queued", "worker": None, "stage": f"requeued: {lost}",
-                                          "eta_s": None, "error": f"attempt {attempts} of {max_attempts}: {lost}; requeued"}
+                                          "eta_s": None,
+                                          "error": f"attempt {attempts} of {max_attempts}: {lost}; requeued"}
         else:
             action, values = "failed", {"status": "failed", "finished_at": now, "eta_s": None,
                                         "error": f"{lost} on attempt {attempts} of {max_attempts}; giving up"}

@@ -75,6 +75,7 @@ class JobContext:
         self._log_fh = open(self.run_dir / "log.txt", "a", buffering=1, encoding="utf-8")
         self._last_write = 0.0
         self._last_stage: Optional[str] = None
+        self.last_fraction = 0.0
         self._lock = threading.Lock()
 
     # --- for job functions ------------------------------------------------------------------
@@ -99,6 +100,7 @@ class JobContext:
         """Report progress; raises Cancelled when the job was asked to stop."""
         self.check_cancel()
         fraction = min(max(float(fraction), 0.0), 1.0)
+        self.last_fraction = fraction
         now = time.monotonic()
         if stage == self._last_stage and now - self._last_write < self.settings.progress_min_interval_s:
             return
@@ -264,7 +266,7 @@ def _record_failure(ctx: JobContext, e: BaseException, t0: float) -> str:
             "job_id": ctx.job_id, "status": status, "error": error, "attempt": ctx.attempt,
             "wall_s": round(time.monotonic() - t0, 3), "finished_at": utcnow()})
         done = _finish(ctx.job_id, ctx.worker, ctx.settings, status, error=error, eta_s=None,
-                       log_tail=ctx._tail_text())
+                       progress=ctx.last_fraction, log_tail=ctx._tail_text())
         if not done:
             ctx.log("row was taken over meanwhile; outcome not recorded")
             return "lost"

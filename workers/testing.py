@@ -101,17 +101,16 @@ class CeleryWorker:
         self.proc: Optional[subprocess.Popen] = None
 
     def start(self, timeout: float = 60.0) -> "CeleryWorker":
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GTAPP_")}
-        env.update(settings_env(self.settings))
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-        env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        env.setdefault("OMP_NUM_THREADS", "1")
+        # A clean environment (nothing inherited): the worker sees exactly these settings.
+        env = {"PATH": os.defpath, "PYTHONPATH": str(REPO_ROOT), "TOKENIZERS_PARALLELISM": "false",
+               "OMP_NUM_THREADS": "1", "LANG": "C.UTF-8", **settings_env(self.settings)}
         cmd = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", self.queues,
                "-c", str(self.concurrency), "--pool", "prefork", "-l", "info", "-n", f"{self.name}@%h",
                "--without-gossip", "--without-mingle", "--without-heartbeat"]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(cmd, cwd=self.log_path.parent, env=env,  # cwd: no stray .env
+                                     stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -239,9 +239,10 @@ def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tenso
 @torch.no_grad()
 def decode(step: StepFn, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
            eos_token_id: Optional[int], pad_token_id: int, temperature: float = 0.0,
-           generator: Optional[torch.Generator] = None) -> torch.Tensor:
+           generator: Optional[torch.Generator] = None, min_new_tokens: int = 0) -> torch.Tensor:
     """Left-padded batch decoding with a KV cache: greedy when ``temperature == 0``, else
-    sampling from softmax(logits / temperature) with ``generator``.
+    sampling from softmax(logits / temperature) with ``generator``. EOS is forbidden for the
+    first ``min_new_tokens`` steps.
 
     Returns the prompt followed by the new tokens (rows that hit EOS are padded with
     ``pad_token_id`` afterwards), like ``model.generate``. Position ids follow the
@@ -254,8 +255,11 @@ def decode(step: StepFn, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     cur_ids, cur_pos = ids, pos
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     new = []
-    for _ in range(max_new_tokens):
+    for i in range(max_new_tokens):
         logits, past = step(cur_ids, mask, cur_pos, past)
+        if i < min_new_tokens and eos_token_id is not None:
+            logits = logits.clone()
+            logits[:, eos_token_id] = float("-inf")
         if temperature and temperature > 0:
             probs = torch.softmax(logits / temperature, dim=-1)
             nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(ids.device)

@@ -115,7 +115,7 @@ def distill(llm_path: str | Path, recipe: LoraRecipe, teacher: torch.nn.Module, 
         ntok = int(mask.sum())
         meter.add_tokens(ntok, "student")
         meter.add_tokens(ntok, "teacher")
-        losses.append(float(loss))
+        losses.append(loss.item())
         tracker.update(step + 1, f"kl {losses[-1]:.4f}")
     student.eval()
     if not all(torch.isfinite(p).all() for p in params):
@@ -138,10 +138,12 @@ def start_ids(tokenizer, prefix: str) -> list[int]:
 def sample_sequences(teacher: torch.nn.Module, tokenizer, n: int, max_new_tokens: int, temperature: float,
                      seed: int, prefixes: Sequence[str] = ("",), batch_size: int = 32,
                      meter: Optional[CostMeter] = None, device: str | torch.device = "cpu",
-                     progress: Optional[ProgressFn] = None) -> list[tuple[list[int], list[int]]]:
+                     progress: Optional[ProgressFn] = None, min_new_tokens: int = 0) -> list[tuple[list[int], list[int]]]:
     """``n`` samples from ``teacher``: (start ids, sampled ids incl. a final EOS if produced).
 
-    Prefixes are used round-robin; sampling uses a generator seeded by ``seed``.
+    Prefixes are used round-robin; sampling uses a generator seeded by ``seed``; EOS is
+    suppressed for the first ``min_new_tokens`` tokens (a fine-tuned TinyLM, trained to end
+    short answers, otherwise often ends a sample at once).
     """
     if temperature <= 0:
         raise ValueError("sampling needs temperature > 0")
@@ -155,7 +157,7 @@ def sample_sequences(teacher: torch.nn.Module, tokenizer, n: int, max_new_tokens
         rows = [start_ids(tokenizer, prefixes[i % len(prefixes)]) for i in range(start, min(n, start + batch_size))]
         ids, mask = left_pad(rows, pad)
         seq = decode(step, ids.to(device), mask.to(device), max_new_tokens, eos, pad, temperature=temperature,
-                     generator=g).cpu()
+                     generator=g, min_new_tokens=min_new_tokens).cpu()
         width = ids.shape[1]
         for r, row in zip(rows, seq[:, width:].tolist()):
             body = cut_at_eos(row, eos)

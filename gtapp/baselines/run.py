@@ -19,7 +19,8 @@ OPTIONS = {
     "tiny_ft": {"dp", "budget"},
     "kd_logit": {"temperature", "targets", "max_new_tokens"},
     "weak_to_strong": {"max_new_tokens"},
-    "datafree_kd": {"temperature", "sample_temperature", "n_samples", "sample_tokens", "prefixes"},
+    "datafree_kd": {"temperature", "sample_temperature", "n_samples", "sample_tokens", "min_sample_tokens",
+                    "prefixes"},
 }
 
 
@@ -44,7 +45,7 @@ def run_baseline(method: str, pair: ModelPair, tiny_adapter_dir: str | Path | No
     unknown = set(options) - OPTIONS[method]
     if unknown:
         raise ValueError(f"{method}: unknown options {sorted(unknown)}; allowed {sorted(OPTIONS[method])}")
-    if method not in ("tiny_ft",) and tiny_adapter_dir is None and method not in ("oracle", "public_ft"):
+    if tiny_adapter_dir is None and method in ("kd_logit", "weak_to_strong", "proxy_tuning", "datafree_kd"):
         raise ValueError(f"{method} needs the fine-tuned TinyLM's adapter (tiny_adapter_dir)")
     out_dir = Path(out_dir)
     if not overwrite and (out_dir / ADAPTER_WEIGHTS).exists():
@@ -112,16 +113,19 @@ def _train(method, pair, tiny_adapter_dir, private_examples, public_examples, bu
         n_samples = int(options.get("n_samples", min(budget.sequences, 1024)))
         sample_tokens = int(options.get("sample_tokens", min(budget.max_length - 1, 128)))
         prefixes = tuple(options.get("prefixes", ("",)))
+        min_tokens = int(options.get("min_sample_tokens", sample_tokens // 4))
         sample_t = float(options.get("sample_temperature", 1.0))
         samples = distill.sample_sequences(teacher, tokenizer, n_samples, sample_tokens, sample_t, seed,
-                                           prefixes=prefixes, meter=meter, device=device)
+                                           prefixes=prefixes, meter=meter, device=device,
+                                           min_new_tokens=min_tokens)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         ids, mask, tgt = distill.pack_samples(samples, pad, budget.max_length)
         rec = distill.distill(pair.llm_path, pair.recipes.llm, teacher, ids, mask, tgt, budget, out_dir, seed,
                               meter, temperature, progress, "datafree_kd", device)
         shown = [tokenizer.decode(s + b) for s, b in samples[:3]]
         return rec | {"kd_inputs": "texts sampled from the fine-tuned TinyLM; KL on every sampled position",
-                      "n_samples": n_samples, "sample_tokens": sample_tokens, "sample_temperature": sample_t,
+                      "n_samples": n_samples, "sample_tokens": sample_tokens, "min_sample_tokens": min_tokens,
+                      "sample_temperature": sample_t,
                       "prefixes": list(prefixes), "mean_sample_len": sum(len(b) for _, b in samples) / len(samples),
                       "sample_examples": shown}
     raise AssertionError(method)

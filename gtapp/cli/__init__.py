@@ -18,6 +18,9 @@ COMMANDS = [
     ("update", "gtapp.cli.update"),
     ("jobs", "gtapp.cli.jobs"),
     ("admin", "gtapp.cli.admin"),
+    ("shadow", "gtapp.cli.shadow"),
+    ("mapper", "gtapp.cli.mapper"),
+    ("generate", "gtapp.cli.generate"),
 ]
 
 

@@ -53,6 +53,7 @@ def cmd_create_user(args) -> int:
     password = _password(args)
     with session_scope() as s:
         user = create_user(s, args.org, args.username, password, role=args.role)
+        s.flush()
         print(f"user '{user.username}' (id {user.id}, {user.role}) created in organisation '{args.org}'"
               + ("" if password else "; it cannot log in until `gtapp admin set-password`"))
     return 0
@@ -125,7 +126,8 @@ def cmd_ledger(args) -> int:
     print(f"dataset '{summary['dataset']}': budget ε={budget} at δ={summary['delta']:g}; "
           f"spent ε={summary['spent']:.4g} ({summary['accountant']})")
     for e in summary["entries"]:
-        print(f"  job {e['job_id']!s:>6}  ε={e['epsilon']:.4g}  {e['status']:<8}  total ε={e['total_epsilon']:.4g}  {e['note']}")
+        print(f"  job {e['job_id']!s:>6}  ε={e['epsilon']:.4g}  {e['status']:<8}  "
+              f"total ε={e['total_epsilon']:.4g}  {e['note']}")
     return 0
 
 

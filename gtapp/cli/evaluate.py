@@ -25,6 +25,8 @@ def register(subparsers) -> None:
     p.add_argument("--n-train", type=int, default=512,
                    help="train size of a generated task (its test split avoids train prompts; default 512)")
     p.add_argument("--n-test", type=int, default=128, help="test examples of a generated task (default 128)")
+    p.add_argument("--metric", default="exact_match",
+                   help="metric of a --dataset (exact_match, numeric_exact_match, letter_exact_match, rouge_l)")
     p.add_argument("--split", choices=("test", "train"), default="test")
     p.add_argument("--limit", type=int, default=None, help="score only the first N examples")
     p.add_argument("--batch-size", type=int, default=32)
@@ -33,6 +35,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress line (or JSON) is the output
     from gtapp.evaluate import evaluate_paths
     from gtapp.models import ModelPair
 
@@ -44,7 +49,7 @@ def run(args) -> int:
     else:
         from gtapp.datasets import load_user_dataset
 
-        task = load_user_dataset(args.dataset, seed=args.task_seed)
+        task = load_user_dataset(args.dataset, seed=args.task_seed, metric=args.metric)
     result = evaluate_paths(pair.path(args.which), task, adapter_dir=args.adapter, split=args.split,
                             limit=args.limit, batch_size=args.batch_size, device=args.device)
     result["which"] = args.which

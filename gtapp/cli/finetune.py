@@ -68,6 +68,9 @@ def load_examples(args):
 
 
 def run(args) -> int:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress line (or JSON) is the output
     from gtapp.cli.progress_line import print_progress
     from gtapp.finetune import DPConfig, FinetuneConfig, FinetuneError, finetune
     from gtapp.models import ModelPair

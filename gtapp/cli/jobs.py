@@ -21,6 +21,24 @@ import sys
 import time
 
 
+def _user_errors(fn):
+    """Job-API refusals (not found, not allowed, queue down, not available) become the CLI's
+    plain 'error: ...' line instead of a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(args):
+        try:
+            return fn(args)
+        except (LookupError, PermissionError) as e:
+            raise ValueError(str(e).strip("'\"")) from None
+        except RuntimeError as e:
+            if type(e).__name__ in ("QueueUnavailable", "JobNotAvailable"):
+                raise ValueError(str(e)) from None
+            raise
+    return wrapper
+
+
 def _parse_value(raw: str):
     """JSON when it parses (numbers, true/false/null, lists, objects), else the plain string."""
     try:
@@ -119,12 +137,14 @@ def _follow(client, job_id: int, user, poll: float = 0.5, out=None) -> int:
 
 def _report_end(view, out) -> int:
     if view.status == "succeeded":
-        out.write(f"job {view.id} succeeded in {view.elapsed_s or 0:.1f}s; outputs: {json.dumps(view.outputs)[:2000]}\n")
+        out.write(f"job {view.id} succeeded in {view.elapsed_s or 0:.1f}s; "
+                  f"outputs: {json.dumps(view.outputs)[:2000]}\n")
         return 0
     out.write(f"job {view.id} {view.status}: {view.error or ''}\n")
     return 1
 
 
+@_user_errors
 def cmd_submit(args) -> int:
     client = _client(run_embedded=args.wait)
     user = _user(client, args)
@@ -139,6 +159,7 @@ def cmd_submit(args) -> int:
     return 0
 
 
+@_user_errors
 def cmd_list(args) -> int:
     client = _client(run_embedded=False)
     views = client.list(_user(client, args), status=args.status, kind=args.kind, limit=args.limit)
@@ -152,6 +173,7 @@ def cmd_list(args) -> int:
     return 0
 
 
+@_user_errors
 def cmd_show(args) -> int:
     client = _client(run_embedded=False)
     user = _user(client, args)
@@ -176,6 +198,7 @@ def cmd_show(args) -> int:
     return 0
 
 
+@_user_errors
 def cmd_cancel(args) -> int:
     client = _client(run_embedded=False)
     view = client.cancel(args.id, _user(client, args))
@@ -188,6 +211,7 @@ def cmd_cancel(args) -> int:
     return 0
 
 
+@_user_errors
 def cmd_retry(args) -> int:
     client = _client(run_embedded=args.wait)
     user = _user(client, args)
@@ -196,6 +220,7 @@ def cmd_retry(args) -> int:
     return _follow(client, job_id, user) if args.wait else 0
 
 
+@_user_errors
 def cmd_kinds(args) -> int:
     client = _client(run_embedded=False)
     for k in client.kinds():

@@ -71,10 +71,15 @@ class RidgeMapper(Mapper):
     def _refit(self, x: Tensors, y: Tensors) -> None:
         self._solve(self._flat_in(x), self._flat_out(y), self.chosen_lam)
 
+    def predict_normalised(self, xn: Tensors) -> Tensors:
+        """Normalised tiny tensors -> normalised LLM tensors (the map itself; affine)."""
+        dev = next(iter(xn.values()))[0].device
+        x = self.tiny.to_flat({t: (a.cpu(), b.cpu()) for t, (a, b) in xn.items()}).double()
+        y = ((x - self.mx) @ self.vx.T @ self.w) @ self.vy + self.my
+        return {t: (a.to(dev), b.to(dev)) for t, (a, b) in self.llm.from_flat(y.float()).items()}
+
     def predict_tensors(self, tiny: Tensors) -> Tensors:
-        z = (self._flat_in(tiny) - self.mx) @ self.vx.T
-        y = (z @ self.w) @ self.vy + self.my
-        return self.norm_out.denormalise(self.llm.from_flat(y.float()))
+        return self.norm_out.denormalise(self.predict_normalised(self.norm_in.normalise(tiny)))
 
     def _state(self) -> dict[str, torch.Tensor]:
         return {"ridge.mx": self.mx, "ridge.vx": self.vx, "ridge.my": self.my, "ridge.vy": self.vy,

@@ -12,8 +12,11 @@ inside the shared seeded basis -- and ``functional_weight`` x the LLM's answer N
 pair's shadow data with the predicted adapter (gtapp.mapper.functional).
 
 Targets and inputs are normalised per module (space.Normaliser: minus the shadow mean, over
-a per-module scale) and the output heads start at zero, so an untrained GT predicts exactly
-the mean of the shadow LLM updates -- the MeanMapper -- and training learns the residual.
+a per-module scale). The GT predicts a *residual* on top of a base map (``base``):
+``"ridge"`` (default: a RidgeMapper fitted on the same training runs, its alpha chosen on the
+same validation runs) or ``"mean"`` (the shadow mean). Its output heads start at zero, so an
+untrained GT *is* the base map -- the bar to clear -- and early stopping on held-out runs
+keeps the transformer's correction only as far as it helps on runs it never saw.
 
 Validation on held-out shadow runs every ``eval_every`` steps; the best checkpoint (lowest
 validation L_prod) is kept, training stops after ``patience`` evaluations without
@@ -54,9 +57,10 @@ class GTMapper(Mapper):
     def default_config(cls) -> dict:
         return {**super().default_config(), **GTConfig().to_dict(),
                 "steps": 2000, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.01, "warmup": 50,
-                "eval_every": 25, "patience": 20, "grad_clip": 1.0, "mse_weight": 0.1,
+                "eval_every": 25, "patience": 20, "grad_clip": 1.0, "mse_weight": 0.1, "mixup": 0.5,
                 "functional_weight": 0.0, "functional_model": None, "functional_examples": 8,
-                "functional_max_length": 64, "seed": 0, "max_time_s": None, "device": "cpu"}
+                "functional_max_length": 64, "seed": 0, "max_time_s": None, "device": "cpu",
+                "base": "ridge", "ridge_max_components": 64, "num_threads": None}
 
     def __init__(self, recipes, config=None):
         super().__init__(recipes, config)
@@ -65,21 +69,41 @@ class GTMapper(Mapper):
         self.model = GradientTransformer(self.tiny.describe(), self.llm.describe(), self.gt_config)
         self.device = _device(self.config["device"])
         self.history: list[dict] = []
+        if self.config["base"] not in ("ridge", "mean"):
+            raise ValueError(f"gt mapper: base must be 'ridge' or 'mean', got {self.config['base']!r}")
+        self.base = None
+        if self.config["base"] == "ridge":
+            from gtapp.mapper.ridge import RidgeMapper
+
+            self.base = RidgeMapper(recipes, {"max_components": self.config["ridge_max_components"]})
+            self.base.norm_in, self.base.norm_out = self.norm_in, self.norm_out  # shared normalisers
+
+    def _base_n(self, xn: Tensors) -> Tensors:
+        """The base map's prediction in normalised LLM space (zeros = the shadow mean)."""
+        if self.base is None:
+            first = next(iter(xn.values()))[0]
+            n, dev = first.shape[0], first.device
+            return {t: (torch.zeros(n, *ma.shape, device=dev), torch.zeros(n, *mb.shape, device=dev))
+                    for t, (ma, mb) in self.norm_out.mean.items()}
+        with torch.no_grad():
+            return self.base.predict_normalised(xn)
 
     # ----------------------------------------------------------------- forward
     def _depths(self, device):
         return ({t: self.tiny.depth(t).to(device) for t in self.tiny.types},
                 {t: self.llm.depth(t).to(device) for t in self.llm.types})
 
-    def _forward_normalised(self, xn: Tensors) -> Tensors:
+    def _forward_normalised(self, xn: Tensors, base_n: Tensors) -> Tensors:
         dt, dl = self._depths(next(self.model.parameters()).device)
-        return self.model(xn, dt, dl)
+        out = self.model(xn, dt, dl)
+        return {t: (a + base_n[t][0], b + base_n[t][1]) for t, (a, b) in out.items()}
 
     def predict_tensors(self, tiny: Tensors) -> Tensors:
         self.model.eval()
         dev = next(self.model.parameters()).device
         with torch.no_grad():
-            out = self._forward_normalised(_to(self.norm_in.normalise(tiny), dev))
+            xn = _to(self.norm_in.normalise(tiny), dev)
+            out = self._forward_normalised(xn, self._base_n(xn))
         out = {t: (a.float().cpu(), b.float().cpu()) for t, (a, b) in out.items()}
         return self.norm_out.denormalise(out)
 
@@ -113,6 +137,16 @@ class GTMapper(Mapper):
 
     # ----------------------------------------------------------------- fit
     def _fit(self, train_x, train_y, val_x, val_y, progress: Optional[ProgressFn], pairs=()) -> dict:
+        threads = self.config["num_threads"]
+        old = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(int(threads))
+        try:
+            return self._train(train_x, train_y, val_x, val_y, progress, pairs)
+        finally:
+            torch.set_num_threads(old)
+
+    def _train(self, train_x, train_y, val_x, val_y, progress: Optional[ProgressFn], pairs=()) -> dict:
         cfg = self.config
         dev = self.device
         torch.manual_seed(int(cfg["seed"]))
@@ -121,14 +155,20 @@ class GTMapper(Mapper):
         self._norm_dev = {t: {"mean": tuple(m.to(dev) for m in self.norm_out.mean[t]),
                               "s_a": self.norm_out.s_a[t].to(dev)[:, None, None],
                               "s_b": self.norm_out.s_b[t].to(dev)[:, None, None]} for t in self.llm.types}
+        base_report = {}
+        if self.base is not None:
+            base_report = self.base._fit(train_x, train_y, val_x, val_y, None)
+            base_report = {"lambda": base_report["lambda"], "components": base_report["components"]}
         a0 = {t: self.llm.a0(t).to(dev) for t in self.llm.types}
         w = {t: (1.0 / self.norm_out.prod2[t]).to(dev) for t in self.llm.types}
         xn = _to(self.norm_in.normalise(train_x), dev)
         y = _to(train_y, dev)
         yn = _to(self.norm_out.normalise(train_y), dev)
+        bn = _to(self._base_n(self.norm_in.normalise(train_x)), dev)
         if val_x is not None:
             vxn = _to(self.norm_in.normalise(val_x), dev)
             vy, vyn = _to(val_y, dev), _to(self.norm_out.normalise(val_y), dev)
+            vbn = _to(self._base_n(self.norm_in.normalise(val_x)), dev)
         functional = None
         if cfg["functional_weight"]:
             from gtapp.mapper.functional import FunctionalLoss
@@ -144,7 +184,10 @@ class GTMapper(Mapper):
             opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
         tracker = Tracker(progress, "train mapper", steps)
         t0 = time.monotonic()
-        best = {"val": math.inf, "step": 0, "state": copy.deepcopy(self.model.state_dict())}
+        # step 0 = the base map alone: the transformer must beat it on held-out runs to be kept
+        score0 = self._eval_prod(vxn, vy, vyn, vbn, a0, w) if val_x is not None else self._eval_prod(xn, y, yn, bn, a0, w)
+        best = {"val": score0, "step": 0, "state": copy.deepcopy(self.model.state_dict())}
+        base_score = score0
         first_loss = None
         bad_evals = 0
         self.history = []
@@ -153,12 +196,19 @@ class GTMapper(Mapper):
         for step in range(1, steps + 1):
             self.model.train()
             idx = torch.randperm(n, generator=gen)[:bs]
-            bx = index(xn, idx.to(dev))
-            pred = self._forward_normalised(bx)
-            loss, prod = self._loss(pred, index(y, idx.to(dev)), index(yn, idx.to(dev)), a0, w)
-            if functional is not None:
-                run_ids = [pairs[int(i)].run_id for i in idx]
-                loss = loss + cfg["functional_weight"] * functional(self._denorm_dev(pred), a0, run_ids)
+            full = (xn, y, yn, bn)
+            batch = [index(d, idx.to(dev)) for d in full]
+            if cfg["mixup"]:
+                batch = self._mixup(batch, full, float(cfg["mixup"]), gen)
+            bx, by, byn, bbn = batch
+            pred = self._forward_normalised(bx, bbn)
+            loss, prod = self._loss(pred, by, byn, a0, w)
+            if functional is not None:  # on the batch's real (unmixed) pairs only
+                n_plain = len(idx) - (int(round(float(cfg["mixup"]) * len(idx))) if cfg["mixup"] and n > 1 else 0)
+                if n_plain > 0:
+                    run_ids = [pairs[int(i)].run_id for i in idx[:n_plain]]
+                    pred_raw = self._denorm_dev({t: (a[:n_plain], b[:n_plain]) for t, (a, b) in pred.items()})
+                    loss = loss + cfg["functional_weight"] * functional(pred_raw, a0, run_ids)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg["grad_clip"]:
@@ -168,9 +218,9 @@ class GTMapper(Mapper):
             if first_loss is None:
                 first_loss = float(prod.mean())
             if step % int(cfg["eval_every"]) == 0 or step == steps:
-                rec = {"step": step, "train_prod": self._eval_prod(xn, y, yn, a0, w)}
+                rec = {"step": step, "train_prod": self._eval_prod(xn, y, yn, bn, a0, w)}
                 if val_x is not None:
-                    rec["val_prod"] = self._eval_prod(vxn, vy, vyn, a0, w)
+                    rec["val_prod"] = self._eval_prod(vxn, vy, vyn, vbn, a0, w)
                 self.history.append(rec)
                 score = rec.get("val_prod", rec["train_prod"])
                 if score < best["val"] - 1e-12:
@@ -191,6 +241,7 @@ class GTMapper(Mapper):
         tracker.update(steps, "done")
         final_train = self.history[-1]["train_prod"] if self.history else float("nan")
         return {"steps_run": step, "stopped": stopped, "best_step": best["step"],
+                "base": cfg["base"], "base_fit": base_report, "base_score": base_score,
                 "best_score": best["val"], "selected_on": "validation" if val_x is not None else "train",
                 "loss_first": first_loss, "loss_last_train": final_train,
                 "parameters": self.model.num_parameters(), "device": str(dev),
@@ -198,28 +249,65 @@ class GTMapper(Mapper):
                 "history": self.history[-200:],
                 "train": {"prod_loss_first": first_loss, "prod_loss_best": self._best_train(best["step"])}}
 
+    @staticmethod
+    def _mixup(batch: list, full: list, frac: float, gen: torch.Generator) -> list:
+        """Replace a fraction of the batch by convex combinations of two random training pairs.
+
+        In the shared seeded basis a weighted average of updates is itself a meaningful
+        update (it is how clients' updates are pooled), the normalisation and the base map
+        are affine, so mixing inputs, targets and base predictions alike encodes the prior
+        that nearby inputs map to nearby outputs -- the regulariser a map learned from a few
+        dozen runs needs.
+        """
+        n_all = next(iter(full[0].values()))[0].shape[0]
+        bs = next(iter(batch[0].values()))[0].shape[0]
+        k = int(round(frac * bs))
+        if k == 0 or n_all < 2:
+            return batch
+        i = torch.randint(0, n_all, (k,), generator=gen)
+        j = torch.randint(0, n_all, (k,), generator=gen)
+        lam = torch.rand(k, generator=gen)
+
+        def mix(whole, part):
+            out = {}
+            for t, fs in whole.items():
+                new = []
+                for f, b in zip(fs, part[t]):
+                    l = lam.to(f).view(-1, *([1] * (f.dim() - 1)))
+                    m = l * f[i.to(f.device)] + (1 - l) * f[j.to(f.device)]
+                    new.append(torch.cat([b[: bs - k], m]))
+                out[t] = tuple(new)
+            return out
+
+        return [mix(w, p) for w, p in zip(full, batch)]
+
     def _best_train(self, step: int) -> Optional[float]:
         for h in self.history:
             if h["step"] == step:
                 return h["train_prod"]
         return None
 
-    def _eval_prod(self, xn, y, yn, a0, w, chunk: int = 256) -> float:
+    def _eval_prod(self, xn, y, yn, bn, a0, w, chunk: int = 256) -> float:
         self.model.eval()
         n = next(iter(xn.values()))[0].shape[0]
         total = 0.0
         with torch.no_grad():
             for s in range(0, n, chunk):
                 sl = slice(s, s + chunk)
-                pred = self._forward_normalised(index(xn, sl))
+                pred = self._forward_normalised(index(xn, sl), index(bn, sl))
                 _, prod = self._loss(pred, index(y, sl), index(yn, sl), a0, w)
                 total += float(prod.sum())
         return total / max(n, 1)
 
     # ----------------------------------------------------------------- state
     def _state(self) -> dict[str, torch.Tensor]:
-        return {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        sd = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        if self.base is not None:
+            sd.update({f"base.{k}": v for k, v in self.base._state().items()})
+        return sd
 
     def _load_state(self, sd) -> None:
         self.model.load_state_dict({k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")})
+        if self.base is not None:
+            self.base._load_state({k[len("base."):]: v for k, v in sd.items() if k.startswith("base.")})
         self.model.to(self.device).eval()

@@ -106,11 +106,12 @@ class DecoderBlock(nn.Module):
         self.ln1, self.self_attn = nn.LayerNorm(cfg.d_model), Attention(cfg)
         self.ln2, self.cross_attn = nn.LayerNorm(cfg.d_model), Attention(cfg)
         self.ln3, self.mlp = nn.LayerNorm(cfg.d_model), MLP(cfg)
-        self.ln_mem = nn.LayerNorm(cfg.d_model)
 
     def forward(self, x, memory):
+        # memory is NOT layer-normed: its values carry the input update's magnitude through
+        # to the output (a LayerNorm there would make the map blind to the update's scale).
         x = x + self.self_attn(self.ln1(x))
-        x = x + self.cross_attn(self.ln2(x), self.ln_mem(memory))
+        x = x + self.cross_attn(self.ln2(x), memory)
         return x + self.mlp(self.ln3(x))
 
 
@@ -125,6 +126,33 @@ class DepthEncoding(nn.Module):
     def forward(self, depth):  # depth [L] -> [L, d_model]
         x = depth[:, None] * self.freqs
         return self.proj(torch.cat([depth[:, None], x.sin(), x.cos()], dim=1))
+
+
+class PositionalRouter(nn.Module):
+    """Attention whose weights depend only on positions (depth, type), never on content:
+    out_u = sum_j softmax_j(q_u . k_j) V c_j is *linear* in the tiny update. It gives every
+    LLM query a linear read of the tiny tokens, so the network contains a linear map
+    tiny -> LLM along its residual stream (the decoder adds nonlinear corrections); a
+    linear map is the bar to clear (ridge), and this path makes it cheap to reach."""
+
+    def __init__(self, cfg: GTConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.q = nn.Linear(cfg.d_model, cfg.d_model)
+        self.k = nn.Linear(cfg.d_model, cfg.d_model)
+        self.v = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, queries, keys, content):  # [Tq, d], [Tk, d], [N, Tk, d] -> [N, Tq, d]
+        tq, d = queries.shape
+        tk = keys.shape[0]
+        h = self.n_heads
+        q = self.q(queries).view(tq, h, d // h).transpose(0, 1)  # [h, Tq, dh]
+        k = self.k(keys).view(tk, h, d // h).transpose(0, 1)
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // h), dim=-1)  # [h, Tq, Tk]
+        v = self.v(content).view(content.shape[0], tk, h, d // h).transpose(1, 2)  # [N, h, Tk, dh]
+        out = (att.unsqueeze(0) @ v).transpose(1, 2).reshape(content.shape[0], tq, d)
+        return self.proj(out)
 
 
 # ----------------------------------------------------------------------------- chunk maps
@@ -155,7 +183,8 @@ class ChunkOut(nn.Module):
     def __init__(self, rank: int, out_f: int, in_f: int, cfg: GTConfig):
         super().__init__()
         self.rank, self.out_f, self.in_f, self.d_rank = rank, out_f, in_f, cfg.d_rank
-        self.ln = nn.LayerNorm(cfg.d_model)
+        # No LayerNorm before the head (unlike a language model's ln_f): the residual stream's
+        # scale is the predicted update's scale.
         if cfg.d_rank is None:
             self.proj = nn.Linear(cfg.d_model, rank * (in_f + out_f))
             last = self.proj
@@ -169,7 +198,6 @@ class ChunkOut(nn.Module):
 
     def forward(self, h):
         lead = h.shape[:-1]
-        h = self.ln(h)
         if self.d_rank is None:
             y = self.proj(h)
             k = self.rank * self.in_f
@@ -201,37 +229,42 @@ class GradientTransformer(nn.Module):
         self.depth_in = DepthEncoding(cfg)
         self.depth_out = DepthEncoding(cfg)
         self.drop = nn.Dropout(cfg.dropout)
+        self.route = PositionalRouter(cfg)
         self.encoder = nn.ModuleList([EncoderBlock(cfg) for _ in range(cfg.n_enc_layers)])
         self.decoder = nn.ModuleList([DecoderBlock(cfg) for _ in range(cfg.n_dec_layers)])
-        self.ln_mem = nn.LayerNorm(cfg.d_model)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, tiny: dict, tiny_depth: dict, llm_depth: dict) -> dict:
-        # 1. one token per (tiny layer, module type)
-        tokens = []
+        # 1. one token per (tiny layer, module type): content + where it sits
+        content, where = [], []
         for t in self.tiny_types:
             da, b = tiny[t]
-            x = self.chunk_in[t](da, b)  # [N, L_t, d]
-            tokens.append(x + self.depth_in(tiny_depth[t].to(x)) + self.type_in[t])
-        x = self.drop(torch.cat(tokens, dim=1))
+            c = self.chunk_in[t](da, b)  # [N, L_t, d], linear in the update
+            content.append(c)
+            where.append((self.depth_in(tiny_depth[t].to(c)) + self.type_in[t]).expand_as(c[0]))
+        content, where = torch.cat(content, dim=1), torch.cat(where, dim=0)
+        x = self.drop(content + where)
         n = x.shape[0]
         # 2. encoder: the tiny layers look at each other
         for block in self.encoder:
             x = block(x)
-        memory = self.ln_mem(x)
+        memory = x
         # 3. one learned query per (LLM layer, module type)
         queries, sizes = [], []
         for t in self.llm_types:
             q = self.depth_out(llm_depth[t].to(x)) + self.type_out[t]  # [L_u, d]
             queries.append(q)
             sizes.append(q.shape[0])
-        h = torch.cat(queries, dim=0).unsqueeze(0).expand(n, -1, -1)
-        # 4. decoder: queries attend to each other and to the tiny update
+        q = torch.cat(queries, dim=0)
+        # 4. each query starts from a linear read of the tiny tokens, routed by position only
+        #    (which tiny layers/types feed which LLM layer/type); the decoder then refines it
+        h = q.unsqueeze(0) + self.route(q, where, content)
+        # 5. decoder: queries attend to each other and to the tiny update
         for block in self.decoder:
             h = block(h, memory)
-        # 5. per-type heads give each LLM module's (dA, B)
+        # 6. per-type heads give each LLM module's (dA, B)
         out = {}
         for t, part in zip(self.llm_types, h.split(sizes, dim=1)):
             out[t] = self.chunk_out[t](part)

@@ -46,7 +46,7 @@ def pg_url():
 
 
 @pytest.fixture
-def embedded_settings(tmp_path) -> Settings:
+def embedded_settings(tmp_path):
     return make_settings(tmp_path / "embedded")
 
 

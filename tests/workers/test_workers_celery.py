@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from storage import catalog, ledger
 from storage.artifacts import ArtifactStore
 from storage.db import session_scope
-from storage.models import Adapter, Dataset, Job, PrivacyLedgerEntry
+from storage.models import Adapter, Dataset, Evaluation, Job, PrivacyLedgerEntry
 from workers.celery_app import make_celery
 from workers.client import JobClient, QueueUnavailable
 from workers.testing import CeleryWorker, free_port
@@ -62,6 +62,7 @@ def _examples(n: int) -> list[dict]:
     return [{"prompt": f"Q: what is {i} plus {i}?\nA:", "answer": f" {2 * i}"} for i in range(n)]
 
 
+@pytest.mark.slow
 def test_dp_finetune_through_real_worker_and_ledger(celery_sqlite, micro_zoo):
     pytest.importorskip("gtapp.finetune", reason="gtapp.finetune not present in this version")
     settings, worker = celery_sqlite
@@ -105,9 +106,24 @@ def test_dp_finetune_through_real_worker_and_ledger(celery_sqlite, micro_zoo):
         client.submit("finetune", greedy, users["alice"])
     with session_scope(settings=settings) as s:
         assert s.scalar(select(func.count()).select_from(Job)) == jobs_before  # nothing queued or running
-    # bob (another organisation) cannot fine-tune on alice's dataset
-    with pytest.raises(PermissionError):
+    # bob (another organisation) cannot fine-tune on alice's dataset: it does not exist for him
+    with pytest.raises(LookupError, match="dataset .* not found"):
         client.submit("finetune", params, users["bob"])
+    # evaluate the produced adapter on alice's dataset, through the same worker
+    ev_id = client.submit("evaluate", {"pair_id": pair_id, "model": "tiny", "adapter_id": adapter.id,
+                                       "dataset_id": ds_id, "limit": 8, "batch_size": 8, "device": "cpu"},
+                          users["alice"])
+    ev = client.wait(ev_id, timeout=120)
+    assert ev.status == "succeeded", (ev.error, ev.log_tail)
+    assert ev.outputs["method"] == "adapter_tiny" and ev.outputs["n"] == 8 and 0.0 <= ev.outputs["value"] <= 1.0
+    with session_scope(settings=settings) as s:
+        row = s.get(Evaluation, ev.outputs["evaluation_id"])
+        assert row.job_id == ev_id and row.epsilon == pytest.approx(record["epsilon"]) and row.task == "dataset:sums"
+    with pytest.raises(LookupError, match="not found"):  # bob cannot use alice's adapter or dataset
+        client.submit("evaluate", {"pair_id": pair_id, "model": "tiny", "adapter_id": adapter.id,
+                                   "dataset_id": ds_id}, users["bob"])
+    with session_scope(settings=settings) as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == jobs_before + 1  # only alice's evaluate
 
 
 def test_hundred_jobs_finish_exactly_once(celery_pg):

@@ -185,5 +185,6 @@ def test_worker_that_lost_its_row_stops(embedded_settings):
         assert view.status == "running" and view.worker == "someone-else/2/x" and view.outputs == {}
         log = (ArtifactStore(embedded_settings.artifacts_dir).run_dir(job_id) / "log.txt").read_text()
         assert "taken over" in log
+        c.cancel(job_id, users["alice"])  # the reaper would requeue it once 'someone-else' goes quiet
     finally:
         stop_all()
