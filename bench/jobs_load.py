@@ -113,6 +113,12 @@ def run(n: int, workers: int, broker_url: str, database_url: str | None, steps: 
     finally:
         for w in pool:
             w.stop()
+        import redis
+
+        r = redis.Redis.from_url(broker_url)  # leave nothing behind in the shared Redis
+        keys = list(r.scan_iter(match=f"{settings.broker_key_prefix}*", count=1000))
+        if keys:
+            r.delete(*keys)
 
 
 def table(r: dict) -> str:

@@ -15,6 +15,10 @@ output is not such a sum, so use it only when the update has that structure. The
 states which was used.
 
 The initial A0 is public (the recipe's seed), so releasing A0 + dA~ is post-processing.
+``parts="b"`` releases only B (clipped and noised) with A = A0: dA barely moves in a
+fine-tune, dropping it is post-processing, and the noise then lands on fewer coordinates
+(noise on dA can also push A outside the validator's init tolerance, so a ``"both"``
+release at small ε may be refused as an upload).
 Noise of std sigma in every one of D coordinates has norm about sigma * sqrt(D), usually
 far larger than C: the report gives that ratio so nobody mistakes the result for signal.
 """
@@ -51,15 +55,21 @@ class PerturbReport:
     expected_noise_norm: float
     noise_to_signal: float
     seed: Optional[int]
+    parts: str = "both"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def perturb_update(update, recipe: LoraRecipe, clip_norm: float, epsilon: float, delta: float,
-                   neighbouring: str = "replace", seed: Optional[int] = None) -> tuple[Factors, PerturbReport]:
+                   neighbouring: str = "replace", seed: Optional[int] = None,
+                   parts: str = "both") -> tuple[Factors, PerturbReport]:
     """Clip ``update`` (factors or UpdateVector of ``recipe``) to ``clip_norm`` and add Gaussian
-    noise for (``epsilon``, ``delta``)-DP; returns (noisy factors, report)."""
+    noise for (``epsilon``, ``delta``)-DP; returns (noisy factors, report).
+
+    ``parts``: ``"both"`` releases (dA, B); ``"b"`` releases B only (A = A0)."""
+    if parts not in ("both", "b"):
+        raise ValueError(f"parts must be 'both' or 'b', got {parts!r}")
     if neighbouring not in NEIGHBOURING:
         raise ValueError(f"neighbouring must be one of {sorted(NEIGHBOURING)}, got {neighbouring!r}")
     if not (math.isfinite(clip_norm) and clip_norm > 0):
@@ -67,28 +77,33 @@ def perturb_update(update, recipe: LoraRecipe, clip_norm: float, epsilon: float,
     space = UpdateSpace(recipe)
     f = as_factors(update, recipe)
     space.check(f, "update")
-    v = space.to_flat(space.stack([f]))[0].double()
+    x = space.stack([f])
+    if parts == "b":
+        x = {t: (torch.zeros_like(a), b) for t, (a, b) in x.items()}
+    v = space.to_flat(x)[0].double()
+    mask = space.to_flat({t: (torch.zeros_like(a), torch.ones_like(b)) if parts == "b" else
+                          (torch.ones_like(a), torch.ones_like(b)) for t, (a, b) in x.items()})[0].bool()
     norm = float(v.norm())
     factor = min(1.0, clip_norm / norm) if norm > 0 else 1.0
     v = v * factor
     sens = NEIGHBOURING[neighbouring] * clip_norm
     sigma = privacy.gaussian_sigma_for(epsilon, delta, sens)
     g = torch.Generator().manual_seed(seed) if seed is not None else None
-    noisy = v + sigma * torch.randn(v.shape, generator=g, dtype=torch.float64)
+    noisy = v + sigma * torch.randn(v.shape, generator=g, dtype=torch.float64) * mask
     out = space.unstack(space.from_flat(noisy[None].float()))[0]
-    d = v.numel()
+    d = int(mask.sum())
     report = PerturbReport(
         mechanism="output perturbation: L2 clipping + Gaussian noise (analytic Gaussian mechanism)",
         epsilon=privacy.gaussian_epsilon(sigma, delta, sens), delta=delta, target_epsilon=epsilon, sigma=sigma,
         clip_norm=clip_norm, sensitivity=sens, neighbouring=neighbouring, norm_before=norm,
         norm_clipped=norm * factor, clipped=factor < 1.0, dimension=d,
         expected_noise_norm=sigma * math.sqrt(d), noise_to_signal=sigma * math.sqrt(d) / max(norm * factor, 1e-30),
-        seed=seed)
+        seed=seed, parts=parts)
     return out, report
 
 
 def perturb_adapter(adapter_dir, recipe: LoraRecipe, out_dir, clip_norm: float, epsilon: float, delta: float,
-                    neighbouring: str = "replace", seed: Optional[int] = None) -> PerturbReport:
+                    neighbouring: str = "replace", seed: Optional[int] = None, parts: str = "both") -> PerturbReport:
     """Validate an adapter, perturb it, write a stock peft adapter + ``perturb.json`` to ``out_dir``."""
     import json
     from pathlib import Path
@@ -97,7 +112,7 @@ def perturb_adapter(adapter_dir, recipe: LoraRecipe, out_dir, clip_norm: float, 
     from gtapp.validate import load_adapter
 
     checked = load_adapter(adapter_dir, recipe)
-    noisy, report = perturb_update(checked.factors, recipe, clip_norm, epsilon, delta, neighbouring, seed)
+    noisy, report = perturb_update(checked.factors, recipe, clip_norm, epsilon, delta, neighbouring, seed, parts)
     out = Path(out_dir)
     write_peft_adapter(noisy, recipe, out, base_model_name_or_path=checked.summary.base_model_name_or_path)
     (out / "perturb.json").write_text(json.dumps({"source_sha256": checked.summary.sha256, **report.to_dict()},

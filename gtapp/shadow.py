@@ -380,9 +380,10 @@ def generate_pairs(zoo_dir: str | Path, config: ShadowConfig, out_dir: str | Pat
                 per_step = {k: _read_adapter(Path(res.snapshots[k]), recipe) for k in snaps}
                 per_step[config.steps] = _read_adapter(Path(res.adapter_dir), recipe)
                 factors[which] = per_step
-                loss = res.record.get("loss", {}) if isinstance(res.record, dict) else {}
+                rec = res.record if isinstance(res.record, dict) else {}
+                loss = rec.get("loss") or {}
                 records[which] = {"loss_first": loss.get("first"), "loss_last": loss.get("last"),
-                                  "wall_s": res.record.get("wall_s") if isinstance(res.record, dict) else None}
+                                  "data_fingerprint": rec.get("data_fingerprint"), "wall_s": rec.get("wall_s")}
             tensors = {}
             for which, per_step in factors.items():
                 for k, fs in per_step.items():

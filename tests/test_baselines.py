@@ -8,13 +8,19 @@ from collections.abc import Sequence
 import pytest
 import torch
 
-from gtapp.baselines import METHODS, BaselineResult, Budget, evaluate_result, run_baseline
+from gtapp.baselines import (
+    METHODS,
+    BaselineResult,
+    Budget,
+    evaluate_result,
+    run_baseline,
+)
 from gtapp.models import ModelPair
 
 TASK = "commonsense/tool_use-4opt"
 LLM_BUDGET = Budget(steps=8, batch_size=8, lr=1e-2, max_length=64)
-TINY_BUDGET = Budget(steps=30, batch_size=16, lr=1e-2, max_length=64)
-DATAFREE = {"n_samples": 24, "sample_tokens": 24}
+TINY_BUDGET = Budget(steps=20, batch_size=16, lr=1e-2, max_length=64)
+DATAFREE = {"n_samples": 16, "sample_tokens": 16}
 
 
 class Untouchable(Sequence):
@@ -99,7 +105,7 @@ def test_every_baseline_runs_records_costs_and_is_evaluated(setup, results):
             assert seeded < other, (m, seeded, other)  # trained from the recipe's seeded A, not another
             peft = PeftModel.from_pretrained(load_model(pair.path(r.model)), r.adapter_dir)  # stock peft
             assert any("lora_B" in n and float(p.abs().max()) > 0 for n, p in peft.named_parameters())
-            ev = evaluate_result(r, pair, task, limit=16)
+            ev = evaluate_result(r, pair, task, limit=8)
         assert ev["n"] > 0 and ev["answer_nll"] == ev["answer_nll"]
         print(f"{m:15s} {r.wall_s:7.2f} {r.peak_mem_mb:8.2f} {r.tokens:7d} {ev['value']:6.3f} {ev['answer_nll']:7.3f}")
     for m in ("oracle", "public_ft", "kd_logit", "weak_to_strong", "datafree_kd"):  # the same budget
@@ -166,7 +172,7 @@ def test_proxy_tuning_logits_are_exact_and_decoding_matches(setup, results):
 def test_same_seed_same_adapter_and_datafree_never_reads_private(setup, results):
     from safetensors.torch import load_file
 
-    pair, task, public, out, tiny = setup
+    pair, _task, public, out, tiny = setup
     again = run_baseline("datafree_kd", pair, tiny.adapter_dir, Untouchable(), public, LLM_BUDGET,
                          out / "datafree_again", seed=0, options=DATAFREE)
     a = load_file(f"{results['datafree_kd'].adapter_dir}/adapter_model.safetensors")
@@ -187,3 +193,27 @@ def test_bad_requests_are_refused(setup):
         run_baseline("kd_logit", pair, None, task.train, public, LLM_BUDGET, out / "x")
     with pytest.raises(ValueError):
         Budget(steps=0, batch_size=8, lr=1e-3)
+
+
+def test_language_modelling_task_paths(micro_zoo, tmp_path):
+    """Empty-prompt (LM) examples: weak-to-strong labels continue the text's first half with
+    the TinyLM; kd_logit on the teacher's own answers; proxy-tuning scores perplexity."""
+    from gtapp.baselines.common import CostMeter
+    from gtapp.baselines.sft import teacher_labels
+    from gtapp.tasks.universe import make_task
+
+    pair = ModelPair.from_dir(micro_zoo)
+    task = make_task("lm/weather-0", seed=0, n_train=8, n_test=4)
+    b = Budget(steps=2, batch_size=4, lr=1e-3, max_length=48)
+    tiny = run_baseline("tiny_ft", pair, None, task.train, [], b, tmp_path / "tiny", seed=0)
+    with CostMeter() as meter:
+        labelled = teacher_labels(pair, tiny.adapter_dir, task.train[:3], 8, meter, max_length=48)
+    assert all(e.prompt and task.train[i].answer.startswith(e.prompt[:5]) for i, e in enumerate(labelled))
+    assert meter.tokens > 0
+    for m, opts in (("weak_to_strong", None), ("kd_logit", {"targets": "teacher"})):
+        r = run_baseline(m, pair, tiny.adapter_dir, task.train, [], b, tmp_path / m, seed=0, task=task, options=opts)
+        assert r.tokens > 0 and r.wall_s > 0
+    p = run_baseline("proxy_tuning", pair, tiny.adapter_dir, task.train, [], b, tmp_path / "proxy", task=task)
+    assert p.extra["eval"]["metric"] == "perplexity" and p.extra["eval"]["value"] > 1
+    assert BaselineResult.load(tmp_path / "proxy" / "baseline.json").extra["eval"] == p.extra["eval"]
+    print(f"\nLM task proxy-tuning perplexity {p.extra['eval']['value']:.2f}")

@@ -211,15 +211,21 @@ def run_job(job_id: int, worker: Optional[str] = None, settings: Optional[Settin
             state = row.status if row is not None else "missing"
         log.info("job %s not claimed (status %s): duplicate delivery or already handled", job_id, state)
         return "skipped"
-    store = ArtifactStore(settings.artifacts_dir)
-    ctx = JobContext(job, settings, store, worker)
-    for stale in ("results.json", "failure.json"):
-        with contextlib.suppress(FileNotFoundError):
-            (ctx.run_dir / stale).unlink()
-    atomic_write_json(ctx.run_dir / "config.json", {
-        "job_id": job.id, "kind": job.kind, "params": job.params, "seed": ctx.seed, "org_id": job.org_id,
-        "user_id": job.user_id, "attempt": job.attempts, "max_attempts": job.max_attempts, "worker": worker,
-        "created_at": job.created_at, "started_at": job.started_at, "gtapp_version": _gtapp_version()})
+    try:
+        store = ArtifactStore(settings.artifacts_dir)
+        ctx = JobContext(job, settings, store, worker)
+        for stale in ("results.json", "failure.json"):
+            with contextlib.suppress(FileNotFoundError):
+                (ctx.run_dir / stale).unlink()
+        atomic_write_json(ctx.run_dir / "config.json", {
+            "job_id": job.id, "kind": job.kind, "params": job.params, "seed": ctx.seed, "org_id": job.org_id,
+            "user_id": job.user_id, "attempt": job.attempts, "max_attempts": job.max_attempts, "worker": worker,
+            "created_at": job.created_at, "started_at": job.started_at, "gtapp_version": _gtapp_version()})
+    except Exception as e:  # e.g. the artifact volume is full or read-only: fail now, readably
+        error = f"could not prepare the job's run folder: {_error_text(e)}"
+        log.error("job %s: %s", job_id, error)
+        _finish(job_id, worker, settings, "failed", error=error, eta_s=None)
+        return "failed"
     ctx.log(f"=== attempt {job.attempts}/{job.max_attempts} of job {job.id} ({job.kind}) on {worker} ===")
     heartbeat = Heartbeat(ctx, settings.heartbeat_interval_s)
     heartbeat.start()

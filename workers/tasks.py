@@ -27,5 +27,6 @@ def register_tasks(app: Celery, settings: Settings) -> None:
     for kind, spec in REGISTRY.items():
         soft = spec.soft_time_limit_s or settings.job_soft_time_limit_s
         hard = soft + (settings.job_hard_time_limit_s - settings.job_soft_time_limit_s)
-        app.task(name=task_name(kind), bind=True, acks_late=True, reject_on_worker_lost=True,
-                 soft_time_limit=soft, time_limit=hard, queue=spec.queue)(_make_task(kind))
+        app.task(name=task_name(kind), bind=True, shared=False, acks_late=True, reject_on_worker_lost=True,
+                 soft_time_limit=soft, time_limit=hard)(_make_task(kind))
+    app.conf.task_routes = {task_name(kind): {"queue": spec.queue} for kind, spec in REGISTRY.items()}

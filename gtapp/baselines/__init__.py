@@ -15,9 +15,25 @@ datafree_kd        logit KD on text sampled from the fine-tuned TinyLM     disti
 :func:`run_baseline` runs one; :func:`evaluate_result` scores its result on a task split.
 """
 
-from gtapp.baselines.common import EVAL_MODEL, METHODS, BaselineResult, Budget, CostMeter
+from gtapp.baselines.common import (
+           EVAL_MODEL,
+           METHODS,
+           BaselineResult,
+           Budget,
+           CostMeter,
+)
 from gtapp.baselines.proxy import ProxyTunedLM, evaluate_proxy_tuning, load_proxy
 from gtapp.baselines.run import evaluate_result, run_baseline
 
-__all__ = ["BaselineResult", "Budget", "CostMeter", "EVAL_MODEL", "METHODS", "ProxyTunedLM",
-           "evaluate_proxy_tuning", "evaluate_result", "load_proxy", "run_baseline"]
+__all__ = [
+           "EVAL_MODEL",
+           "METHODS",
+           "BaselineResult",
+           "Budget",
+           "CostMeter",
+           "ProxyTunedLM",
+           "evaluate_proxy_tuning",
+           "evaluate_result",
+           "load_proxy",
+           "run_baseline",
+]

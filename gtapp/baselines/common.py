@@ -22,9 +22,10 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Self
 
 import torch
 
@@ -80,7 +81,7 @@ class BaselineResult:
     """
 
     method: str
-    adapter_dir: Optional[str]
+    adapter_dir: str | None
     wall_s: float
     peak_mem_mb: float
     tokens: int
@@ -98,7 +99,7 @@ class BaselineResult:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "BaselineResult":
+    def load(cls, path: str | Path) -> BaselineResult:
         return cls(**json.loads(Path(path).read_text()))
 
 
@@ -152,10 +153,9 @@ class CostMeter:
     def _sample(self) -> None:
         while not self._stop.wait(self.interval_s):
             rss = _rss_bytes()
-            if rss > self._peak:
-                self._peak = rss
+            self._peak = max(self._peak, rss)
 
-    def __enter__(self) -> "CostMeter":
+    def __enter__(self) -> Self:
         gc.collect()
         if self.cuda:
             torch.cuda.synchronize(self.device)
@@ -238,8 +238,8 @@ def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tenso
 
 @torch.no_grad()
 def decode(step: StepFn, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-           eos_token_id: Optional[int], pad_token_id: int, temperature: float = 0.0,
-           generator: Optional[torch.Generator] = None, min_new_tokens: int = 0) -> torch.Tensor:
+           eos_token_id: int | None, pad_token_id: int, temperature: float = 0.0,
+           generator: torch.Generator | None = None, min_new_tokens: int = 0) -> torch.Tensor:
     """Left-padded batch decoding with a KV cache: greedy when ``temperature == 0``, else
     sampling from softmax(logits / temperature) with ``generator``. EOS is forbidden for the
     first ``min_new_tokens`` steps.
@@ -279,7 +279,7 @@ def decode(step: StepFn, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     return torch.cat([ids, torch.stack(new, dim=1)], dim=1)
 
 
-def cut_at_eos(row: list[int], eos: Optional[int]) -> list[int]:
+def cut_at_eos(row: list[int], eos: int | None) -> list[int]:
     return row[:row.index(eos)] if eos is not None and eos in row else row
 
 

@@ -19,19 +19,26 @@ learning rate, AdamW without weight decay, the same epoch-wise shuffled batches 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from gtapp.baselines.common import Budget, CostMeter, batch_indices, cut_at_eos, decode, left_pad, model_step
+from gtapp.baselines.common import (
+    Budget,
+    CostMeter,
+    batch_indices,
+    cut_at_eos,
+    decode,
+    left_pad,
+    model_step,
+)
 from gtapp.data import IGNORE_INDEX, EncodedDataset, _pad_id, iter_batches, prompt_ids
 from gtapp.models import attach_lora, load_model
 from gtapp.progress import ProgressFn, Tracker
 from gtapp.recipe import LoraRecipe
 from gtapp.tasks.base import Example
-
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target_mask: torch.Tensor,
@@ -80,7 +87,7 @@ def encoded_examples(tokenizer, examples: Sequence[Example], max_length: int):
 
 def distill(llm_path: str | Path, recipe: LoraRecipe, teacher: torch.nn.Module, input_ids: torch.Tensor,
             attention_mask: torch.Tensor, target_mask: torch.Tensor, budget: Budget, out_dir: str | Path,
-            seed: int, meter: CostMeter, temperature: float = 1.0, progress: Optional[ProgressFn] = None,
+            seed: int, meter: CostMeter, temperature: float = 1.0, progress: ProgressFn | None = None,
             stage: str = "distil", device: str | torch.device = "cpu") -> dict:
     """Train the LLM recipe's LoRA to match ``teacher`` on the given sequences; save the adapter.
 
@@ -137,8 +144,8 @@ def start_ids(tokenizer, prefix: str) -> list[int]:
 @torch.no_grad()
 def sample_sequences(teacher: torch.nn.Module, tokenizer, n: int, max_new_tokens: int, temperature: float,
                      seed: int, prefixes: Sequence[str] = ("",), batch_size: int = 32,
-                     meter: Optional[CostMeter] = None, device: str | torch.device = "cpu",
-                     progress: Optional[ProgressFn] = None, min_new_tokens: int = 0) -> list[tuple[list[int], list[int]]]:
+                     meter: CostMeter | None = None, device: str | torch.device = "cpu",
+                     progress: ProgressFn | None = None, min_new_tokens: int = 0) -> list[tuple[list[int], list[int]]]:
     """``n`` samples from ``teacher``: (start ids, sampled ids incl. a final EOS if produced).
 
     Prefixes are used round-robin; sampling uses a generator seeded by ``seed``; EOS is

@@ -15,7 +15,6 @@ the combined distribution.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import torch
 from transformers.modeling_outputs import CausalLMOutput
@@ -48,7 +47,7 @@ class ProxyTunedLM(torch.nn.Module):
     def _logits(self, model, **kw) -> torch.Tensor:
         return model(**kw).logits
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, **kw):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kw):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         kw = {"input_ids": input_ids, "attention_mask": attention_mask, **kw}
@@ -66,9 +65,9 @@ class ProxyTunedLM(torch.nn.Module):
         return logits, tuple(cache for _, cache in outs)
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  max_new_tokens: int = 16, do_sample: bool = False, num_beams: int = 1,
-                 pad_token_id: Optional[int] = None, eos_token_id: Optional[int] = None, **_) -> torch.Tensor:
+                 pad_token_id: int | None = None, eos_token_id: int | None = None, **_) -> torch.Tensor:
         """Greedy decoding under the combined logits (prompt + new tokens, like ``generate``)."""
         if do_sample or num_beams != 1:
             raise ValueError("proxy-tuning decodes greedily (do_sample=False, num_beams=1)")
@@ -89,7 +88,7 @@ def load_proxy(pair: ModelPair, tiny_adapter_dir: str | Path, alpha: float = 1.0
 
 
 def evaluate_proxy_tuning(pair: ModelPair, tiny_adapter_dir: str | Path, task: Task, split: str = "test",
-                          limit: Optional[int] = None, batch_size: int = 32, alpha: float = 1.0,
+                          limit: int | None = None, batch_size: int = 32, alpha: float = 1.0,
                           max_length: int = 256, device: str | torch.device = "cpu",
                           seed: int = 0) -> BaselineResult:
     """Score proxy-tuning on ``task``: :func:`gtapp.evaluate.evaluate` run on the combined model.

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
-from gtapp.baselines.common import EVAL_MODEL, METHODS, USES, BaselineResult, Budget, CostMeter
+from gtapp.baselines.common import (
+    EVAL_MODEL,
+    METHODS,
+    USES,
+    BaselineResult,
+    Budget,
+    CostMeter,
+)
 from gtapp.evaluate import ADAPTER_WEIGHTS, evaluate, load_with_adapter
 from gtapp.models import ModelPair
 from gtapp.progress import ProgressFn
@@ -26,8 +33,8 @@ OPTIONS = {
 
 def run_baseline(method: str, pair: ModelPair, tiny_adapter_dir: str | Path | None,
                  private_examples: Sequence[Example], public_examples: Sequence[Example], budget: Budget,
-                 out_dir: str | Path, seed: int = 0, progress: Optional[ProgressFn] = None, *,
-                 task: Optional[Task] = None, device: str = "cpu", options: Optional[dict] = None,
+                 out_dir: str | Path, seed: int = 0, progress: ProgressFn | None = None, *,
+                 task: Task | None = None, device: str = "cpu", options: dict | None = None,
                  overwrite: bool = False) -> BaselineResult:
     """Run baseline ``method`` and return its :class:`BaselineResult` (also saved as
     ``out_dir/baseline.json``; trained adapters are written into ``out_dir``).
@@ -37,7 +44,15 @@ def run_baseline(method: str, pair: ModelPair, tiny_adapter_dir: str | Path | No
     Trained methods get ``budget`` (optimizer steps x batch size at ``budget.lr``), the LLM
     recipe's seeded LoRA init, and ``seed``. ``task`` is needed by ``proxy_tuning`` (a
     decode-time method: its "run" is its evaluation) and gives ``weak_to_strong`` its answer
-    length. Method options (``options``): see :data:`OPTIONS`.
+    length. ``device``: "cpu", "cuda[:k]" or "auto". Method options (``options``): see
+    :data:`OPTIONS` — tiny_ft: ``budget`` (the TinyLM's own Budget), ``dp`` (a
+    gtapp.finetune.DPConfig); kd_logit: ``temperature`` (1.0), ``targets`` ("gold": the
+    private prompts + gold answers are the KD inputs; "teacher": + the TinyLM's greedy
+    answers); weak_to_strong: ``max_new_tokens``; datafree_kd: ``n_samples``
+    (min(budget sequences, 1024)), ``sample_tokens`` (min(max_length - 1, 128)),
+    ``min_sample_tokens`` (sample_tokens // 4), ``sample_temperature`` (1.0),
+    ``temperature`` (KD, 1.0), ``prefixes`` ([""]: start from a document break);
+    proxy_tuning: ``alpha`` (1.0), ``limit``, ``batch_size``.
     """
     if method not in METHODS:
         raise ValueError(f"unknown baseline '{method}'; choose one of {list(METHODS)}")
@@ -47,6 +62,10 @@ def run_baseline(method: str, pair: ModelPair, tiny_adapter_dir: str | Path | No
         raise ValueError(f"{method}: unknown options {sorted(unknown)}; allowed {sorted(OPTIONS[method])}")
     if tiny_adapter_dir is None and method in ("kd_logit", "weak_to_strong", "proxy_tuning", "datafree_kd"):
         raise ValueError(f"{method} needs the fine-tuned TinyLM's adapter (tiny_adapter_dir)")
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     out_dir = Path(out_dir)
     if not overwrite and (out_dir / ADAPTER_WEIGHTS).exists():
         raise FileExistsError(f"{out_dir} already holds an adapter; choose another folder or pass overwrite=True")
@@ -168,7 +187,7 @@ def _tiny_from_record(pair, tiny_adapter_dir, private_examples, seed) -> Baselin
 
 
 def evaluate_result(result: BaselineResult, pair: ModelPair, task: Task, split: str = "test",
-                    limit: Optional[int] = None, batch_size: int = 32, device: str = "cpu") -> dict:
+                    limit: int | None = None, batch_size: int = 32, device: str = "cpu") -> dict:
     """Score a baseline on ``task``'s ``split`` with :func:`gtapp.evaluate.evaluate`: the LLM or
     TinyLM with the result's adapter, or (proxy-tuning) the combined decode-time model."""
     if result.model == "llm+tiny":

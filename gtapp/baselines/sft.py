@@ -12,19 +12,19 @@ All use the model's recipe (seeded LoRA init) and the same :class:`Budget`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from gtapp.baselines.common import Budget, CostMeter, sft_tokens
 from gtapp.data import encode, prompt_ids
 from gtapp.evaluate import generate, load_with_adapter
-from gtapp.finetune import DPConfig, FinetuneConfig, finetune, load_record
+from gtapp.finetune import DPConfig, FinetuneConfig, finetune
 from gtapp.models import ModelPair, load_tokenizer
 from gtapp.progress import ProgressFn
 from gtapp.tasks.base import Example
 
 
-def finetune_config(budget: Budget, seed: int, device: str = "cpu", dp: Optional[DPConfig] = None) -> FinetuneConfig:
+def finetune_config(budget: Budget, seed: int, device: str = "cpu", dp: DPConfig | None = None) -> FinetuneConfig:
     return FinetuneConfig(steps=budget.steps, lr=budget.lr, batch_size=budget.batch_size,
                           max_length=budget.max_length, seed=seed, dp=dp, device=str(device))
 
@@ -34,8 +34,8 @@ def encoded_lengths(tokenizer, examples: Sequence[Example], max_length: int) -> 
 
 
 def run_sft(model_path: str, recipe, examples: Sequence[Example], budget: Budget, out_dir: str | Path,
-            seed: int, meter: CostMeter, progress: Optional[ProgressFn] = None, device: str = "cpu",
-            dp: Optional[DPConfig] = None, overwrite: bool = False) -> dict:
+            seed: int, meter: CostMeter, progress: ProgressFn | None = None, device: str = "cpu",
+            dp: DPConfig | None = None, overwrite: bool = False) -> dict:
     """One fine-tune; adds its training tokens to ``meter``; returns the fine-tune record."""
     examples = list(examples)
     cfg = finetune_config(budget, seed, device, dp)

@@ -33,8 +33,16 @@ def broker_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def key_prefix() -> str:
-    return f"gtapp-test-{uuid.uuid4().hex[:8]}:"
+def key_prefix(broker_url):
+    """A private prefix for every broker/result key of this session; removed afterwards."""
+    prefix = f"gtapp-test-{uuid.uuid4().hex[:8]}:"
+    yield prefix
+    import redis
+
+    r = redis.Redis.from_url(broker_url)
+    keys = list(r.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        r.delete(*keys)
 
 
 @pytest.fixture(scope="session")

@@ -205,3 +205,25 @@ def test_unreachable_broker_fails_submission_clearly(tmp_path):
     with session_scope(settings=settings) as s:
         rows = s.execute(select(Job.status, Job.error)).all()
     assert len(rows) == 1 and rows[0][0] == "failed" and "unreachable" in rows[0][1]
+
+
+def test_celery_reliability_settings(celery_sqlite):
+    settings, _ = celery_sqlite
+    conf = make_celery(settings).conf
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1
+    assert {q.name for q in conf.task_queues} == {"cpu", "gpu"}
+    assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit > conf.task_soft_time_limit
+    tasks = make_celery(settings).tasks
+    assert {"gtapp.job.selftest", "gtapp.job.finetune", "gtapp.job.evaluate", "gtapp.job.shadow"} <= set(tasks)
+
+
+def test_soft_time_limit_fails_the_job_readably(tmp_path, broker_url, key_prefix):
+    settings = make_settings(tmp_path / "limits", broker_url=broker_url, key_prefix=key_prefix + "limits:",
+                             job_soft_time_limit_s=2, job_hard_time_limit_s=6)
+    users = add_users(settings)
+    client = JobClient(settings)
+    with CeleryWorker(settings, tmp_path / "w.log", name="limited") as worker:
+        job_id = client.submit("selftest", {"steps": 200, "step_s": 0.1}, users["alice"])
+        view = client.wait(job_id, timeout=60)
+    assert view.status == "failed", (view, worker.log_tail())
+    assert view.error.startswith("time limit exceeded") and view.attempts == 1 and view.outputs == {}

@@ -1,0 +1,154 @@
+"""Generation on the micro zoo: stock peft adapters that change the LLM, refusals, OOD, CLI."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from gtapp.recipe import RecipeError, RecipePair, init_fingerprint
+from gtapp.validate import AdapterError
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def setup(micro_zoo, tmp_path_factory):
+    """A small pair set, a GT mapper version trained on it, and two TinyLM adapters."""
+    from gtapp.finetune import FinetuneConfig, finetune
+    from gtapp.mapper import GTMapper
+    from gtapp.models import ModelPair
+    from gtapp.shadow import ShadowConfig, generate_pairs
+    from gtapp.tasks.universe import make_task, task_names
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("gen")
+    task = task_names("math")[1]
+    cfg = ShadowConfig(tasks=(task,), subsets=3, subset_size=12, steps=4, snapshot_steps=(2,), batch_size=4,
+                       max_length=48, n_train=48, lr=3e-3)
+    ps = generate_pairs(micro_zoo, cfg, root / "pairs")
+    mapper = GTMapper(ps.recipes, {"steps": 30, "d_model": 32, "n_heads": 2, "eval_every": 10})
+    mapper.fit(ps)
+    mapper.save(root / "mapper")
+    pair = ModelPair.from_dir(micro_zoo)
+    adapters = []
+    for i, n in enumerate((12, 36)):
+        t = make_task(task, seed=100 + i, n_train=n)  # "private" data: other examples of the task
+        res = finetune(pair.tiny_path, pair.recipes.tiny, t.train,
+                       FinetuneConfig(steps=4, batch_size=4, max_length=48, lr=3e-3, seed=i), root / f"org{i}")
+        adapters.append(res.adapter_dir)
+    return {"root": root, "mapper": root / "mapper", "adapters": adapters, "pair": pair, "zoo": micro_zoo}
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_generated_adapter_loads_in_stock_peft_and_changes_the_llm(setup, tmp_path):
+    from peft import PeftModel
+
+    from gtapp.generate import generate
+    from gtapp.models import load_model
+
+    res = generate(setup["mapper"], [setup["adapters"][0]], tmp_path / "out", zoo=setup["zoo"], merged=True)
+    print("timing", res.timing, "ood score", round(res.ood[0]["score"], 3))
+    assert res.timing["map_s"] < 1.0 and not res.warnings
+    rec = json.loads((tmp_path / "out" / "generate.json").read_text())
+    assert rec["mapper"]["kind"] == "gt" and rec["mapper"]["version"] and rec["contributors"][0]["weight"] == 1.0
+    ids = torch.randint(3, 300, (2, 12), generator=torch.Generator().manual_seed(0))
+    base = load_model(setup["pair"].llm_path)
+    ref = _logits(base, ids)
+    peft_model = PeftModel.from_pretrained(base, str(res.adapter_dir))
+    out = _logits(peft_model, ids)
+    diff = float((out - ref).abs().max())
+    merged = _logits(load_model(res.merged_dir), ids)
+    print(f"max |logit change| from the generated adapter: {diff:.3e}; merged vs peft "
+          f"{float((merged - out).abs().max()):.1e}")
+    assert diff > 1e-4
+    assert torch.allclose(merged, out, atol=1e-4)
+
+
+def test_mismatched_tiny_recipe_is_refused(setup, tmp_path):
+    from gtapp.finetune import FinetuneConfig, finetune
+    from gtapp.generate import generate
+    from gtapp.tasks.universe import make_task, task_names
+
+    pair = setup["pair"]
+    # an LLM adapter handed in as a TinyLM one: shapes do not match the mapper's tiny recipe
+    t = make_task(task_names("math")[1], seed=7, n_train=8)
+    llm_ad = finetune(pair.llm_path, pair.recipes.llm, t.train, FinetuneConfig(steps=2, batch_size=4, max_length=48),
+                      tmp_path / "llm_ad").adapter_dir
+    with pytest.raises(AdapterError) as e:
+        generate(setup["mapper"], [llm_ad], tmp_path / "x")
+    print("refused:", str(e.value)[:160])
+    # a TinyLM adapter trained from another LoRA init (another init_seed): refused by the init check
+    tiny = pair.recipes.tiny
+    other = RecipePair(type(tiny)(**{**tiny.__dict__, "init_seed": 1,
+                                     "init_fingerprint": init_fingerprint(1, tiny.rank, tiny.shapes)}), pair.recipes.llm)
+    zoo2 = tmp_path / "zoo2"
+    zoo2.mkdir()
+    for sub in ("tiny", "llm"):
+        (zoo2 / sub).symlink_to(setup["zoo"] / sub)
+    other.save(zoo2 / "recipe.json")
+    other_ad = finetune(str(zoo2 / "tiny"), other.tiny, t.train, FinetuneConfig(steps=2, batch_size=4, max_length=48),
+                        tmp_path / "other_ad").adapter_dir
+    with pytest.raises(AdapterError, match="(?i)init"):
+        generate(setup["mapper"], [other_ad], tmp_path / "y")
+    # a model pair whose recipes are not the mapper's
+    with pytest.raises(RecipeError, match="not the mapper's"):
+        generate(setup["mapper"], [setup["adapters"][0]], tmp_path / "z", zoo=zoo2)
+
+
+def test_out_of_distribution_input_is_flagged(setup, tmp_path):
+    from gtapp.generate import generate
+    from gtapp.update import write_peft_adapter
+    from gtapp.validate import load_adapter
+
+    tiny = setup["pair"].recipes.tiny
+    f = load_adapter(setup["adapters"][0], tiny).factors
+    big = {m: (a, 40 * b) for m, (a, b) in f.items()}
+    write_peft_adapter(big, tiny, tmp_path / "big")
+    res = generate(setup["mapper"], [tmp_path / "big"], tmp_path / "out")
+    print("OOD score of a 40x scaled update:", round(res.ood[0]["score"], 2))
+    assert res.ood[0]["ood"] and res.warnings and "out of distribution" in res.warnings[0]
+
+
+def test_several_adapters_and_cli(setup, tmp_path, capsys):
+    from gtapp.cli import main
+
+    rc = main(["generate", "--mapper", str(setup["mapper"]), "--tiny-adapter", str(setup["adapters"][0]),
+               "--tiny-adapter", str(setup["adapters"][1]), "--zoo", str(setup["zoo"]), "--out", str(tmp_path / "o")])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (tmp_path / "o" / "adapter_model.safetensors").is_file() and len(out["ood"]) == 2
+    rec = json.loads((tmp_path / "o" / "generate.json").read_text())
+    weights = [c["weight"] for c in rec["contributors"]]
+    print("data-size weights:", weights, rec["combine"]["weighting"])
+    assert weights == pytest.approx([0.25, 0.75])  # 12 and 36 examples
+    assert all(c["dp"] is False and c["epsilon"] is None for c in rec["contributors"])
+    # a mismatched adapter via the CLI: a clear error, exit code 2
+    rc = main(["generate", "--mapper", str(setup["mapper"]), "--tiny-adapter", str(tmp_path / "o"),
+               "--out", str(tmp_path / "p")])
+    assert rc == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_mapper_cli_train_info_eval(setup, tmp_path, capsys):
+    from gtapp.cli import main
+
+    pairs = setup["root"] / "pairs"
+    assert main(["mapper", "train", "--pairs", str(pairs), "--kind", "ridge", "--out", str(tmp_path / "r")]) == 0
+    card = json.loads(capsys.readouterr().out)
+    assert card["kind"] == "ridge" and card["pair_set"]["version"]
+    assert main(["mapper", "info", str(tmp_path / "r")]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == card["version"]
+    assert main(["mapper", "eval", "--mapper", str(tmp_path / "r"), "--pairs", str(pairs)]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["n"] == 6 and ev["rel_err_mean"] >= 0

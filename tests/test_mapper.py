@@ -1,0 +1,152 @@
+"""Mappers on synthetic pairs: factored maths, any shapes, overfitting, held-out accuracy, versions."""
+
+import json
+
+import pytest
+import torch
+
+from gtapp.mapper import GTMapper, MeanMapper, RidgeMapper, load_mapper, read_card, split_by_run
+from gtapp.mapper.space import UpdateSpace, product_sqdist, update_metrics
+from gtapp.mapper.synthetic import linear_pairs, llama_recipe, random_factors, small_recipes
+from gtapp.mapper.transformer import GradientTransformer, GTConfig
+from gtapp.recipe import RecipeError, RecipePair
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny matrices on a shared 2-core machine: one thread is many times faster than two.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_factored_distance_matches_dense_and_update_vector():
+    rec = small_recipes().llm
+    g = torch.Generator().manual_seed(0)
+    f1, f2 = random_factors(rec, generator=g), random_factors(rec, generator=g)
+    space = UpdateSpace(rec)
+    x1, x2 = space.stack([f1]), space.stack([f2])
+    err = nt = 0.0
+    for m in rec.modules():
+        (a1, b1), (a2, b2) = f1[m], f2[m]
+        d_dense = float(((b1.double() @ a1.double()) - (b2.double() @ a2.double())).pow(2).sum())
+        d_gram = float(product_sqdist(a1.double(), b1.double(), a2.double(), b2.double()))
+        assert d_gram == pytest.approx(d_dense, rel=1e-9)
+        err += d_dense
+        nt += float((b2.double() @ a2.double()).pow(2).sum())
+    m = update_metrics(space, x1, x2)
+    assert float(m["rel_err"][0]) == pytest.approx((err / nt) ** 0.5, rel=1e-9)
+    from gtapp.update import UpdateVector
+
+    u1, u2 = UpdateVector.from_factors(f1, rec), UpdateVector.from_factors(f2, rec)
+    assert float(m["rel_err"][0]) == pytest.approx(u1.distance(u2) / u2.frobenius_norm(), rel=1e-6)
+    assert float(m["cosine"][0]) == pytest.approx(u1.cosine(u2), rel=1e-6)
+    # the flat layout is UpdateVector's
+    assert torch.allclose(space.to_flat(x1)[0], u1.to_flat().float(), atol=1e-7)
+    back = space.unstack(space.from_flat(space.to_flat(x1)))[0]
+    assert all(torch.allclose(back[k][0], f1[k][0], atol=1e-7) and torch.equal(back[k][1], f1[k][1]) for k in f1)
+
+
+def test_gt_maps_any_depths_and_widths():
+    tiny = llama_recipe("t", 24, 2, 2, 1, 48, targets=("q_proj", "v_proj"), rank=2)
+    llm = llama_recipe("l", 40, 5, 4, 2, 96, rank=4)  # all 7 linear modules, GQA, other rank
+    for d_rank in (None, 3):
+        cfg = GTConfig(d_model=32, n_heads=2, n_enc_layers=1, n_dec_layers=1, d_rank=d_rank)
+        ts, ls = UpdateSpace(tiny), UpdateSpace(llm)
+        net = GradientTransformer(ts.describe(), ls.describe(), cfg)
+        x = {t: (torch.randn(3, *a.shape[1:]), torch.randn(3, *b.shape[1:])) for t, (a, b) in ts.zeros(3).items()}
+        out = net(x, {t: ts.depth(t) for t in ts.types}, {t: ls.depth(t) for t in ls.types})
+        for t, (a, b) in ls.zeros(3).items():
+            assert out[t][0].shape == a.shape and out[t][1].shape == b.shape
+        print(f"d_rank={d_rank}: {net.num_parameters()} parameters for 2x(q,v) r2 -> 5x7 modules r4")
+
+
+def test_gt_overfits_a_handful_of_pairs():
+    rec = small_recipes()
+    pairs = linear_pairs(rec, n_runs=1, steps=(0.25, 0.5, 0.75, 1.0), seed=3)  # one run: no validation split
+    m = GTMapper(rec, {"steps": 300, "d_model": 32, "n_heads": 2, "lr": 3e-3, "base": "mean", "mixup": 0.0,
+                       "mse_weight": 0.0, "eval_every": 50, "warmup": 10})
+    card = m.fit(pairs)
+    first, best = card["fit"]["loss_first"], card["fit"]["best_score"]
+    print(f"overfit 4 pairs: factored loss {first:.3g} -> {best:.3g} ({first / best:.0f}x), "
+          f"train rel_err {card['train']['rel_err_mean']:.4f}")
+    assert card["split"]["val_pairs"] == 0 and card["fit"]["selected_on"] == "train"
+    assert best < first / 100
+
+
+def test_gt_beats_mean_on_held_out_runs_of_a_linear_relation():
+    rec = small_recipes()
+    pairs = linear_pairs(rec, n_runs=16, seed=0)
+    train, test = split_by_run(pairs, 0.25, seed=1)
+    assert not {p.run_id for p in train} & {p.run_id for p in test}
+    results = {}
+    for name, mapper in [("mean", MeanMapper(rec)), ("ridge", RidgeMapper(rec)),
+                         ("gt(base=mean)", GTMapper(rec, {"steps": 300, "d_model": 32, "n_heads": 2, "base": "mean",
+                                                          "eval_every": 25, "lr": 3e-3})),
+                         ("gt", GTMapper(rec, {"steps": 100, "d_model": 32, "n_heads": 2, "eval_every": 25}))]:
+        mapper.fit(train)
+        results[name] = mapper.evaluate(test)
+        print(f"{name:>14}: held-out rel_err {results[name]['rel_err_mean']:.3f}  cosine {results[name]['cosine_mean']:.4f}")
+    assert results["gt(base=mean)"]["rel_err_mean"] < 0.6 * results["mean"]["rel_err_mean"]
+    assert results["gt(base=mean)"]["cosine_mean"] > results["mean"]["cosine_mean"]
+    # the default GT starts from ridge and only keeps what helps on validation runs
+    assert results["gt"]["rel_err_mean"] <= results["ridge"]["rel_err_mean"] * 1.1
+    assert results["gt"]["rel_err_mean"] < results["mean"]["rel_err_mean"]
+
+
+@pytest.mark.parametrize("kind", ["gt", "ridge", "mean"])
+def test_mapper_version_roundtrip(tmp_path, kind):
+    rec = small_recipes()
+    pairs = linear_pairs(rec, n_runs=6, seed=1)
+    cls = {"gt": GTMapper, "ridge": RidgeMapper, "mean": MeanMapper}[kind]
+    m = cls(rec, {"steps": 20, "d_model": 32, "n_heads": 2, "eval_every": 10} if kind == "gt" else None)
+    m.fit(pairs)
+    x = pairs[0].tiny
+    before = m.predict(x)
+    m.save(tmp_path / "v1")
+    assert {p.name for p in (tmp_path / "v1").iterdir()} == {"weights.safetensors", "config.json", "recipe.json", "card.json"}
+    card = read_card(tmp_path / "v1")
+    for key in ("kind", "config", "recipes", "pair_set", "train", "validation", "validation_mean_baseline", "version", "ood"):
+        assert key in card, key
+    assert card["recipes"]["tiny"] != card["recipes"]["llm"]
+    m2 = load_mapper(tmp_path / "v1")
+    after = m2.predict(x)
+    for mod, (a, b) in before.items():
+        assert torch.allclose(after[mod][0], a, atol=1e-6) and torch.allclose(after[mod][1], b, atol=1e-6)
+    # the LLM factors are in the LLM recipe's seeded basis: A = A0 + dA with dA small
+    a0 = UpdateSpace(rec.llm)
+    for t in a0.types:
+        for j, mod in enumerate(a0.by_type[t]):
+            assert (after[mod][0] - a0.a0(t)[j]).abs().max() < 0.1
+    json.dumps(card)  # the card is plain JSON
+
+
+def test_ood_score_flags_far_inputs():
+    rec = small_recipes()
+    pairs = linear_pairs(rec, n_runs=10, seed=2)
+    m = RidgeMapper(rec)
+    m.fit(pairs)
+    near = m.ood_score(linear_pairs(rec, n_runs=1, seed=99)[0].tiny)
+    space = UpdateSpace(rec.tiny)
+    x = space.stack([pairs[0].tiny])
+    far_f = space.unstack({t: (a * 30, b * 30) for t, (a, b) in x.items()})[0]
+    far = m.ood_score(far_f)
+    print(f"OOD score: new run from the same distribution {near['score']:.2f}, 30x scaled update {far['score']:.2f}")
+    assert not near["ood"] and far["ood"] and far["score"] > 5 * near["score"]
+
+
+def test_predict_refuses_wrong_shapes():
+    rec = small_recipes()
+    m = MeanMapper(rec)
+    m.fit(linear_pairs(rec, n_runs=3, seed=0))
+    with pytest.raises(RecipeError):
+        m.predict(random_factors(rec.llm))  # an LLM-shaped update is not a TinyLM update
+    other = RecipePair(rec.llm, rec.tiny)
+    with pytest.raises(RecipeError):
+        MeanMapper(other).fit(linear_pairs(rec, n_runs=3, seed=0))
+
+
+def test_unknown_config_key_is_refused():
+    with pytest.raises(ValueError, match="unknown config"):
+        GTMapper(small_recipes(), {"stepz": 3})
