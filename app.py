@@ -1,39 +1,42 @@
-"""Start the gtapp dashboard: `python app.py` (embedded default: SQLite + in-process worker).
+"""Start the gtapp dashboard: ``python app.py`` (embedded default: SQLite under ``data/`` and an
+in-process job worker; with ``GTAPP_BROKER_URL`` set, jobs go to the Celery workers).
 
-This is the placeholder page until the dashboard lands: it shows the task universe and the
-model-zoo presets. It never trains in a request; heavy work goes through jobs.
+On an empty database the first admin is created from the settings
+(``GTAPP_FIRST_ADMIN_ORG`` / ``_USERNAME`` / ``_PASSWORD``), and every zoo folder found under
+``GTAPP_ZOO_DIR`` (default ``data/zoo``) is registered as a model pair. Host and port come
+from ``GTAPP_DASHBOARD_HOST`` / ``GTAPP_DASHBOARD_PORT`` or ``--host`` / ``--port``.
+
+Requests never train and never import torch: work is submitted as jobs and polled;
+uploaded adapters are validated in a child process.
 """
 
 from __future__ import annotations
 
 import argparse
-
-import gradio as gr
-
-
-def build_app() -> gr.Blocks:
-    from gtapp.tasks import FAMILIES, task_names
-
-    with gr.Blocks(title="gtapp") as demo:
-        gr.Markdown("# gtapp — TinyLM update → Gradient Transformer → LLM adapter\n"
-                    "Fine-tune a tiny LM on private data; get an LLM adapter back. "
-                    "The full dashboard (upload, fine-tune, generate, jobs, compare, admin) is being built; "
-                    "this page lists what the core library offers today.")
-        with gr.Tab("Tasks"):
-            rows = [[name, FAMILIES[name.split("/")[0]].metric.replace("_", " "),
-                     FAMILIES[name.split("/")[0]].mirrors] for name in task_names()]
-            gr.Dataframe(value=rows, headers=["task", "metric", "mirrors"], interactive=False)
-        with gr.Tab("Model zoo"):
-            gr.Markdown("Build a TinyLM/LLM pair with `gtapp zoo build --preset ci|demo|gpu --out DIR`.")
-    return demo
+import logging
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    from storage.settings import get_settings
+
+    settings = get_settings()
     parser = argparse.ArgumentParser(description="gtapp dashboard")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=7860)
-    args = parser.parse_args()
-    build_app().launch(server_name=args.host, server_port=args.port)
+    parser.add_argument("--host", default=settings.dashboard_host)
+    parser.add_argument("--port", type=int, default=settings.dashboard_port)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    import uvicorn
+
+    from ui.app import create_app
+
+    app = create_app(settings)
+    if not settings.first_admin_password:
+        logging.getLogger("gtapp.dashboard").warning(
+            "GTAPP_FIRST_ADMIN_PASSWORD is not set: the first admin cannot sign in until "
+            "`gtapp admin set-password --username %s`", settings.first_admin_username)
+    print(f"gtapp dashboard on http://{args.host}:{args.port}/", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -22,12 +22,14 @@ it is used until it has passed, in this order:
    bfloat16, shapes the recipe's, and the byte ranges must tile the data exactly.
 4. **Tensors.** Only then are tensors read (by this module, from the validated byte ranges),
    and NaN / Inf are refused.
-5. **Init.** LoRA's A barely moves in a fine-tune, so an adapter's A must be near the recipe's
-   seeded initial A: per module, ``‖A − A0‖_F / ‖A0‖_F`` must be below
-   :attr:`Limits.init_tolerance` (default :data:`INIT_TOLERANCE` = 0.5). A fine-tune from a
-   different random A lands near ``sqrt(2) ≈ 1.41`` (two independent uniform draws); a
-   fine-tune from the recipe's init stays far below 0.5 unless A was trained for very long
-   with a large learning rate.
+5. **Init.** A fine-tune moves A away from its start but keeps it correlated with it, so an
+   adapter's A must still correlate with the recipe's seeded initial A: the cosine between all
+   of the adapter's A's and all of the seeded A0's (one number over every module) must be at
+   least ``max(Limits.init_min_cosine, Limits.init_z / sqrt(N))`` (N = number of A entries).
+   An A drawn from another random init has cosine ~ N(0, 1/sqrt(N)) — about 0.01 for a real
+   model — while A = A0 + drift keeps cosine ‖A0‖/‖A‖ (0.5 even when the drift is as large as
+   A0 itself, as seen at learning rate 1e-2). A per-module relative distance ‖A − A0‖/‖A0‖
+   is reported too.
 
 Every failure raises :class:`AdapterError` (a ``ValueError``) whose message says what was
 wrong and what to do about it. On success :func:`validate_adapter` returns an
@@ -59,8 +61,10 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 SIDECAR_NAME = "gtapp_recipe.json"
 PEFT_PREFIX = "base_model.model."  # same as gtapp.models.PEFT_PREFIX (not imported: keeps this module light)
 
-#: Relative distance ‖A − A0‖/‖A0‖ above which an adapter's A is taken to come from another init.
-INIT_TOLERANCE = 0.5
+#: Lowest cosine between an adapter's A's and the recipe's seeded A0's taken as "trained from A0".
+INIT_MIN_COSINE = 0.2
+#: ... and the z-score that cosine must also reach (a foreign init gives cosine ~ N(0, 1/sqrt(N))).
+INIT_Z = 6.0
 
 #: File suffixes of pickle-based (code-executing) or otherwise refused tensor formats.
 FORBIDDEN_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib",
@@ -99,7 +103,8 @@ class Limits:
     max_zip_uncompressed: int | None = None  # sum over entries; None: weights bound + 1 MiB
     max_compression_ratio: float = 100.0
     absolute_max_bytes: int = 8 << 30  # cap on any derived bound
-    init_tolerance: float = INIT_TOLERANCE
+    init_min_cosine: float = INIT_MIN_COSINE
+    init_z: float = INIT_Z
 
     def weights_bytes(self, recipe: LoraRecipe) -> int:
         if self.max_weights_bytes is not None:
@@ -257,6 +262,7 @@ class AdapterSummary:
     peft_version: str | None = None
     recipe_fingerprints: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    init_cosine: float = 1.0  # cosine between all of A and the recipe's seeded A0
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -269,8 +275,8 @@ class AdapterSummary:
             f"(scale {self.scale:g}), {self.dtype}, {self.num_parameters} parameters",
             f"  files: " + ", ".join(f"{k} {v} B" for k, v in self.file_sizes.items()),
             f"  sha256({WEIGHTS_NAME}) = {self.sha256}",
-            f"  ‖ΔW‖_F = {self.total_norm:.6g}; max ‖A−A0‖/‖A0‖ = "
-            f"{max(self.init_distance.values(), default=0.0):.4g}",
+            f"  ‖ΔW‖_F = {self.total_norm:.6g}; cosine(A, seeded A0) = {self.init_cosine:.4g}; "
+            f"max ‖A−A0‖/‖A0‖ = {max(self.init_distance.values(), default=0.0):.4g}",
             "  per layer ‖ΔW‖_F: " + ", ".join(f"{k}: {v:.4g}" for k, v in sorted(self.layer_norms.items())),
         ]
         if self.base_model_name_or_path:
@@ -850,6 +856,8 @@ def _check_files(files: AdapterFiles, recipe: LoraRecipe, limits: Limits) -> Val
             raise AdapterError(f"{WEIGHTS_NAME}: tensor {key!r} contains {n_nan} NaN and {n_inf} Inf values; the "
                                f"fine-tune diverged: lower the learning rate or clip gradients and train again")
     factors, init_distance, module_norms = {}, {}, {}
+    dot = a_sq = a0_sq = 0.0
+    n_entries = 0
     for module in recipe.modules():
         a = tensors[adapter_key(module, "lora_A")].float()
         b = tensors[adapter_key(module, "lora_B")].float()
@@ -857,15 +865,21 @@ def _check_files(files: AdapterFiles, recipe: LoraRecipe, limits: Limits) -> Val
         if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
             raise AdapterError(f"{WEIGHTS_NAME}: {module} overflows float32; train again with a lower learning rate")
         dist = float((a.double() - a0.double()).norm() / a0.double().norm().clamp_min(1e-30))
-        if not dist < limits.init_tolerance:
-            raise AdapterError(
-                f"{WEIGHTS_NAME}: LoRA A does not match the recipe's seeded initialisation (init_fingerprint "
-                f"{recipe.init_fingerprint[:12]}; {module}: ‖A−A0‖/‖A0‖ = {dist:.3g}, allowed < "
-                f"{limits.init_tolerance:g}): fine-tune with the recipe's init (gtapp.models.attach_lora sets it)")
+        dot += float((a.double() * a0.double()).sum())
+        a_sq += float(a.double().pow(2).sum())
+        a0_sq += float(a0.double().pow(2).sum())
+        n_entries += a.numel()
         init_distance[module] = dist
         ad, bd = a.double(), b.double()
         module_norms[module] = recipe.scale * math.sqrt(max(0.0, float(torch.trace((bd.T @ bd) @ (ad @ ad.T)))))
         factors[module] = (a, b)
+    init_cosine = dot / max(math.sqrt(a_sq * a0_sq), 1e-30)
+    needed = max(limits.init_min_cosine, limits.init_z / math.sqrt(max(n_entries, 1)))
+    if not init_cosine >= needed:
+        raise AdapterError(
+            f"{WEIGHTS_NAME}: LoRA A does not match the recipe's seeded initialisation (init_fingerprint "
+            f"{recipe.init_fingerprint[:12]}; cosine(A, A0) = {init_cosine:.3g} over {n_entries} entries, "
+            f"needed >= {needed:.3g}): fine-tune with the recipe's init (gtapp.models.attach_lora sets it)")
     layer_sq: dict[int, float] = {}
     for module, norm in module_norms.items():
         try:
@@ -883,7 +897,7 @@ def _check_files(files: AdapterFiles, recipe: LoraRecipe, limits: Limits) -> Val
         num_parameters=sum(t.numel() for t in tensors.values()),
         total_norm=math.sqrt(sum(n ** 2 for n in module_norms.values())),
         module_norms=module_norms, layer_norms={k: math.sqrt(v) for k, v in sorted(layer_sq.items())},
-        init_distance=init_distance, file_sizes=sizes, sha256=_sha256(files.weights), source_kind=files.kind,
+        init_distance=init_distance, init_cosine=init_cosine, file_sizes=sizes, sha256=_sha256(files.weights), source_kind=files.kind,
         base_model_name_or_path=config.get("base_model_name_or_path"), peft_version=config.get("peft_version"),
         recipe_fingerprints=recipe_fingerprints(recipe), warnings=warnings,
     )

@@ -66,6 +66,16 @@ class Settings(BaseSettings):
     cli_user: Optional[str] = Field(None, description="username the CLI acts as; default: the first admin")
     secret_key: Optional[str] = Field(None, description="dashboard session signing key")
 
+    # --- dashboard (python app.py) ------------------------------------------------------------
+    dashboard_host: str = Field("127.0.0.1", description="address the dashboard listens on")
+    dashboard_port: int = Field(7860, ge=1, le=65535)
+    session_ttl_s: int = Field(12 * 3600, gt=0, description="a dashboard sign-in lasts this long")
+    cookie_secure: bool = Field(False, description="send the session cookie over HTTPS only (behind TLS)")
+    zoo_dir: Optional[Path] = Field(None, description="folder of zoo model pairs (each with tiny/, llm/, "
+                                                      "recipe.json) admins can register; default <data_dir>/zoo")
+    register_zoo_on_start: bool = Field(True, description="the dashboard registers every zoo folder under "
+                                                          "zoo_dir that is not registered yet when it starts")
+
     @model_validator(mode="after")
     def _derived(self) -> "Settings":
         if self.job_hard_time_limit_s <= self.job_soft_time_limit_s:
@@ -90,6 +100,10 @@ class Settings(BaseSettings):
     @property
     def artifacts_dir(self) -> Path:
         return (self.artifact_root or (self.data_dir / "artifacts")).resolve()
+
+    @property
+    def zoo_root(self) -> Path:
+        return (self.zoo_dir or (self.data_dir / "zoo")).resolve()
 
     @property
     def embedded(self) -> bool:

@@ -7,9 +7,10 @@ Cost measurement (:class:`CostMeter`):
 * peak memory — on CUDA, ``torch.cuda.max_memory_allocated`` above the level at the start;
   on CPU, the process's resident set size (RSS) above the level at the start, its peak
   taken from a background sampler (every few ms) and from the kernel's high-water mark
-  (``VmHWM``) whenever that rose during the run. ``tracemalloc`` is not used: it only sees
-  Python's allocator, not the tensors. An RSS delta under-counts memory that the C
-  allocator re-used from before the run; the absolute peak RSS is kept in ``extra``;
+  (``VmHWM``) whenever that rose during the run. Freed C-heap memory is returned to the OS
+  first (glibc ``malloc_trim``), so the run's allocations show as growth rather than
+  re-use of earlier frees. ``tracemalloc`` is not used: it only sees Python's allocator,
+  not the tensors. The absolute peak RSS is kept in ``extra["peak_abs_mb"]``;
 * tokens — every non-padding token position fed through a model forward pass (training
   and teacher/generation passes alike), counted by the method itself.
 """
@@ -119,6 +120,17 @@ def _rss_bytes() -> int:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def _release_free_heap() -> None:
+    """Give freed C-heap memory back to the OS (glibc ``malloc_trim``), so that memory a
+    method allocates shows up as RSS growth instead of silently re-using earlier frees."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _hwm_bytes() -> int:
     try:
         with open("/proc/self/status") as f:
@@ -162,6 +174,7 @@ class CostMeter:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
         else:
+            _release_free_heap()
             self._start = _rss_bytes()
             self._hwm0 = _hwm_bytes()
             self._peak = self._start

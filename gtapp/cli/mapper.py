@@ -43,6 +43,15 @@ def register(sub) -> None:
     e.add_argument("--pairs", required=True, type=Path)
     e.add_argument("--tasks", default="", help="only pairs of these tasks")
     e.set_defaults(func=_eval)
+    s = msub.add_parser("scaling", help="held-out quality against the number of shadow runs trained on")
+    s.add_argument("--pairs", required=True, type=Path)
+    s.add_argument("--kinds", default="mean,ridge,gt", help="comma-separated mapper kinds")
+    s.add_argument("--runs", default="2,4,8,16", help="comma-separated numbers of training runs")
+    s.add_argument("--holdout-tasks", default="", help="test on these tasks (cross-task); default: held-out runs")
+    s.add_argument("--holdout-fraction", type=float, default=0.25, help="fraction of runs held out (in-distribution)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="config for every kind that knows the key")
+    s.add_argument("--out", type=Path, default=None, help="also write the rows as JSON")
+    s.set_defaults(func=_scaling)
 
 
 def _tasks(text: str):
@@ -97,4 +106,33 @@ def _eval(args) -> int:
     res = mapper.evaluate(pairs)
     res.pop("per_pair")
     print(json.dumps({"mapper": str(args.mapper), "pairs": str(args.pairs), **res}, indent=2))
+    return 0
+
+
+def _scaling(args) -> int:
+    from gtapp.mapper import learning_curve, mapper_classes, split_by_run
+    from gtapp.shadow import PairSet
+
+    ps = PairSet.load(args.pairs)
+    held = _tasks(args.holdout_tasks)
+    if held:
+        unknown = set(held) - set(ps.tasks())
+        if unknown:
+            raise ValueError(f"tasks {sorted(unknown)} are not in the pair set")
+        train = ps.select(tasks=[t for t in ps.tasks() if t not in held])
+        test = ps.select(tasks=held)
+    else:
+        train, test = split_by_run(list(ps), args.holdout_fraction, seed=123)
+    config = _config(args.set)
+    rows = []
+    for kind in [k.strip() for k in args.kinds.split(",") if k.strip()]:
+        known = mapper_classes()[kind].default_config()
+        cfg = {k: v for k, v in config.items() if k in known}
+        rows += learning_curve(kind, ps.recipes, train, test, [int(x) for x in args.runs.split(",")], cfg)
+    print(f"{'kind':<6} {'runs':>5} {'pairs':>6} {'rel_err':>8} {'cosine':>7}")
+    for r in rows:
+        print(f"{r['kind']:<6} {r['runs']:>5} {r['pairs']:>6} {r['rel_err_mean']:>8.3f} {r['cosine_mean']:>7.3f}")
+    if args.out:
+        args.out.write_text(json.dumps({"pairs": str(args.pairs), "version": ps.version,
+                                        "protocol": "cross-task" if held else "held-out runs", "rows": rows}, indent=2))
     return 0

@@ -11,8 +11,8 @@ train.py (its training), ridge.py and mean.py (the baselines to beat), space.py 
 layout and factored maths).
 """
 
-from gtapp.mapper.base import (OOD_THRESHOLD, Mapper, OodReference, load_mapper, make_mapper, mapper_classes,
-                               read_card, recipe_fingerprint, split_by_run)
+from gtapp.mapper.base import (OOD_THRESHOLD, Mapper, OodReference, learning_curve, load_mapper, make_mapper,
+                               mapper_classes, read_card, recipe_fingerprint, split_by_run)
 from gtapp.mapper.mean import MeanMapper
 from gtapp.mapper.ridge import RidgeMapper
 from gtapp.mapper.space import UpdateSpace, as_factors, update_metrics
@@ -21,4 +21,4 @@ from gtapp.mapper.transformer import GradientTransformer, GTConfig
 
 __all__ = ["Mapper", "GTMapper", "RidgeMapper", "MeanMapper", "GradientTransformer", "GTConfig", "OodReference",
            "UpdateSpace", "as_factors", "update_metrics", "load_mapper", "make_mapper", "mapper_classes",
-           "read_card", "recipe_fingerprint", "split_by_run", "OOD_THRESHOLD"]
+           "read_card", "recipe_fingerprint", "split_by_run", "learning_curve", "OOD_THRESHOLD"]

@@ -132,8 +132,9 @@ class OodReference:
             self.reference = self.p90 = float("nan")
             return self
         d2 = torch.cdist(self.points, self.points).pow(2) + self.resid2[:, None] + self.resid2[None, :]
-        runs = list(run_ids)
-        same = torch.tensor([[runs[i] == runs[j] for j in range(n)] for i in range(n)])
+        ids = {r: i for i, r in enumerate(dict.fromkeys(run_ids))}
+        code = torch.tensor([ids[r] for r in run_ids])
+        same = code[:, None] == code[None, :]
         if same.all():  # a single run: fall back to any other point
             same = torch.eye(n, dtype=torch.bool)
         d2 = d2.masked_fill(same, float("inf"))
@@ -420,3 +421,29 @@ def load_mapper(mapper_dir: str | Path, device: str | None = None) -> Mapper:
     if (d / CARD).is_file():
         mapper.card = json.loads((d / CARD).read_text())
     return mapper
+
+
+def learning_curve(kind: str, recipes: RecipePair, train_pairs: Sequence, test_pairs: Sequence,
+                   run_counts: Sequence[int], config: Optional[dict] = None, seed: int = 0) -> list[dict]:
+    """How a mapper's held-out quality scales with the number of shadow runs (pairs) it sees.
+
+    For each k in ``run_counts``: fit a fresh mapper on the pairs of k training runs (a
+    fixed random order of runs, so each k's runs include the previous k's), score it on
+    ``test_pairs`` (relative Frobenius error and cosine of the whole LLM update).
+    """
+    runs = sorted({p.run_id for p in train_pairs})
+    random.Random(seed).shuffle(runs)
+    rows = []
+    for k in run_counts:
+        keep = set(runs[:k])
+        subset = [p for p in train_pairs if p.run_id in keep]
+        if not subset:
+            continue
+        t0 = time.monotonic()
+        mapper = make_mapper(kind, recipes, config)
+        card = mapper.fit(subset)
+        res = mapper.evaluate(test_pairs)
+        rows.append({"kind": kind, "runs": len(keep), "pairs": len(subset), "rel_err_mean": res["rel_err_mean"],
+                     "cosine_mean": res["cosine_mean"], "validation_rel_err": card["validation"].get("rel_err_mean"),
+                     "fit_s": round(time.monotonic() - t0, 3)})
+    return rows

@@ -96,6 +96,8 @@ class GTMapper(Mapper):
     def _forward_normalised(self, xn: Tensors, base_n: Tensors) -> Tensors:
         dt, dl = self._depths(next(self.model.parameters()).device)
         out = self.model(xn, dt, dl)
+        if base_n is None:  # the shadow mean: zero in normalised space
+            return out
         return {t: (a + base_n[t][0], b + base_n[t][1]) for t, (a, b) in out.items()}
 
     def predict_tensors(self, tiny: Tensors) -> Tensors:
@@ -103,7 +105,7 @@ class GTMapper(Mapper):
         dev = next(self.model.parameters()).device
         with torch.no_grad():
             xn = _to(self.norm_in.normalise(tiny), dev)
-            out = self._forward_normalised(xn, self._base_n(xn))
+            out = self._forward_normalised(xn, self._base_n(xn) if self.base is not None else None)
         out = {t: (a.float().cpu(), b.float().cpu()) for t, (a, b) in out.items()}
         return self.norm_out.denormalise(out)
 

@@ -1,0 +1,103 @@
+"""Assemble the dashboard: the Gradio Blocks (one builder per tab) mounted on a FastAPI app
+with the sign-in and download routes.
+
+    app = create_app(settings)          # FastAPI app; uvicorn.run(app, ...)
+
+The Blocks are built once and shared by every user, so they hold no one's data: every
+component is filled by per-user events (page load, tab select, timers), each of which
+resolves the user from the session server-side.
+"""
+
+from __future__ import annotations
+
+import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
+
+import logging
+from typing import Optional
+
+from storage.settings import Settings, get_settings
+from ui.service import Service
+
+log = logging.getLogger("gtapp.dashboard")
+
+CSS = """
+.gt-header { display: flex; justify-content: space-between; align-items: baseline; }
+.gt-jobs { width: 100%; border-collapse: collapse; font-size: 0.9rem; }
+.gt-jobs th, .gt-jobs td { border-bottom: 1px solid #e5e7eb; padding: 6px 8px; text-align: left;
+  vertical-align: middle; }
+.gt-jobs th { background: #f9fafb; font-weight: 600; }
+.gt-bar { display: inline-block; width: 140px; height: 10px; background: #e5e7eb; border-radius: 5px;
+  overflow: hidden; vertical-align: middle; margin-right: 6px; }
+.gt-fill { height: 100%; background: #3b82f6; transition: width .4s; }
+.gt-fill.gt-succeeded { background: #16a34a; } .gt-fill.gt-failed { background: #dc2626; }
+.gt-fill.gt-cancelled { background: #9ca3af; } .gt-fill.gt-queued { background: #cbd5e1; }
+.gt-status { padding: 1px 7px; border-radius: 9px; font-size: 0.8rem; background: #e5e7eb; }
+.gt-status.gt-running { background: #dbeafe; color: #1e40af; }
+.gt-status.gt-succeeded { background: #dcfce7; color: #166534; }
+.gt-status.gt-failed { background: #fee2e2; color: #991b1b; }
+.gt-status.gt-cancelled { background: #f3f4f6; color: #4b5563; }
+.gt-pct { font-size: 0.8rem; color: #4b5563; }
+.gt-empty, .gt-muted { color: #6b7280; }
+.gt-downloads li { margin: 4px 0; }
+"""
+
+
+def build_blocks(svc: Service):
+    from ui.admin import build_admin_tab
+    from ui.auth import build_account_tab
+    from ui.compare import build_compare_tab
+    from ui.finetune import build_finetune_tab
+    from ui.generate import build_generate_tab
+    from ui.jobs import build_jobs_tab
+    from ui.upload import build_upload_tab
+
+    with gr.Blocks(title="gtapp dashboard") as demo:
+        with gr.Row(elem_classes="gt-header"):
+            gr.Markdown("## gtapp — TinyLM update → Gradient Transformer → LLM adapter")
+            who = gr.Markdown(elem_id="whoami")
+        with gr.Tabs(elem_id="tabs"):
+            build_upload_tab(svc, demo)
+            build_finetune_tab(svc, demo)
+            build_generate_tab(svc, demo)
+            build_jobs_tab(svc, demo)
+            build_compare_tab(svc, demo)
+            build_admin_tab(svc, demo)
+            build_account_tab(svc, demo)
+
+        def header(request: gr.Request):
+            p = svc.who(request)
+            a = svc.account(p)
+            return f"**{a['username']}** · {a['org']} · {a['role']} · [sign out](logout)"
+
+        demo.load(header, outputs=who, api_name=False)
+    return demo
+
+
+def create_app(settings: Optional[Settings] = None, bootstrap: bool = True):
+    """The FastAPI app serving the dashboard (Gradio at /, plus /login, /logout, /download/...)."""
+    from fastapi import FastAPI
+
+    from ui import auth, web
+
+    settings = settings or get_settings()
+    svc = Service(settings)
+    if bootstrap:
+        for line in svc.bootstrap():
+            log.info("%s", line)
+        svc.client.ensure_ready()  # starts the embedded worker when no broker is configured
+    sessions = auth.Sessions(svc)
+    app = FastAPI(title="gtapp dashboard", docs_url=None, redoc_url=None, openapi_url=None)
+    auth.install_routes(app, sessions)
+    web.install_routes(app, svc, sessions)
+
+    @app.get("/healthz")
+    def healthz():
+        return {"ok": True}
+
+    demo = build_blocks(svc)
+    demo.queue(default_concurrency_limit=4)
+    app = gr.mount_gradio_app(app, demo, path="/", auth_dependency=sessions.dependency, css=CSS,
+                              max_file_size=f"{settings.max_upload_mb}mb", show_error=True, ssr_mode=False,
+                              theme=gr.themes.Soft(primary_hue="orange"))
+    app.state.gtapp_service = svc
+    return app

@@ -1,0 +1,193 @@
+"""Compare tab: Plotly charts and a table from result rows — your organisation's evaluation
+rows (admins: everyone's), a stored benchmark results JSON (uploaded by an admin, or written
+by a ``bench`` job), or a results JSON you load for this session only. Filters by protocol,
+task, mapper version and seed; CSV download of the filtered rows."""
+
+from __future__ import annotations
+
+import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
+
+import csv
+import io
+import os
+from typing import Any, Optional, Sequence
+
+from ui import charts
+from ui.common import guarded, status, table
+from ui.service import RESULT_FIELDS, Service, UploadError, parse_results, safe_filename
+
+EVALS = "evals"
+SESSION = "session"
+ALL = "all"
+TABLE_COLUMNS = [(f, f) for f in RESULT_FIELDS]
+
+
+def source_choices(svc: Service, who, has_session: bool = False) -> list[tuple[str, str]]:
+    out = [("Evaluations (your organisation)" if not who.is_admin else "Evaluations (all organisations)", EVALS)]
+    out += [(b["label"], b["key"]) for b in svc.list_benchmarks(who)]
+    if has_session:
+        out.append(("Results JSON loaded in this session", SESSION))
+    return out
+
+
+def load_rows(svc: Service, who, key: str, session_rows: Optional[list]) -> list[dict]:
+    if key in (None, "", EVALS):
+        return svc.evaluation_rows(who)
+    if key == SESSION:
+        return list(session_rows or [])
+    return svc.benchmark_rows(who, key)
+
+
+def _label(v: Any) -> str:
+    return "—" if v in (None, "") else str(v)
+
+
+def filter_choices(rows: Sequence[dict]) -> dict[str, list[str]]:
+    def values(field: str) -> list[str]:
+        vals = {_label(r.get(field)) for r in rows}
+        return sorted(vals, key=lambda s: (len(s), s) if s.lstrip("-").isdigit() else (10**6, s))
+    return {"protocol": values("protocol"), "task": values("task"), "mapper": values("mapper"), "seed": values("seed")}
+
+
+def filter_rows(rows: Sequence[dict], protocol: Any = ALL, tasks: Any = None, mapper: Any = ALL,
+                seed: Any = ALL) -> list[dict]:
+    tasks = [t for t in (tasks or []) if t]
+    out = []
+    for r in rows:
+        if protocol not in (None, "", ALL) and _label(r.get("protocol")) != protocol:
+            continue
+        if tasks and _label(r.get("task")) not in tasks:
+            continue
+        if mapper not in (None, "", ALL) and _label(r.get("mapper")) != mapper:
+            continue
+        if seed not in (None, "", ALL) and _label(r.get("seed")) != str(seed):
+            continue
+        out.append(r)
+    return out
+
+
+def figures(rows: Sequence[dict]) -> list:
+    return [fn(rows) for _, fn in charts.ALL]
+
+
+def to_csv(rows: Sequence[dict]) -> bytes:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(RESULT_FIELDS), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in RESULT_FIELDS})
+    return buf.getvalue().encode()
+
+
+def summary_line(all_rows: Sequence[dict], shown: Sequence[dict], source_label: str) -> str:
+    if not all_rows:
+        return ("No results here yet. Evaluations appear when a Generate job (with evaluation) or an evaluate job "
+                "finishes; or load a benchmark results JSON (written by `gtapp bench`) below.")
+    tasks = len({r["task"] for r in shown})
+    methods = len({r["method"] for r in shown})
+    return f"{len(shown)} of {len(all_rows)} rows from {source_label} · {tasks} task(s) · {methods} method(s)"
+
+
+def build_compare_tab(svc: Service, demo):
+    with gr.Tab("Compare", id="compare") as tab:
+        with gr.Row():
+            source = gr.Dropdown(label="Results", choices=[], scale=3, elem_id="cmp-source")
+            protocol = gr.Dropdown(label="Protocol", choices=[ALL], value=ALL, scale=1, elem_id="cmp-protocol")
+            mapper = gr.Dropdown(label="Mapper version", choices=[ALL], value=ALL, scale=1, elem_id="cmp-mapper")
+            seed = gr.Dropdown(label="Seed", choices=[ALL], value=ALL, scale=1, elem_id="cmp-seed")
+        tasks = gr.Dropdown(label="Tasks (empty: all)", choices=[], multiselect=True, elem_id="cmp-tasks")
+        info = gr.Markdown(elem_id="cmp-info")
+        plots = []
+        with gr.Row():
+            plots.append(gr.Plot(elem_id="cmp-metric", show_label=False))
+            plots.append(gr.Plot(elem_id="cmp-gap", show_label=False))
+        with gr.Row():
+            plots.append(gr.Plot(elem_id="cmp-epsilon", show_label=False))
+            plots.append(gr.Plot(elem_id="cmp-clients", show_label=False))
+        plots.append(gr.Plot(elem_id="cmp-cost", show_label=False))
+        with gr.Accordion("Table", open=False):
+            csv_link = gr.HTML(elem_id="cmp-csv")
+            tbl = gr.Dataframe(interactive=False, elem_id="cmp-table", max_height=400)
+        with gr.Accordion("Load a benchmark results JSON", open=False):
+            gr.Markdown("A list of rows (or `{\"rows\": [...]}`) with protocol, task, method, dp_epsilon, clients, "
+                        "seed, metric, value, gap_recovery, wall_s, peak_mem_mb — as `gtapp bench` writes. Admins "
+                        "can keep it for everyone; otherwise it is shown in this session only.")
+            up = gr.File(label="results.json", file_count="single", type="filepath", elem_id="cmp-upload")
+            share = gr.Checkbox(label="Keep it for every user (admins)", value=False, elem_id="cmp-share")
+            up_btn = gr.Button("Load results", elem_id="cmp-load")
+            up_msg = gr.Markdown(elem_id="cmp-upload-status")
+        rows_state = gr.State([])  # rows of the selected source (server-side)
+        session_rows = gr.State([])  # a results JSON loaded for this session only
+
+    filters = [protocol, tasks, mapper, seed]
+
+    def render(rows, p, t, m, s, source_key, request: gr.Request):
+        shown = filter_rows(rows or [], p, t, m, s)
+        token = svc_exports_put(svc, svc.who(request), "results.csv", to_csv(shown))
+        link = (f"<a id='cmp-csv-link' href='download/export/{token}' download>Download these {len(shown)} rows "
+                f"as CSV</a>")
+        labels = {EVALS: "evaluations", SESSION: "this session's JSON"}
+        return (summary_line(rows or [], shown, labels.get(source_key, "benchmark results")), *figures(shown),
+                table(shown, TABLE_COLUMNS), link)
+
+    render_outputs = [info, *plots, tbl, csv_link]
+
+    def select_source(key, srows, request: gr.Request):
+        who = svc.who(request)
+        try:
+            rows = load_rows(svc, who, key, srows)
+        except Exception as e:  # noqa: BLE001
+            from ui.service import user_message
+
+            rows = []
+            gr.Warning(user_message(e))
+        ch = filter_choices(rows)
+        return (rows, gr.Dropdown(choices=[ALL] + ch["protocol"], value=ALL), gr.Dropdown(choices=ch["task"], value=[]),
+                gr.Dropdown(choices=[ALL] + ch["mapper"], value=ALL), gr.Dropdown(choices=[ALL] + ch["seed"], value=ALL))
+
+    def load(current, srows, request: gr.Request):
+        who = svc.who(request)
+        ch = source_choices(svc, who, bool(srows))
+        keys = [k for _, k in ch]
+        return gr.Dropdown(choices=ch, value=current if current in keys else EVALS)
+
+    @guarded(up_msg, n_outputs=3)
+    def on_upload(path, keep, request: gr.Request):
+        who = svc.who(request)
+        try:
+            if not path:
+                raise UploadError("choose a results JSON file first")
+            name = os.path.basename(path)
+            if keep:
+                entry = svc.store_benchmark(who, path, name)
+                ch = source_choices(svc, who, False)
+                return (status(True, f"{entry['rows']} result rows stored as '{entry['name']}' for every user"),
+                        gr.Dropdown(choices=ch, value=entry["key"]), gr.skip())
+            svc._check_upload_size(path, safe_filename(name))
+            with open(path, "rb") as fh:
+                rows, skipped = parse_results(fh.read(), safe_filename(name))
+        finally:
+            svc.discard_upload([path])
+        ch = source_choices(svc, who, True)
+        extra = f" ({skipped} rows without task/method/value skipped)" if skipped else ""
+        return (status(True, f"{len(rows)} result rows loaded for this session{extra}"),
+                gr.Dropdown(choices=ch, value=SESSION), rows)
+
+    def chain(event):
+        return event.then(select_source, [source, session_rows], [rows_state, *filters], api_name=False) \
+            .then(render, [rows_state, *filters, source], render_outputs, api_name=False)
+
+    chain(demo.load(load, [source, session_rows], source, api_name=False))
+    tab.select(load, [source, session_rows], source, api_name=False)
+    chain(source.input(lambda: None, api_name=False))
+    for f in filters:
+        f.input(render, [rows_state, *filters, source], render_outputs, api_name=False)
+    chain(up_btn.click(on_upload, [up, share], [up_msg, source, session_rows], api_name=False)
+          .then(lambda: None, outputs=up, api_name=False))
+    return tab
+
+
+def svc_exports_put(svc: Service, who, filename: str, data: bytes) -> str:
+    from ui.web import exports
+
+    return exports(svc).put(who, filename, data)

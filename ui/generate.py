@@ -1,0 +1,173 @@
+"""Generate tab: TinyLM adapter(s) (with weights) + a mapper version -> an LLM adapter (a
+``generate`` job, optionally followed by an evaluation); download adapters.
+
+Until the ``generate`` job kind is wired, submitting shows the job API's own "not
+available" message: nothing is faked."""
+
+from __future__ import annotations
+
+import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
+
+import html
+from typing import Any, Optional, Sequence
+
+from ui.common import choices, first, fmt, guarded, md_escape, status, table
+from ui.service import Service, _num
+from ui.upload import pair_choices
+
+PROMOTED = "promoted version (default)"
+CONTRIB_COLUMNS = [("id", "adapter"), ("name", "name"), ("org", "organisation"), ("origin", "origin"),
+                   ("epsilon", "ε spent (DP)"), ("weight", "weight")]
+
+
+def adapter_label(a: dict) -> str:
+    eps = f", DP ε={a['epsilon']:.3g}" if a.get("epsilon") is not None else ", no DP"
+    return f"{a['name']} (id {a['id']}, {a['origin']}{eps})"
+
+
+def mapper_choices(svc: Service, pair_id: Any) -> list[tuple[str, Any]]:
+    if pair_id in (None, ""):
+        return [(PROMOTED, PROMOTED)]
+    out = [(PROMOTED, PROMOTED)]
+    for m in svc.list_mappers(int(pair_id)):
+        star = " ★ promoted" if m["promoted"] else ""
+        out.append((f"v{m['version']} {m['kind']} (id {m['id']}){star} {m['metrics_text']}".strip(), m["id"]))
+    return out
+
+
+def parse_weights(text: Optional[str], n: int) -> Optional[list[float]]:
+    text = (text or "").strip()
+    if not text:
+        return None
+    parts = [p for p in text.replace(";", ",").split(",") if p.strip()]
+    vals = [_num(p.strip()) for p in parts]
+    if any(v is None or v < 0 for v in vals):
+        raise ValueError("weights must be non-negative numbers separated by commas")
+    if len(vals) != n:
+        raise ValueError(f"{len(vals)} weights for {n} selected adapters: give one weight per adapter, in order")
+    if sum(vals) <= 0:
+        raise ValueError("at least one weight must be positive")
+    return [float(v) for v in vals]
+
+
+def contributions(svc: Service, who, adapter_ids: Sequence[Any], weights_text: str) -> dict:
+    ads = [svc.get_adapter(who, a) for a in adapter_ids or []]
+    try:
+        w = parse_weights(weights_text, len(ads))
+    except ValueError:
+        w = None
+    total = sum(w) if w else None
+    rows = [{**a, "weight": (f"{w[i] / total:.2f}" if w else "by data size")} for i, a in enumerate(ads)]
+    return table(rows, CONTRIB_COLUMNS)
+
+
+def generate_params(pair_id: Any, adapter_ids: Sequence[Any], weights_text: str, mapper: Any,
+                    evaluate: bool, eval_task: Optional[str], eval_dataset: Any) -> dict:
+    if pair_id in (None, ""):
+        raise ValueError("choose a model pair")
+    ids = [int(a) for a in adapter_ids or []]
+    if not ids:
+        raise ValueError("choose at least one of your TinyLM adapters")
+    config: dict = {"weights": parse_weights(weights_text, len(ids))}
+    params: dict = {"pair_id": int(pair_id), "adapter_ids": ids,
+                    "mapper_id": None if mapper in (None, "", PROMOTED) else int(mapper)}
+    if evaluate:
+        if eval_dataset not in (None, ""):
+            params["dataset_id"] = int(eval_dataset)
+            config["evaluate"] = {"dataset_id": int(eval_dataset)}
+        elif eval_task:
+            config["evaluate"] = {"task": eval_task}
+        else:
+            raise ValueError("choose a task or one of your datasets to evaluate on (or untick evaluation)")
+    params["config"] = config
+    return params
+
+
+def start_generate(svc: Service, request, *values) -> str:
+    who = svc.who(request)
+    params = generate_params(*values)
+    job_id = svc.submit(who, "generate", params)
+    return status(True, f"generate job {job_id} queued for {len(params['adapter_ids'])} adapter(s); follow it in "
+                        "the Jobs tab, then download the LLM adapter below")
+
+
+def downloads_html(adapters: Sequence[dict]) -> str:
+    if not adapters:
+        return "<p class='gt-empty'>No adapters yet.</p>"
+    items = []
+    for a in adapters:
+        eps = f" · DP ε={a['epsilon']:.3g}" if a.get("epsilon") is not None else ""
+        items.append(f"<li><a class='gt-download' data-adapter-id='{a['id']}' href='download/adapter/{a['id']}' "
+                     f"download>{html.escape(a['model'].upper())} adapter {a['id']}: {html.escape(a['name'])}</a> "
+                     f"<span class='gt-muted'>({html.escape(a['origin'])}, {html.escape(a['org'])}{eps}, "
+                     f"{html.escape(a['created'])})</span></li>")
+    return "<ul class='gt-downloads'>" + "".join(items) + "</ul>"
+
+
+def build_generate_tab(svc: Service, demo):
+    from ui.finetune import dataset_choices
+
+    with gr.Tab("Generate", id="generate") as tab:
+        gr.Markdown("Turn TinyLM adapters into an **LLM adapter** with a mapper version of the model pair (the "
+                    "Gradient Transformer or a baseline mapper). Several adapters are combined with the weights you "
+                    "give (a collaboration); each one's privacy spend carries over to the result by "
+                    "post-processing.")
+        with gr.Row():
+            with gr.Column():
+                pair = gr.Dropdown(label="Model pair", choices=[], elem_id="gen-pair")
+                adapters = gr.CheckboxGroup(label="Your TinyLM adapters", choices=[], elem_id="gen-adapters")
+                weights = gr.Textbox(label="Weights, one per selected adapter in order (empty: by data size)",
+                                     placeholder="e.g. 1, 1, 2", elem_id="gen-weights")
+                mapper = gr.Dropdown(label="Mapper version", choices=[(PROMOTED, PROMOTED)], value=PROMOTED,
+                                     elem_id="gen-mapper")
+                evaluate = gr.Checkbox(label="Evaluate the LLM adapter afterwards", value=True, elem_id="gen-eval")
+                with gr.Row():
+                    task = gr.Dropdown(label="on a generated task", choices=[], elem_id="gen-task")
+                    eval_ds = gr.Dropdown(label="or on one of your datasets", choices=[], elem_id="gen-eval-ds")
+                start = gr.Button("Generate LLM adapter", variant="primary", elem_id="gen-start")
+                msg = gr.Markdown(elem_id="gen-status")
+            with gr.Column():
+                gr.Markdown("### Contributions")
+                contrib = gr.Dataframe(interactive=False, elem_id="gen-contrib")
+                gr.Markdown("### Downloads\nStandard peft folders (zip), loadable by `PeftModel.from_pretrained`.")
+                refresh = gr.Button("Refresh", size="sm")
+                dl = gr.HTML(elem_id="gen-downloads")
+
+    def pair_changed(p, request: gr.Request):
+        who = svc.who(request)
+        ads = svc.list_adapters(who, model="tiny", pair_id=p, own_only=True) if p not in (None, "") else []
+        return (gr.CheckboxGroup(choices=choices(ads, adapter_label), value=[]),
+                gr.Dropdown(choices=mapper_choices(svc, p), value=PROMOTED))
+
+    def load(current_pair, request: gr.Request):
+        from gtapp.tasks import task_names  # pure Python, no torch
+
+        who = svc.who(request)
+        pc = pair_choices(svc)
+        p = first(pc, current_pair)
+        ads, maps = pair_changed(p, request)
+        dc = dataset_choices(svc, who)
+        tasks = task_names()
+        return (gr.Dropdown(choices=pc, value=p), ads, maps,
+                gr.Dropdown(choices=tasks, value=tasks[0] if tasks else None),
+                gr.Dropdown(choices=[("(none)", "")] + dc, value=""), downloads_html(svc.list_adapters(who)))
+
+    @guarded(msg)
+    def on_start(p, a, w, m, ev, t, eds, request: gr.Request):
+        return start_generate(svc, request, p, a, w, m, ev, t, eds)
+
+    def on_contrib(a, w, request: gr.Request):
+        return contributions(svc, svc.who(request), a, w)
+
+    def on_refresh(request: gr.Request):
+        return downloads_html(svc.list_adapters(svc.who(request)))
+
+    outs = [pair, adapters, mapper, task, eval_ds, dl]
+    demo.load(load, pair, outs, api_name=False)
+    tab.select(load, pair, outs, api_name=False)
+    pair.input(pair_changed, pair, [adapters, mapper], api_name=False)
+    adapters.change(on_contrib, [adapters, weights], contrib, api_name=False)
+    weights.change(on_contrib, [adapters, weights], contrib, api_name=False)
+    start.click(on_start, [pair, adapters, weights, mapper, evaluate, task, eval_ds], msg, api_name="start_generate")
+    refresh.click(on_refresh, outputs=dl, api_name=False)
+    return tab

@@ -1,0 +1,180 @@
+"""Upload tab: a TinyLM adapter (a .zip, or the peft files) or a dataset (prompt/answer
+JSONL/CSV, or one of the six known formats), validated at once, with errors in words."""
+
+from __future__ import annotations
+
+import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
+
+import os
+from typing import Any, Optional, Sequence
+
+from ui import charts
+from ui.common import choices, first, fmt, guarded, md_escape, status, table
+from ui.service import KNOWN_FORMATS, USER_FORMAT, USER_METRICS, Service
+
+DATASET_COLUMNS = [("id", "id"), ("name", "name"), ("org", "organisation"), ("examples", "examples"),
+                   ("format", "format"), ("metric", "metric"), ("budget", "ε budget"), ("spent", "ε spent"),
+                   ("created", "uploaded")]
+ADAPTER_COLUMNS = [("id", "id"), ("name", "name"), ("org", "organisation"), ("model", "model"),
+                   ("origin", "origin"), ("pair_id", "pair"), ("epsilon", "ε (DP)"), ("created", "created")]
+
+
+def _paths(files: Any) -> list[str]:
+    if not files:
+        return []
+    if isinstance(files, (str, os.PathLike)):
+        files = [files]
+    out = []
+    for f in files:
+        p = getattr(f, "name", None) if not isinstance(f, (str, os.PathLike)) else f
+        if p:
+            out.append(str(p))
+    return out
+
+
+def summary_markdown(summary: dict, pair: str) -> str:
+    fps = summary.get("recipe_fingerprints") or {}
+    init = summary.get("init_distance") or {}
+    lines = [
+        f"**Adapter accepted** for model pair **{md_escape(pair)}** — it matches the pair's TinyLM recipe.",
+        "",
+        "| | |", "|---|---|",
+        f"| LoRA modules | {len(summary.get('modules') or [])} |",
+        f"| rank / alpha (scale) | {summary.get('rank')} / {fmt(summary.get('alpha'))} ({fmt(summary.get('scale'))}) |",
+        f"| dtype | {md_escape(summary.get('dtype', ''))} |",
+        f"| parameters | {summary.get('num_parameters')} |",
+        f"| ‖ΔW‖_F (all modules) | {fmt(summary.get('total_norm'))} |",
+        f"| max ‖A−A0‖/‖A0‖ (init check) | {fmt(max(init.values(), default=0.0))} |",
+        f"| target modules | {md_escape(', '.join(fps.get('target_modules') or []))} |",
+        f"| base fingerprint | `{str(fps.get('base_fingerprint', ''))[:16]}` |",
+        f"| init fingerprint (seed {fps.get('init_seed', '?')}) | `{str(fps.get('init_fingerprint', ''))[:16]}` |",
+        f"| sha256 of the weights | `{str(summary.get('sha256', ''))[:16]}…` |",
+    ]
+    for w in summary.get("warnings") or []:
+        lines.append(f"\n⚠️ {md_escape(w)}")
+    return "\n".join(lines)
+
+
+def module_table(summary: Optional[dict]) -> dict:
+    s = summary or {}
+    norms, init = s.get("module_norms") or {}, s.get("init_distance") or {}
+    rows = [{"module": m, "norm": norms.get(m), "init": init.get(m)} for m in s.get("modules") or []]
+    return table(rows, [("module", "module"), ("norm", "‖ΔW‖_F"), ("init", "‖A−A0‖/‖A0‖")])
+
+
+def upload_adapter(svc: Service, files: Any, pair_id: Any, name: str, request) -> tuple:
+    """-> (status, summary markdown, layer-norm figure, module table)."""
+    who = svc.who(request)
+    paths = _paths(files)
+    try:
+        res = svc.ingest_adapter(who, [(p, os.path.basename(p)) for p in paths], pair_id, name)
+    finally:
+        svc.discard_upload(paths)
+    s = res["summary"]
+    return (status(True, f"adapter '{res['name']}' stored (id {res['id']}): {len(s.get('modules') or [])} "
+                         f"modules, rank {s.get('rank')}"),
+            summary_markdown(s, res["pair"]), charts.layer_norms(s), module_table(s))
+
+
+def upload_dataset(svc: Service, file: Any, fmt_name: str, metric: str, name: str, budget: Any, delta: Any,
+                   request) -> tuple:
+    """-> (status, preview table)."""
+    who = svc.who(request)
+    paths = _paths(file)
+    if len(paths) > 1:
+        svc.discard_upload(paths)
+        raise ValueError("upload one dataset file at a time")
+    path = paths[0] if paths else None
+    try:
+        res = svc.ingest_dataset(who, path, os.path.basename(path) if path else "", fmt_name, metric, name,
+                                 budget, delta)
+    finally:
+        svc.discard_upload(paths)
+    budget_txt = f"privacy budget ε={res['budget']:g} at δ={res['delta']:g}" if res["budget"] else "no privacy budget"
+    skipped = f"; {res['skipped']} records skipped" if res.get("skipped") else ""
+    return (status(True, f"dataset '{res['name']}' stored (id {res['id']}): {res['examples']} examples, "
+                         f"format {res['format']}, metric {res['metric']}, {budget_txt}{skipped}"),
+            table(res["preview"], [("prompt", "prompt"), ("answer", "answer"), ("references", "references")]))
+
+
+def my_uploads(svc: Service, request) -> tuple:
+    who = svc.who(request)
+    return (table(svc.list_datasets(who), DATASET_COLUMNS), table(svc.list_adapters(who), ADAPTER_COLUMNS))
+
+
+def pair_choices(svc: Service) -> list[tuple[str, int]]:
+    return choices(svc.list_pairs(), lambda p: f"{p['name']} (id {p['id']}; tiny: {p['tiny']})")
+
+
+def build_upload_tab(svc: Service, demo):
+    with gr.Tab("Upload", id="upload") as tab:
+        gr.Markdown("Upload a **TinyLM adapter** you trained yourself, or a **dataset** gtapp can fine-tune the "
+                    "TinyLM on. Everything is checked on the server at once; what you upload is stored for your "
+                    f"organisation only (at most {svc.settings.max_upload_mb} MiB).")
+        with gr.Row():
+            with gr.Column():
+                gr.Markdown("### TinyLM adapter\nA `.zip` of the folder peft's `save_pretrained` wrote, or its "
+                            "files `adapter_config.json` + `adapter_model.safetensors` (+ `gtapp_recipe.json`). "
+                            "Safetensors only: pickle files are refused.")
+                a_pair = gr.Dropdown(label="Model pair (its TinyLM recipe)", choices=[], elem_id="adapter-pair")
+                a_files = gr.File(label="Adapter files", file_count="multiple", type="filepath",
+                                  elem_id="adapter-files")
+                a_name = gr.Textbox(label="Name (optional)", max_length=200, elem_id="adapter-name")
+                a_btn = gr.Button("Validate and store adapter", variant="primary", elem_id="adapter-upload")
+                a_status = gr.Markdown(elem_id="adapter-status")
+                a_summary = gr.Markdown(elem_id="adapter-summary")
+                a_plot = gr.Plot(label="‖ΔW‖ per layer", elem_id="adapter-norms")
+                a_modules = gr.Dataframe(label="Per module", interactive=False, elem_id="adapter-modules")
+            with gr.Column():
+                gr.Markdown("### Dataset\n`prompt`/`answer` rows (JSONL, JSON or CSV, optional `references`), or a "
+                            "file in one of the published formats of GSM8K, AQuA-RAT, CommonsenseQA, DROP, SAMSum, "
+                            "DialogSum.")
+                d_file = gr.File(label="Dataset file", file_count="single", type="filepath", elem_id="dataset-file")
+                d_fmt = gr.Dropdown(label="Format", choices=[USER_FORMAT, *KNOWN_FORMATS], value=USER_FORMAT,
+                                    elem_id="dataset-format")
+                d_metric = gr.Dropdown(label="Metric (prompt/answer files)", choices=list(USER_METRICS),
+                                       value="exact_match", elem_id="dataset-metric")
+                d_name = gr.Textbox(label="Name (optional; default: the file name)", max_length=200,
+                                    elem_id="dataset-name")
+                with gr.Row():
+                    d_budget = gr.Number(label="Privacy budget ε (total for DP fine-tunes; empty: none)",
+                                         value=None, minimum=0, elem_id="dataset-budget")
+                    d_delta = gr.Number(label="δ", value=1e-5, minimum=0, maximum=1, elem_id="dataset-delta")
+                d_btn = gr.Button("Validate and store dataset", variant="primary", elem_id="dataset-upload")
+                d_status = gr.Markdown(elem_id="dataset-status")
+                d_preview = gr.Dataframe(label="Preview (first rows)", interactive=False, wrap=True,
+                                         elem_id="dataset-preview")
+        gr.Markdown("### Your uploads")
+        refresh = gr.Button("Refresh", size="sm")
+        ds_table = gr.Dataframe(label="Datasets", interactive=False, elem_id="my-datasets")
+        ad_table = gr.Dataframe(label="Adapters", interactive=False, elem_id="my-adapters")
+
+    def load(request: gr.Request):
+        c = pair_choices(svc)
+        svc.who(request)
+        return (gr.Dropdown(choices=c, value=first(c)), *my_uploads(svc, request))
+
+    @guarded(a_status, n_outputs=4)
+    def on_adapter(files, pair_id, name, request: gr.Request):
+        return upload_adapter(svc, files, pair_id, name, request)
+
+    @guarded(d_status, n_outputs=2)
+    def on_dataset(file, fmt_name, metric, name, budget, delta, request: gr.Request):
+        return upload_dataset(svc, file, fmt_name, metric, name, budget, delta, request)
+
+    def clear_files():
+        return None
+
+    def uploads(request: gr.Request):
+        return my_uploads(svc, request)
+
+    demo.load(load, outputs=[a_pair, ds_table, ad_table], api_name=False)
+    tab.select(load, outputs=[a_pair, ds_table, ad_table], api_name=False)
+    refresh.click(uploads, outputs=[ds_table, ad_table], api_name=False)
+    a_btn.click(on_adapter, [a_files, a_pair, a_name], [a_status, a_summary, a_plot, a_modules],
+                api_name="upload_adapter").then(clear_files, outputs=a_files, api_name=False) \
+        .then(uploads, outputs=[ds_table, ad_table], api_name=False)
+    d_btn.click(on_dataset, [d_file, d_fmt, d_metric, d_name, d_budget, d_delta], [d_status, d_preview],
+                api_name="upload_dataset").then(clear_files, outputs=d_file, api_name=False) \
+        .then(uploads, outputs=[ds_table, ad_table], api_name=False)
+    return tab
