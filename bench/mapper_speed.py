@@ -110,7 +110,7 @@ def bench_mapper(name: str, recipes: RecipePair, config: dict, device: torch.dev
         times.append(time.perf_counter() - t)
     times = times[1:]  # first call warms up
     t = time.perf_counter()
-    ood = mapper.ood_score(x)
+    mapper.ood_score(x)
     ood_s = time.perf_counter() - t
     peak_infer = _mem(device) - m0
     row = {"setting": name, "variant": "dense" if config.get("d_rank") is None else f"rank-factored k={config['d_rank']}",

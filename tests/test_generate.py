@@ -1,7 +1,6 @@
 """Generation on the micro zoo: stock peft adapters that change the LLM, refusals, OOD, CLI."""
 
 import json
-import shutil
 
 import pytest
 import torch

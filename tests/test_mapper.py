@@ -112,6 +112,10 @@ def test_mapper_version_roundtrip(tmp_path, kind):
     assert card["recipes"]["tiny"] != card["recipes"]["llm"]
     m2 = load_mapper(tmp_path / "v1")
     after = m2.predict(x)
+    from gtapp.update import UpdateVector
+
+    via_uv = m2.predict(UpdateVector.from_factors(x, rec.tiny))  # an UpdateVector is accepted too
+    assert all(torch.equal(via_uv[k][1], after[k][1]) for k in after)
     for mod, (a, b) in before.items():
         assert torch.allclose(after[mod][0], a, atol=1e-6) and torch.allclose(after[mod][1], b, atol=1e-6)
     # the LLM factors are in the LLM recipe's seeded basis: A = A0 + dA with dA small

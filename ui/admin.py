@@ -49,7 +49,7 @@ def admin_overview(svc: Service, request) -> tuple:
 def zoo_note(svc: Service, who) -> str:
     kinds = svc.job_kinds(who)
     where = svc.settings.zoo_root
-    if "zoo" in kinds and kinds["zoo"]["available"]:
+    if "zoo" in kinds and kinds["zoo"]["wired"]:
         return f"Build a zoo pair with a `zoo` job below; it lands in `{where}` and can then be registered."
     return (f"Zoo folders are looked for under `{where}` (setting `zoo_dir`). To build one, run "
             f"`gtapp zoo build --preset micro|ci|demo --out {where}/<name>` on the server; it then appears in the "
@@ -70,7 +70,7 @@ def build_admin_tab(svc: Service, demo):
     with gr.Tab("Admin", id="admin", visible=False) as tab:
         refresh = gr.Button("Refresh", size="sm")
         with gr.Accordion("Organisations and users", open=True):
-            users = gr.Dataframe(interactive=False, elem_id="admin-users")
+            users = gr.Dataframe(table([], USER_COLUMNS), interactive=False, elem_id="admin-users")
             with gr.Row():
                 org = gr.Textbox(label="Organisation (created if new)", max_length=100, elem_id="admin-org")
                 uname = gr.Textbox(label="Username", max_length=100, elem_id="admin-username")
@@ -83,7 +83,7 @@ def build_admin_tab(svc: Service, demo):
                 disable = gr.Button("Disable", size="sm", variant="stop")
             user_msg = gr.Markdown(elem_id="admin-user-status")
         with gr.Accordion("Model pairs and recipes", open=True):
-            pairs = gr.Dataframe(interactive=False, elem_id="admin-pairs")
+            pairs = gr.Dataframe(table([], PAIR_COLUMNS), interactive=False, elem_id="admin-pairs")
             with gr.Row():
                 recipe_pair = gr.Dropdown(label="Show the recipe of", choices=[], elem_id="admin-recipe-pair")
                 zoo_folder = gr.Dropdown(label="Unregistered zoo folder", choices=[], elem_id="admin-zoo-folder")
@@ -102,7 +102,7 @@ def build_admin_tab(svc: Service, demo):
                 train = gr.Button("Start mapper (re)training", elem_id="admin-train")
             job_msg = gr.Markdown(elem_id="admin-job-status")
         with gr.Accordion("Mapper versions", open=True):
-            mappers = gr.Dataframe(interactive=False, elem_id="admin-mappers")
+            mappers = gr.Dataframe(table([], MAPPER_COLUMNS), interactive=False, elem_id="admin-mappers")
             with gr.Row():
                 mapper_pick = gr.Dropdown(label="Mapper version", choices=[], elem_id="admin-mapper-pick")
                 promote = gr.Button("Promote", variant="primary", elem_id="admin-promote")

@@ -28,6 +28,9 @@ import threading
 import time
 from typing import Optional
 
+from fastapi import Form, Request  # module level: route annotations must resolve here
+from fastapi.responses import HTMLResponse, RedirectResponse
+
 from storage.accounts import Principal
 
 COOKIE = "gtapp_session"
@@ -166,9 +169,6 @@ def login_page(error: str = "", username: str = "") -> str:
 def install_routes(app, sessions: Sessions) -> None:
     """``GET/POST /login``, ``GET /logout``, and a redirect of the page itself to /login
     when there is no valid session (Gradio would answer 401)."""
-    from fastapi import Form, Request
-    from fastapi.responses import HTMLResponse, RedirectResponse
-
     settings = sessions.settings
 
     @app.get("/login", response_class=HTMLResponse)

@@ -107,7 +107,7 @@ def build_compare_tab(svc: Service, demo):
         plots.append(gr.Plot(elem_id="cmp-cost", show_label=False))
         with gr.Accordion("Table", open=False):
             csv_link = gr.HTML(elem_id="cmp-csv")
-            tbl = gr.Dataframe(interactive=False, elem_id="cmp-table", max_height=400)
+            tbl = gr.Dataframe(table([], TABLE_COLUMNS), interactive=False, elem_id="cmp-table", max_height=400)
         with gr.Accordion("Load a benchmark results JSON", open=False):
             gr.Markdown("A list of rows (or `{\"rows\": [...]}`) with protocol, task, method, dp_epsilon, clients, "
                         "seed, metric, value, gap_recovery, wall_s, peak_mem_mb — as `gtapp bench` writes. Admins "

@@ -68,7 +68,7 @@ def finetune_params(dataset_id: Any, pair_id: Any, steps: Any, lr: Any, batch_si
         if eps is None or eps <= 0:
             raise ValueError("DP needs a target ε > 0")
         d = {"target_epsilon": eps}
-        if delta not in (None, ""):
+        if delta not in (None, "", 0, 0.0):
             dl = _num(delta)
             if dl is None or not 0 < dl < 1:
                 raise ValueError("δ must be in (0, 1)")
@@ -103,27 +103,25 @@ def build_finetune_tab(svc: Service, demo):
                 dataset = gr.Dropdown(label="Dataset", choices=[], elem_id="ft-dataset")
                 pair = gr.Dropdown(label="Model pair", choices=[], elem_id="ft-pair")
                 with gr.Row():
-                    steps = gr.Number(label="Steps", value=100, precision=0, minimum=1, elem_id="ft-steps")
+                    steps = gr.Number(label="Steps", value=100, precision=0, elem_id="ft-steps")
                     lr = gr.Number(label="Learning rate", value=1e-3, elem_id="ft-lr")
                 with gr.Row():
-                    batch = gr.Number(label="Batch size", value=8, precision=0, minimum=1, elem_id="ft-batch")
+                    batch = gr.Number(label="Batch size", value=8, precision=0, elem_id="ft-batch")
                     maxlen = gr.Number(label="Max length (tokens)", value=128, precision=0, elem_id="ft-maxlen")
                 name = gr.Textbox(label="Adapter name (optional)", max_length=200, elem_id="ft-name")
                 dp = gr.Checkbox(label="Differential privacy (DP-SGD)", value=False, elem_id="ft-dp")
                 with gr.Row():
-                    eps = gr.Number(label="Target ε", value=1.0, minimum=0, elem_id="ft-epsilon")
-                    delta = gr.Number(label="δ (empty: the dataset's)", value=None, minimum=0, maximum=1,
-                                      elem_id="ft-delta")
-                    clip = gr.Number(label="Clipping norm", value=1.0, minimum=0, elem_id="ft-clip")
+                    eps = gr.Number(label="Target ε", value=1.0, elem_id="ft-epsilon")
+                    delta = gr.Number(label="δ (0: the dataset's)", value=None, elem_id="ft-delta")
+                    clip = gr.Number(label="Clipping norm", value=1.0, elem_id="ft-clip")
                 start = gr.Button("Start fine-tune", variant="primary", elem_id="ft-start")
                 msg = gr.Markdown(elem_id="ft-status")
             with gr.Column():
                 gr.Markdown("### Privacy ledger")
                 ledger_md = gr.Markdown(elem_id="ft-ledger")
-                ledger_tbl = gr.Dataframe(label="Entries", interactive=False, elem_id="ft-ledger-entries")
+                ledger_tbl = gr.Dataframe(table([], LEDGER_COLUMNS), label="Entries", interactive=False, elem_id="ft-ledger-entries")
                 with gr.Row():
-                    budget = gr.Number(label="Set / raise the dataset's budget ε", value=None, minimum=0,
-                                       elem_id="ft-budget")
+                    budget = gr.Number(label="Set / raise the dataset's budget ε", value=None, elem_id="ft-budget")
                     set_btn = gr.Button("Set budget", size="sm", elem_id="ft-set-budget")
                 budget_msg = gr.Markdown()
 

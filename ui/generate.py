@@ -128,7 +128,7 @@ def build_generate_tab(svc: Service, demo):
                 msg = gr.Markdown(elem_id="gen-status")
             with gr.Column():
                 gr.Markdown("### Contributions")
-                contrib = gr.Dataframe(interactive=False, elem_id="gen-contrib")
+                contrib = gr.Dataframe(table([], CONTRIB_COLUMNS), interactive=False, elem_id="gen-contrib")
                 gr.Markdown("### Downloads\nStandard peft folders (zip), loadable by `PeftModel.from_pretrained`.")
                 refresh = gr.Button("Refresh", size="sm")
                 dl = gr.HTML(elem_id="gen-downloads")

@@ -118,7 +118,7 @@ def build_jobs_tab(svc: Service, demo):
             live = gr.Checkbox(label=f"Live (every {POLL_S:g} s)", value=True, scale=1, elem_id="jobs-live")
         table_html = gr.HTML(elem_id="jobs-html")
         with gr.Row():
-            job_id = gr.Number(label="Job id", value=None, precision=0, minimum=1, scale=1, elem_id="job-id")
+            job_id = gr.Number(label="Job id (from the table)", value=None, precision=0, scale=1, elem_id="job-id")
             show = gr.Button("Show", scale=0, elem_id="job-show")
             cancel = gr.Button("Cancel job", variant="stop", scale=0, elem_id="job-cancel")
             retry = gr.Button("Retry job", scale=0, elem_id="job-retry")

@@ -418,7 +418,7 @@ class Service:
         eps = None if epsilon_budget in (None, "", 0, 0.0) else _num(epsilon_budget)
         if epsilon_budget not in (None, "", 0, 0.0) and (eps is None or eps <= 0):
             raise UploadError("the privacy budget ε must be a positive number (or empty for none)")
-        dl = _num(delta) if delta not in (None, "") else 1e-5
+        dl = _num(delta) if delta not in (None, "", 0, 0.0) else 1e-5
         if dl is None or not 0 < dl < 1:
             raise UploadError("δ must be a number in (0, 1)")
         tmp = self.upload_tmp()
@@ -646,7 +646,13 @@ class Service:
         return self.client.submit(kind, params, who)
 
     def job_kinds(self, who: Principal) -> dict[str, dict]:
-        return {k["kind"]: k for k in self.client.kinds(who)}
+        """Registered job kinds and whether ``who`` may submit them. Read from the registry
+        only: ``JobClient.kinds()`` also checks availability by importing each kind's gtapp
+        module (and so torch), which a page load must not do."""
+        from workers.jobs import REGISTRY
+
+        return {k: {"kind": k, "admin_only": spec.admin_only, "wired": spec.wired, "queue": spec.queue,
+                    "allowed": who.is_admin or not spec.admin_only} for k, spec in sorted(REGISTRY.items())}
 
 
 # ---------------------------------------------------------------------- results parsing

@@ -15,6 +15,7 @@ from ui.service import KNOWN_FORMATS, USER_FORMAT, USER_METRICS, Service
 DATASET_COLUMNS = [("id", "id"), ("name", "name"), ("org", "organisation"), ("examples", "examples"),
                    ("format", "format"), ("metric", "metric"), ("budget", "ε budget"), ("spent", "ε spent"),
                    ("created", "uploaded")]
+PREVIEW_COLUMNS = [("prompt", "prompt"), ("answer", "answer"), ("references", "references")]
 ADAPTER_COLUMNS = [("id", "id"), ("name", "name"), ("org", "organisation"), ("model", "model"),
                    ("origin", "origin"), ("pair_id", "pair"), ("epsilon", "ε (DP)"), ("created", "created")]
 
@@ -94,7 +95,7 @@ def upload_dataset(svc: Service, file: Any, fmt_name: str, metric: str, name: st
     skipped = f"; {res['skipped']} records skipped" if res.get("skipped") else ""
     return (status(True, f"dataset '{res['name']}' stored (id {res['id']}): {res['examples']} examples, "
                          f"format {res['format']}, metric {res['metric']}, {budget_txt}{skipped}"),
-            table(res["preview"], [("prompt", "prompt"), ("answer", "answer"), ("references", "references")]))
+            table(res["preview"], PREVIEW_COLUMNS))
 
 
 def my_uploads(svc: Service, request) -> tuple:
@@ -124,7 +125,7 @@ def build_upload_tab(svc: Service, demo):
                 a_status = gr.Markdown(elem_id="adapter-status")
                 a_summary = gr.Markdown(elem_id="adapter-summary")
                 a_plot = gr.Plot(label="‖ΔW‖ per layer", elem_id="adapter-norms")
-                a_modules = gr.Dataframe(label="Per module", interactive=False, elem_id="adapter-modules")
+                a_modules = gr.Dataframe(module_table(None), label="Per module", interactive=False, elem_id="adapter-modules")
             with gr.Column():
                 gr.Markdown("### Dataset\n`prompt`/`answer` rows (JSONL, JSON or CSV, optional `references`), or a "
                             "file in one of the published formats of GSM8K, AQuA-RAT, CommonsenseQA, DROP, SAMSum, "
@@ -137,17 +138,17 @@ def build_upload_tab(svc: Service, demo):
                 d_name = gr.Textbox(label="Name (optional; default: the file name)", max_length=200,
                                     elem_id="dataset-name")
                 with gr.Row():
-                    d_budget = gr.Number(label="Privacy budget ε (total for DP fine-tunes; empty: none)",
-                                         value=None, minimum=0, elem_id="dataset-budget")
-                    d_delta = gr.Number(label="δ", value=1e-5, minimum=0, maximum=1, elem_id="dataset-delta")
+                    d_budget = gr.Number(label="Privacy budget ε (total for DP fine-tunes; 0: none)",
+                                         value=None, elem_id="dataset-budget")
+                    d_delta = gr.Number(label="δ", value=1e-5, elem_id="dataset-delta")
                 d_btn = gr.Button("Validate and store dataset", variant="primary", elem_id="dataset-upload")
                 d_status = gr.Markdown(elem_id="dataset-status")
-                d_preview = gr.Dataframe(label="Preview (first rows)", interactive=False, wrap=True,
+                d_preview = gr.Dataframe(table([], PREVIEW_COLUMNS), label="Preview (first rows)", interactive=False, wrap=True,
                                          elem_id="dataset-preview")
         gr.Markdown("### Your uploads")
         refresh = gr.Button("Refresh", size="sm")
-        ds_table = gr.Dataframe(label="Datasets", interactive=False, elem_id="my-datasets")
-        ad_table = gr.Dataframe(label="Adapters", interactive=False, elem_id="my-adapters")
+        ds_table = gr.Dataframe(table([], DATASET_COLUMNS), label="Datasets", interactive=False, elem_id="my-datasets")
+        ad_table = gr.Dataframe(table([], ADAPTER_COLUMNS), label="Adapters", interactive=False, elem_id="my-adapters")
 
     def load(request: gr.Request):
         c = pair_choices(svc)

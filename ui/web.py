@@ -17,6 +17,9 @@ import threading
 import time
 from typing import Optional
 
+from fastapi import Request  # module level: route annotations must resolve here
+from fastapi.responses import JSONResponse, Response
+
 from storage.accounts import Principal
 
 EXPORT_TTL_S = 600
@@ -53,9 +56,6 @@ def exports(svc) -> Exports:
 
 
 def install_routes(app, svc, sessions) -> None:
-    from fastapi import Request
-    from fastapi.responses import JSONResponse, Response
-
     from ui.auth import COOKIE
     from ui.service import NotFound
 

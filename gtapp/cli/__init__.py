@@ -21,6 +21,7 @@ COMMANDS = [
     ("shadow", "gtapp.cli.shadow"),
     ("mapper", "gtapp.cli.mapper"),
     ("generate", "gtapp.cli.generate"),
+    ("bench", "gtapp.cli.bench"),
 ]
 
 

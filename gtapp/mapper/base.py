@@ -38,7 +38,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gtapp import __version__
-from gtapp.mapper.space import Factors, Normaliser, Tensors, UpdateSpace, as_factors, index, update_metrics
+from gtapp.mapper.space import Factors, Normaliser, Tensors, UpdateSpace, as_factors, update_metrics
 from gtapp.progress import ProgressFn
 from gtapp.recipe import RecipeError, RecipePair
 

@@ -11,7 +11,6 @@ refitted on all pairs with that alpha.
 
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 
@@ -71,11 +70,15 @@ class RidgeMapper(Mapper):
     def _refit(self, x: Tensors, y: Tensors) -> None:
         self._solve(self._flat_in(x), self._flat_out(y), self.chosen_lam)
 
+    def _flat_pred(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised flat tiny [N, Dt] -> normalised flat LLM [N, Dl] (float64)."""
+        return ((x - self.mx) @ self.vx.T @ self.w) @ self.vy + self.my
+
     def predict_normalised(self, xn: Tensors) -> Tensors:
         """Normalised tiny tensors -> normalised LLM tensors (the map itself; affine)."""
         dev = next(iter(xn.values()))[0].device
         x = self.tiny.to_flat({t: (a.cpu(), b.cpu()) for t, (a, b) in xn.items()}).double()
-        y = ((x - self.mx) @ self.vx.T @ self.w) @ self.vy + self.my
+        y = self._flat_pred(x)
         return {t: (a.to(dev), b.to(dev)) for t, (a, b) in self.llm.from_flat(y.float()).items()}
 
     def predict_tensors(self, tiny: Tensors) -> Tensors:

@@ -16,7 +16,10 @@ a per-module scale). The GT predicts a *residual* on top of a base map (``base``
 ``"ridge"`` (default: a RidgeMapper fitted on the same training runs, its alpha chosen on the
 same validation runs) or ``"mean"`` (the shadow mean). Its output heads start at zero, so an
 untrained GT *is* the base map -- the bar to clear -- and early stopping on held-out runs
-keeps the transformer's correction only as far as it helps on runs it never saw.
+keeps the transformer's correction only as far as it helps on runs it never saw (step 0,
+the base map alone, is a candidate checkpoint). During training the ridge base's predictions
+for the training pairs are out of fold by shadow run (``base_folds``; stacking), so the
+transformer learns the base map's errors on unseen runs rather than its in-sample residuals.
 
 Validation on held-out shadow runs every ``eval_every`` steps; the best checkpoint (lowest
 validation L_prod) is kept, training stops after ``patience`` evaluations without
@@ -60,7 +63,7 @@ class GTMapper(Mapper):
                 "eval_every": 25, "patience": 20, "grad_clip": 1.0, "mse_weight": 0.1, "mixup": 0.5,
                 "functional_weight": 0.0, "functional_model": None, "functional_examples": 8,
                 "functional_max_length": 64, "seed": 0, "max_time_s": None, "device": "cpu",
-                "base": "ridge", "ridge_max_components": 64, "num_threads": None}
+                "base": "ridge", "ridge_max_components": 64, "base_folds": 5, "num_threads": None}
 
     def __init__(self, recipes, config=None):
         super().__init__(recipes, config)
@@ -108,6 +111,37 @@ class GTMapper(Mapper):
             out = self._forward_normalised(xn, self._base_n(xn) if self.base is not None else None)
         out = {t: (a.float().cpu(), b.float().cpu()) for t, (a, b) in out.items()}
         return self.norm_out.denormalise(out)
+
+    def _base_train(self, train_x: Tensors, pairs) -> Tensors:
+        """The base map's predictions for the *training* pairs, out of fold by shadow run.
+
+        An in-sample ridge fit is nearly exact on its own training pairs, so the residuals
+        the transformer would learn from would be far smaller than on new runs. Instead each
+        training run gets the prediction of a ridge fitted (same alpha) on the other folds'
+        runs -- stacking -- so the transformer learns to correct the base map's errors on
+        runs it has not seen. With fewer than 2 runs (or base_folds < 2) it is in-sample.
+        """
+        xn = self.norm_in.normalise(train_x)
+        folds = int(self.config["base_folds"] or 0)
+        runs = list(dict.fromkeys(p.run_id for p in pairs)) if pairs else []
+        if self.base is None or folds < 2 or len(runs) < 2:
+            return self._base_n(xn)
+        from gtapp.mapper.ridge import RidgeMapper
+
+        g = torch.Generator().manual_seed(int(self.config["seed"]))
+        order = [runs[i] for i in torch.randperm(len(runs), generator=g)]
+        fold_of = {r: i % min(folds, len(runs)) for i, r in enumerate(order)}
+        fold = torch.tensor([fold_of[p.run_id] for p in pairs])
+        x_flat = self.tiny.to_flat(xn).double()
+        y_flat = self.llm.to_flat(self.norm_out.normalise(self._train_y)).double()
+        out = torch.zeros(len(pairs), self.llm.dim, dtype=torch.float64)
+        for f in fold.unique():
+            te, tr = fold == f, fold != f
+            r = RidgeMapper(self.recipes, {"max_components": self.config["ridge_max_components"]})
+            r.norm_in, r.norm_out = self.norm_in, self.norm_out
+            r._solve(x_flat[tr], y_flat[tr], self.base.chosen_lam)
+            out[te] = r._flat_pred(x_flat[te])
+        return self.llm.from_flat(out.float())
 
     # ----------------------------------------------------------------- loss
     def _loss(self, pred_n: Tensors, y: Tensors, yn: Tensors, a0: dict, w: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,6 +192,7 @@ class GTMapper(Mapper):
                               "s_a": self.norm_out.s_a[t].to(dev)[:, None, None],
                               "s_b": self.norm_out.s_b[t].to(dev)[:, None, None]} for t in self.llm.types}
         base_report = {}
+        self._train_y = train_y
         if self.base is not None:
             base_report = self.base._fit(train_x, train_y, val_x, val_y, None)
             base_report = {"lambda": base_report["lambda"], "components": base_report["components"]}
@@ -166,7 +201,7 @@ class GTMapper(Mapper):
         xn = _to(self.norm_in.normalise(train_x), dev)
         y = _to(train_y, dev)
         yn = _to(self.norm_out.normalise(train_y), dev)
-        bn = _to(self._base_n(self.norm_in.normalise(train_x)), dev)
+        bn = _to(self._base_train(train_x, pairs), dev)
         if val_x is not None:
             vxn = _to(self.norm_in.normalise(val_x), dev)
             vy, vyn = _to(val_y, dev), _to(self.norm_out.normalise(val_y), dev)

@@ -4,16 +4,22 @@ Input: a TinyLM LoRA update as per-module-type batches ``{type: (dA [N,L,r,in], 
 (already normalised by the mapper). Output: the LLM's update in the same layout for the
 LLM's module types and layers.
 
-    tiny (layer, type) chunk ──ChunkIn[type]──► token + depth(l/L) + type embedding
+    tiny (layer, type) chunk ──ChunkIn[type]──► content c + depth(l/L) + type embedding
                          tokens ──Encoder (self-attention)──► memory
-    LLM (layer, type) query = depth(l/L) + type embedding
-                         queries ──Decoder (self-attn, cross-attn to memory)──► h
+    LLM (layer, type) query q = depth(l/L) + type embedding
+                         h0 = q + PositionalRouter(q; c)     (a linear read of the tiny update)
+                         h0 ──Decoder (self-attn, cross-attn to memory)──► h
                          h ──ChunkOut[type]──► (dA, B) of that LLM module
 
 Depth is *relative* (layer + 0.5) / num_layers encoded with Fourier features, so one
 network maps any pair of depths; per-type linear maps are sized from the two recipes, so
 any pair of widths works. The decoder is non-autoregressive (all LLM modules are predicted
 at once from learned queries), which is what makes mapping one update a single forward pass.
+
+Regression, not language modelling: there is no LayerNorm on the encoder memory nor before
+the output heads (they would make the map blind to the update's scale), and the
+PositionalRouter (attention weights from positions only) gives the residual stream an exact
+linear path from the tiny update to the output, on which the blocks add nonlinear terms.
 
 ChunkIn/ChunkOut come in two flavours:
   * dense (``d_rank=None``): one Linear over the whole flattened chunk r*(in+out) <-> d_model,
@@ -246,7 +252,6 @@ class GradientTransformer(nn.Module):
             where.append((self.depth_in(tiny_depth[t].to(c)) + self.type_in[t]).expand_as(c[0]))
         content, where = torch.cat(content, dim=1), torch.cat(where, dim=0)
         x = self.drop(content + where)
-        n = x.shape[0]
         # 2. encoder: the tiny layers look at each other
         for block in self.encoder:
             x = block(x)

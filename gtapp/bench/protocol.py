@@ -1,0 +1,315 @@
+"""Runs the benchmark protocol and returns one row per
+(protocol, private task, method, dp_epsilon, clients, seed).
+
+For each seed:
+  in-distribution  task T's train split = provider's public half + organisation's private half;
+                   shadow pairs come from bootstrap subsets of the public half only.
+  cross-task       shadow pairs come from the shadow tasks; the private tasks are never
+                   touched by shadow generation, mapper fitting or mapper selection.
+Then, per private task: base LLM/TinyLM; TinyLM fine-tuned on the private data (no DP and
+each ε); the mappers (gt, ridge, mean_shadow) map its update to an LLM adapter; the oracle
+(LLM fine-tuned on the private data), public_ft (LLM fine-tuned on the public data) and the
+distillation baselines run with the oracle's budget; every method is scored on the same
+test examples. Multi-client: the private data split three ways (in-distribution) or three
+different private tasks (cross-task), TinyLM updates averaged then mapped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from gtapp.bench.presets import BenchPreset
+from gtapp.progress import Cancelled, Progress, ProgressFn
+from gtapp.tasks.base import Task
+
+Row = dict
+
+
+@dataclass
+class Context:
+    preset: BenchPreset
+    zoo_dir: Path
+    work: Path
+    progress: Optional[ProgressFn] = None
+    rows: list[Row] = field(default_factory=list)
+    log: Callable[[str], None] = print
+    steps_done: int = 0
+    steps_total: int = 1
+    t0: float = field(default_factory=time.monotonic)
+
+    def tick(self, stage: str, message: str = "") -> None:
+        self.steps_done += 1
+        if self.progress is not None:
+            frac = min(self.steps_done / self.steps_total, 1.0)
+            elapsed = time.monotonic() - self.t0
+            eta = elapsed * (1 - frac) / frac if frac > 0 else None
+            self.progress(Progress(frac, stage, eta, message))
+
+
+def _eval(ctx: Context, which: str, adapter_dir, task: Task) -> dict:
+    from gtapp.evaluate import evaluate_paths
+
+    pair = _pair(ctx)
+    return evaluate_paths(pair.path(which), task, adapter_dir=adapter_dir, limit=ctx.preset.eval_limit)
+
+
+_PAIRS: dict = {}
+
+
+def _pair(ctx: Context):
+    from gtapp.models import ModelPair
+
+    key = str(ctx.zoo_dir)
+    if key not in _PAIRS:
+        _PAIRS[key] = ModelPair.from_dir(ctx.zoo_dir)
+    return _PAIRS[key]
+
+
+def _row(ctx: Context, *, protocol: str, task: Task, method: str, seed: int, dp_epsilon, clients: int,
+         ev: dict, wall_s: float, peak_mem_mb: float, **extra) -> Row:
+    row = {"protocol": protocol, "task": task.name, "family": task.family, "method": method,
+           "dp_epsilon": dp_epsilon, "clients": clients, "seed": seed, "metric": ev["metric"],
+           "value": ev["value"], "answer_nll": ev.get("answer_nll"), "n_eval": ev.get("n"),
+           "wall_s": wall_s, "peak_mem_mb": peak_mem_mb, "gap_recovery": None, **extra}
+    ctx.rows.append(row)
+    return row
+
+
+def _finetune(ctx: Context, which: str, examples, out: Path, seed: int, dp_epsilon=None, steps=None, lr=None):
+    """LoRA fine-tune through gtapp.finetune, measured; returns (adapter_dir, wall_s, peak_mb, record)."""
+    from gtapp.baselines.common import CostMeter
+    from gtapp.finetune import DPConfig, FinetuneConfig, finetune
+
+    p = ctx.preset
+    dp = DPConfig(target_epsilon=dp_epsilon, delta=p.dp_delta) if dp_epsilon is not None else None
+    cfg = FinetuneConfig(steps=steps or (p.tiny_steps if which == "tiny" else p.llm_steps),
+                         lr=lr or (p.tiny_lr if which == "tiny" else p.llm_lr),
+                         batch_size=p.batch_size, seed=seed, dp=dp)
+    pair = _pair(ctx)
+    with CostMeter() as meter:
+        res = finetune(pair.path(which), pair.recipe(which), list(examples), cfg, out, overwrite=True)
+    f = meter.fields()
+    return res.adapter_dir, f["wall_s"], f["peak_mem_mb"], res.record
+
+
+def _fit_mappers(ctx: Context, pair_set, which: tuple[str, ...]) -> dict:
+    from gtapp.mapper.base import make_mapper
+
+    pair = _pair(ctx)
+    mappers = {}
+    for kind in which:
+        config = dict(ctx.preset.gt_config) if kind == "gt" else None
+        m = make_mapper(kind, pair.recipes, config)
+        t = time.monotonic()
+        card = m.fit(pair_set)
+        v = card["validation"]
+        ctx.log(f"    mapper {kind}: fit {time.monotonic() - t:.1f}s, held-out runs rel-err "
+                f"{v.get('rel_err_mean', float('nan')):.3f} cosine {v.get('cosine_mean', float('nan')):.3f}")
+        mappers[kind] = m
+    return mappers
+
+
+def _generate(ctx: Context, mapper, tiny_adapters: list, out: Path) -> tuple[Path, float, float, Optional[float]]:
+    """Map TinyLM adapter(s) to an LLM adapter; returns (adapter_dir, wall_s, peak_mb, OOD score)."""
+    from gtapp.baselines.common import CostMeter
+    from gtapp.generate import generate
+
+    with CostMeter() as meter:
+        res = generate(mapper, [str(a) for a in tiny_adapters], out, zoo=ctx.zoo_dir)
+    f = meter.fields()
+    ood = res.ood[0].get("score") if res.ood and isinstance(res.ood[0], dict) else None
+    return Path(res.adapter_dir), f["wall_s"], f["peak_mem_mb"], ood
+
+
+MAPPER_METHOD = {"gt": "gt", "ridge": "ridge", "mean": "mean_shadow"}
+
+
+def run_private_task(ctx: Context, protocol: str, task: Task, private, public, mappers: dict, seed: int,
+                     group_tasks: Optional[list[Task]] = None) -> None:
+    """Every method on one private task. ``group_tasks``: the three tasks of a cross-task
+    3-client setting (this task first)."""
+    from gtapp.baselines import Budget, evaluate_result, run_baseline
+
+    p = ctx.preset
+    pair = _pair(ctx)
+    methods = set(p.methods)
+    d = ctx.work / protocol / task.name.replace("/", "_") / f"seed{seed}"
+    common = dict(protocol=protocol, task=task, seed=seed)
+
+    if "base_llm" in methods:
+        _row(ctx, **common, method="base_llm", dp_epsilon=None, clients=1, ev=_eval(ctx, "llm", None, task),
+             wall_s=0.0, peak_mem_mb=0.0)
+    if "base_tiny" in methods:
+        _row(ctx, **common, method="base_tiny", dp_epsilon=None, clients=1, ev=_eval(ctx, "tiny", None, task),
+             wall_s=0.0, peak_mem_mb=0.0)
+    ctx.tick("base models", task.name)
+    oracle_dir, w, m, rec = _finetune(ctx, "llm", private, d / "oracle", seed)
+    _row(ctx, **common, method="oracle", dp_epsilon=None, clients=1, ev=_eval(ctx, "llm", oracle_dir, task),
+         wall_s=w, peak_mem_mb=m)
+    ctx.tick("oracle", task.name)
+    if "public_ft" in methods and public:
+        pub_dir, w, m, _ = _finetune(ctx, "llm", public, d / "public_ft", seed)
+        _row(ctx, **common, method="public_ft", dp_epsilon=None, clients=1, ev=_eval(ctx, "llm", pub_dir, task),
+             wall_s=w, peak_mem_mb=m)
+    ctx.tick("public_ft", task.name)
+
+    tiny_nodp = None
+    for eps in p.dp_epsilons:
+        tag = "nodp" if eps is None else f"eps{eps:g}"
+        tiny_dir, tw, tm, trec = _finetune(ctx, "tiny", private, d / f"tiny_{tag}", seed, dp_epsilon=eps)
+        if eps is None:
+            tiny_nodp = tiny_dir
+        extra = {"epsilon_spent": trec.get("epsilon")} if eps is not None else {}
+        _row(ctx, **common, method="tiny_ft", dp_epsilon=eps, clients=1, ev=_eval(ctx, "tiny", tiny_dir, task),
+             wall_s=tw, peak_mem_mb=tm, **extra)
+        for kind, mapper in mappers.items():
+            if kind == "mean" and eps is not None:
+                continue  # ignores its input: one row is enough
+            out, gw, gm, ood = _generate(ctx, mapper, [tiny_dir], d / f"{kind}_{tag}")
+            _row(ctx, **common, method=MAPPER_METHOD[kind], dp_epsilon=eps if kind != "mean" else None, clients=1,
+                 ev=_eval(ctx, "llm", out, task), wall_s=(tw + gw) if kind != "mean" else gw,
+                 peak_mem_mb=max(tm, gm), generate_s=gw, tiny_finetune_s=tw, ood_score=ood, **extra)
+        ctx.tick(f"dp {tag}", task.name)
+
+    budget = Budget(steps=p.llm_steps, batch_size=p.batch_size, lr=p.llm_lr)
+    for method in ("kd_logit", "weak_to_strong", "datafree_kd", "proxy_tuning"):
+        if method not in methods:
+            continue
+        res = run_baseline(method, pair, tiny_nodp, list(private), list(public or []), budget,
+                           d / method, seed=seed, task=task, overwrite=True)
+        ev = evaluate_result(res, pair, task, limit=p.eval_limit)
+        _row(ctx, **common, method=method, dp_epsilon=None, clients=1, ev=ev, wall_s=res.wall_s,
+             peak_mem_mb=res.peak_mem_mb, tokens=res.tokens)
+        ctx.tick(method, task.name)
+
+    if 3 in p.clients:
+        _three_clients(ctx, protocol, task, private, mappers, seed, d, group_tasks)
+
+
+def _three_clients(ctx, protocol, task, private, mappers, seed, d, group_tasks) -> None:
+    """Three organisations: the private data split three ways (in-distribution) or three
+    different private tasks (cross-task); updates averaged (weighted by data size), then mapped."""
+    from gtapp.tasks.universe import make_task  # noqa: F401  (tasks come in via group_tasks)
+
+    p = ctx.preset
+    if group_tasks is None:
+        parts = [private[i::3] for i in range(3)]
+        setting = "same task split three ways"
+    else:
+        parts = [t.train[: p.n_private] for t in group_tasks]
+        setting = "three different tasks: " + ", ".join(t.name for t in group_tasks)
+    adapters, walls, mems = [], [], []
+    for i, part in enumerate(parts):
+        a, w, m, _ = _finetune(ctx, "tiny", part, d / f"client{i}", seed + 101 * (i + 1))
+        adapters.append(a)
+        walls.append(w)
+        mems.append(m)
+    for kind, mapper in mappers.items():
+        if kind == "mean":
+            continue
+        out, gw, gm, _ = _generate(ctx, mapper, adapters, d / f"{kind}_3clients")
+        _row(ctx, protocol=protocol, task=task, seed=seed, method=MAPPER_METHOD[kind], dp_epsilon=None, clients=3,
+             ev=_eval(ctx, "llm", out, task), wall_s=max(walls) + gw, peak_mem_mb=max(max(mems), gm),
+             client_setting=setting)
+    ctx.tick("3 clients", task.name)
+
+
+def _shadow(ctx: Context, tasks: tuple[str, ...], n_train: int, seed: int, out: Path):
+    from gtapp.shadow import ShadowConfig, generate_pairs
+
+    p = ctx.preset
+    cfg = ShadowConfig(tasks=tasks, subsets=p.shadow_subsets, subset_size=p.shadow_subset_size,
+                       steps=p.shadow_steps, snapshot_steps=p.shadow_snapshots, seeds=(seed,),
+                       lr=p.tiny_lr, llm_lr=p.llm_lr, batch_size=p.batch_size, task_seed=seed,
+                       n_train=n_train, subset_seed=seed)
+    t = time.monotonic()
+    pairs = generate_pairs(ctx.zoo_dir, cfg, out)
+    ctx.log(f"    shadow pairs: {len(pairs)} from {len(tasks)} task(s) in {time.monotonic() - t:.1f}s")
+    return pairs, time.monotonic() - t
+
+
+def mapper_kinds(preset: BenchPreset) -> tuple[str, ...]:
+    kinds = []
+    for method, kind in (("gt", "gt"), ("ridge", "ridge"), ("mean_shadow", "mean")):
+        if method in preset.methods:
+            kinds.append(kind)
+    return tuple(kinds)
+
+
+def count_steps(p: BenchPreset) -> int:
+    per_task = 3 + len(p.dp_epsilons) + 4 + (1 if 3 in p.clients else 0)
+    n_tasks = len(p.in_dist_tasks) + len(p.cross_private_tasks)
+    return len(p.seeds) * (n_tasks * per_task + len(p.in_dist_tasks) + 1)
+
+
+def run(preset: BenchPreset, zoo_dir: Path, work: Path, progress: Optional[ProgressFn] = None,
+        log: Callable[[str], None] = print) -> tuple[list[Row], dict]:
+    """Run every protocol for every seed; returns (rows, timings)."""
+    from gtapp.tasks.universe import make_task
+
+    ctx = Context(preset, Path(zoo_dir), Path(work), progress, log=log)
+    ctx.steps_total = count_steps(preset)
+    timings: dict = {"shadow_s": 0.0}
+    kinds = mapper_kinds(preset)
+    for seed in preset.seeds:
+        # ---------------------------------------------------------- in-distribution
+        for name in preset.in_dist_tasks:
+            log(f"[seed {seed}] in-distribution: {name}")
+            task = make_task(name, seed=seed, n_train=preset.n_public + preset.n_private, n_test=preset.n_test)
+            public, private = task.train[: preset.n_public], task.train[preset.n_public:]
+            pairs, s = _shadow(ctx, (name,), preset.n_public, seed, ctx.work / "shadow" / f"in_{name.replace('/', '_')}_s{seed}")
+            timings["shadow_s"] += s
+            ctx.tick("shadow pairs", name)
+            mappers = _fit_mappers(ctx, pairs, kinds)
+            run_private_task(ctx, "in_distribution", task, private, public, mappers, seed)
+        # ---------------------------------------------------------- cross-task
+        if preset.cross_private_tasks:
+            log(f"[seed {seed}] cross-task: shadow {len(preset.cross_shadow_tasks)} tasks, "
+                f"private {len(preset.cross_private_tasks)} tasks")
+            overlap = set(preset.cross_shadow_tasks) & set(preset.cross_private_tasks)
+            if overlap:
+                raise ValueError(f"cross-task private tasks also in shadow tasks: {sorted(overlap)}")
+            pairs, s = _shadow(ctx, preset.cross_shadow_tasks, preset.n_public, seed, ctx.work / "shadow" / f"cross_s{seed}")
+            timings["shadow_s"] += s
+            ctx.tick("shadow pairs", "cross-task")
+            mappers = _fit_mappers(ctx, pairs, kinds)
+            private_tasks = [make_task(n, seed=seed, n_train=preset.n_private, n_test=preset.n_test)
+                             for n in preset.cross_private_tasks]
+            for i, task in enumerate(private_tasks):
+                group = None
+                if len(private_tasks) >= 3:
+                    group = [task] + [t for t in private_tasks if t is not task][:2]
+                elif 3 in preset.clients:
+                    group = None  # fewer than three private tasks: split this one three ways
+                run_private_task(ctx, "cross_task", task, task.train, None, mappers, seed, group_tasks=group)
+    return ctx.rows, timings
+
+
+def add_gap_recovery(rows: list[Row]) -> None:
+    """gap_recovery = (method − base LLM) / (oracle − base LLM) on the task metric, per
+    (protocol, task, seed); also on answer NLL (``gap_recovery_nll``), which moves even when the
+    zoo models get no exact matches. None where the oracle does not differ from the base LLM."""
+    index = {}
+    for r in rows:
+        if r["method"] in ("base_llm", "oracle"):
+            index[(r["protocol"], r["task"], r["seed"], r["method"])] = r
+    for r in rows:
+        base = index.get((r["protocol"], r["task"], r["seed"], "base_llm"))
+        oracle = index.get((r["protocol"], r["task"], r["seed"], "oracle"))
+        r["gap_recovery"] = r["gap_recovery_nll"] = None
+        if base is None or oracle is None:
+            continue
+        gap = oracle["value"] - base["value"]
+        if gap == gap and abs(gap) > 1e-9 and r["value"] == r["value"]:
+            r["gap_recovery"] = (r["value"] - base["value"]) / gap
+        if r.get("answer_nll") is not None and base.get("answer_nll") is not None:
+            g = oracle["answer_nll"] - base["answer_nll"]
+            if abs(g) > 1e-9 and not math.isnan(r["answer_nll"]):
+                r["gap_recovery_nll"] = (r["answer_nll"] - base["answer_nll"]) / g
+
+
+__all__ = ["run", "add_gap_recovery", "Cancelled"]

@@ -1,0 +1,50 @@
+"""`gtapp bench`: run the benchmark protocol, print the comparison table, write JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="run the benchmark (both protocols, all methods) and write results JSON")
+    p.add_argument("--preset", default="ci", help="ci | demo | gpu")
+    p.add_argument("--out", type=Path, default=Path("results.json"))
+    p.add_argument("--zoo", type=Path, default=None, help="reuse a built zoo folder (default: build the preset's)")
+    p.add_argument("--work", type=Path, default=None, help="keep intermediate adapters here (default: a temp folder)")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the preset's)")
+    p.add_argument("--private-dataset", action="append", default=[], metavar="NAME=PATH",
+                   help="a real dataset as a cross-task private task, e.g. gsm8k=../shared/datasets/gsm8k")
+    p.add_argument("--plot", action="store_true", help="also write the Plotly charts as HTML next to --out")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    from gtapp.bench import report
+
+    hf_logging.disable_progress_bar()  # our own progress line is the output
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    from gtapp.bench.benchmark import run_benchmark
+    from gtapp.cli.progress_line import print_progress
+
+    specs = {}
+    for item in args.private_dataset:
+        if "=" not in item:
+            raise ValueError(f"--private-dataset expects NAME=PATH, got {item!r}")
+        name, path = item.split("=", 1)
+        specs[name] = path
+    seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
+    result = run_benchmark(args.preset, args.out, zoo_dir=args.zoo, work=args.work, seeds=seeds,
+                           private_datasets=specs or None, plot=args.plot, progress=print_progress)
+    print()
+    print(report.format_table(result["summary"]))
+    print("\nCost (TinyLM fine-tune + generation vs LLM fine-tune):")
+    print(report.format_cost(result["cost"]))
+    print("\nTargets:")
+    print(report.format_targets(result["targets"]))
+    print(f"\nwrote {args.out} ({len(result['rows'])} rows, {result['timings']['total_s']:.0f}s)")
+    return 0

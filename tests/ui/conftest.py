@@ -1,0 +1,76 @@
+"""Fixtures for the dashboard's unit tests: a fresh SQLite deployment per test, users in two
+organisations and an admin, a model pair with a small synthetic recipe (no zoo build), and
+a fake ``gr.Request`` (handlers only read ``request.username``, which the session auth
+dependency sets server-side)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from storage import accounts
+from storage.settings import Settings
+
+from ui_helpers import make_settings, req  # noqa: F401
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return make_settings(tmp_path / "deploy")
+
+
+@pytest.fixture
+def svc(settings):
+    from ui.service import Service
+    from workers.client import JobClient
+
+    s = Service(settings)
+    s.bootstrap()
+    s.client = JobClient(settings, run_embedded=False)  # unit tests: jobs stay queued, nothing runs
+    return s
+
+
+@pytest.fixture
+def users(svc) -> dict:
+    """alice (acme, member), carol (acme, member), bob (globex, member), root (provider, admin)."""
+    with svc.session() as s:
+        accounts.create_user(s, "acme", "alice", "password123", "member")
+        accounts.create_user(s, "acme", "carol", "password123", "member")
+        accounts.create_user(s, "globex", "bob", "password123", "member")
+        accounts.create_user(s, "provider", "root", "password123", "admin")
+    return {n: req(n) for n in ("alice", "carol", "bob", "root")}
+
+
+@pytest.fixture(scope="session")
+def recipes():
+    from gtapp.mapper.synthetic import small_recipes
+
+    return small_recipes()
+
+
+@pytest.fixture
+def pair_id(svc, recipes) -> int:
+    from storage.catalog import recipe_fingerprint
+    from storage.models import ModelPair
+
+    d = recipes.to_dict()
+    with svc.session() as s:
+        p = ModelPair(name="syn", tiny_path="/nonexistent/tiny", llm_path="/nonexistent/llm", recipe=d,
+                      recipe_fingerprint=recipe_fingerprint(d))
+        s.add(p)
+        s.flush()
+        return p.id
+
+
+@pytest.fixture(scope="session")
+def adapter_dir(tmp_path_factory, recipes) -> Path:
+    """A valid peft adapter folder for the synthetic TinyLM recipe."""
+    import torch
+
+    from gtapp.mapper.synthetic import random_factors
+    from gtapp.update import write_peft_adapter
+
+    out = tmp_path_factory.mktemp("adapter") / "adapter"
+    write_peft_adapter(random_factors(recipes.tiny, generator=torch.Generator().manual_seed(0)), recipes.tiny, out)
+    return out

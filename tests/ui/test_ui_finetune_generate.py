@@ -1,0 +1,74 @@
+"""Fine-tune and Generate tabs: parameter checks in words, the privacy ledger's refusal of an
+over-budget DP job, and generate's honest "not available" while the job kind is not wired."""
+
+from __future__ import annotations
+
+import pytest
+
+from ui import finetune, generate
+from ui.common import guarded
+from ui_helpers import write_jsonl
+
+
+def _dataset(svc, who, tmp_path, budget=None):
+    src = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"p{i}", "answer": f"a{i}"} for i in range(40)])
+    return svc.ingest_dataset(who, str(src), "d.jsonl", epsilon_budget=budget)
+
+
+def test_finetune_params_are_checked_in_words():
+    ok = finetune.finetune_params(1, 2, 50, 0.01, 8, 128, True, 2.0, 0, 1.0, " mine ")
+    assert ok["dp"] == {"target_epsilon": 2.0, "max_grad_norm": 1.0} and ok["name"] == "mine" and ok["steps"] == 50
+    assert finetune.finetune_params(1, 2, 50, 0.01, 8, 128, False, 2.0, 1e-6, 1.0, "")["dp"] is None
+    for args, match in (((None, 2, 5, 0.1, 8, 128, False, 1, None, 1, ""), "datasets"),
+                        ((1, 2, 2.5, 0.1, 8, 128, False, 1, None, 1, ""), "steps must be a whole number"),
+                        ((1, 2, 5, -1, 8, 128, False, 1, None, 1, ""), "learning rate"),
+                        ((1, 2, 5, 0.1, 8, 128, True, 0, None, 1, ""), "target ε"),
+                        ((1, 2, 5, 0.1, 8, 128, True, 1, 2, 1, ""), "δ must be in")):
+        with pytest.raises(ValueError, match=match):
+            finetune.finetune_params(*args)
+
+
+def test_over_budget_dp_job_is_refused_saying_why(svc, users, tmp_path, pair_id):
+    alice = svc.who(users["alice"])
+    ds = _dataset(svc, alice, tmp_path, budget=1.0)
+    run = guarded(None)(lambda *a: finetune.start_finetune(svc, users["alice"], *a))
+    msg = run(ds["id"], pair_id, 10, 1e-3, 4, 64, True, 5.0, None, 1.0, "")
+    assert msg.startswith("❌") and "privacy budget exceeded" in msg and "ε=1" in msg, msg
+    assert svc.ledger(alice, ds["id"])["entries"] == []  # nothing reserved, nothing queued
+    assert svc.client.list(alice) == []
+    # within budget: reserved on the ledger at submission
+    msg = run(ds["id"], pair_id, 10, 1e-3, 4, 64, True, 0.6, None, 1.0, "")
+    assert msg.startswith("✅") and "reserved" in msg, msg
+    led = svc.ledger(alice, ds["id"])
+    assert [e["status"] for e in led["entries"]] == ["reserved"] and led["spent"] == pytest.approx(0.6, rel=1e-3)
+    md, tbl = finetune.show_ledger(svc, ds["id"], users["alice"])
+    assert "spent **ε=0.6" in md and tbl["data"][0][3] == "reserved"
+    # a second one that would compose past the budget (RDP composition, tighter than the sum)
+    assert "privacy budget exceeded" in run(ds["id"], pair_id, 10, 1e-3, 4, 64, True, 0.95, None, 1.0, "")
+    # a dataset without a budget: DP refused with the reason; the organisation can set one
+    ds2 = svc.ingest_dataset(alice, str(tmp_path / "d.jsonl"), "d.jsonl", name="nobudget")
+    assert "no privacy budget set" in run(ds2["id"], pair_id, 10, 1e-3, 4, 64, True, 0.5, None, 1.0, "")
+    assert "budget ε=2" in svc.set_budget(alice, ds2["id"], 2)
+    with pytest.raises(ValueError, match="raised, not lowered"):
+        svc.set_budget(alice, ds2["id"], 1)
+
+
+def test_generate_shows_the_job_apis_not_available_message(svc, users, tmp_path, pair_id):
+    run = guarded(None)(lambda *a: generate.start_generate(svc, users["alice"], *a))
+    assert "at least one" in run(pair_id, [], "", generate.PROMOTED, False, None, "")
+    assert "2 weights for 1" in run(pair_id, [5], "1, 2", generate.PROMOTED, False, None, "")
+    params = generate.generate_params(pair_id, ["3", "4"], "1, 3", generate.PROMOTED, True, "math/x", "")
+    assert params == {"pair_id": pair_id, "adapter_ids": [3, 4], "mapper_id": None,
+                      "config": {"weights": [1.0, 3.0], "evaluate": {"task": "math/x"}}}
+    kinds = svc.job_kinds(svc.who(users["alice"]))
+    msg = run(pair_id, [1], "", generate.PROMOTED, False, None, "")
+    if not kinds["generate"]["wired"]:
+        assert msg.startswith("❌") and "not available" in msg, msg
+    else:  # once wired, a foreign/missing adapter is refused by the job API
+        assert msg.startswith("❌") and "not found" in msg, msg
+
+
+def test_downloads_html_escapes_names():
+    html = generate.downloads_html([{"id": 3, "name": "<b>x</b>", "model": "llm", "origin": "produced",
+                                     "org": "acme", "created": "now", "epsilon": 1.5}])
+    assert "href='download/adapter/3'" in html and "&lt;b&gt;" in html and "ε=1.5" in html

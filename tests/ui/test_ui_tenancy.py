@@ -1,0 +1,102 @@
+"""Tenancy, enforced by the service every handler goes through: an organisation sees only
+its own datasets, adapters, ledgers, jobs and evaluations; a foreign row reads as missing;
+admins see everything; admin operations refuse members."""
+
+from __future__ import annotations
+
+import pytest
+
+from storage.models import Adapter, Evaluation
+from ui import finetune, jobs
+from ui.service import NotFound
+from ui_helpers import write_jsonl
+
+
+def _dataset(svc, who, tmp_path, name="d", budget=None):
+    src = write_jsonl(tmp_path / f"{name}.jsonl", [{"prompt": f"p{i}", "answer": f"a{i}"} for i in range(12)])
+    return svc.ingest_dataset(who, str(src), f"{name}.jsonl", name=name, epsilon_budget=budget)
+
+
+def _adapter(svc, who, pair_id, adapter_dir, model="tiny") -> int:
+    sha = svc.store.put_tree(adapter_dir)
+    with svc.session() as s:
+        a = Adapter(org_id=who.org_id, user_id=who.user_id, model_pair_id=pair_id, model=model, origin="produced",
+                    name=f"{model}-a", artifact=sha, meta={"record": {"epsilon": 2.5}})
+        s.add(a)
+        s.flush()
+        return a.id
+
+
+def test_foreign_rows_read_as_missing_and_admins_see_all(svc, users, tmp_path, pair_id, adapter_dir):
+    alice, bob, root = (svc.who(users[n]) for n in ("alice", "bob", "root"))
+    ds = _dataset(svc, alice, tmp_path, budget=2.0)
+    aid = _adapter(svc, alice, pair_id, adapter_dir)
+    with svc.session() as s:
+        s.add(Evaluation(org_id=alice.org_id, method="gt", task="math/x", metric="exact_match", value=0.5, seed=0))
+
+    assert svc.list_datasets(bob) == [] and svc.list_adapters(bob) == [] and svc.evaluation_rows(bob) == []
+    for call in (lambda: svc.get_dataset(bob, ds["id"]), lambda: svc.dataset_preview(bob, ds["id"]),
+                 lambda: svc.ledger(bob, ds["id"]), lambda: svc.get_adapter(bob, aid),
+                 lambda: svc.adapter_zip(bob, aid), lambda: svc.get_adapter(bob, 9999),
+                 lambda: svc.set_budget(bob, ds["id"], 5)):
+        with pytest.raises(NotFound, match="not found"):
+            call()
+    # the same message for a foreign id and a missing one
+    with pytest.raises(NotFound) as foreign:
+        svc.get_adapter(bob, aid)
+    with pytest.raises(NotFound) as missing:
+        svc.get_adapter(bob, aid + 100)
+    assert str(foreign.value).replace(str(aid), "N") == str(missing.value).replace(str(aid + 100), "N")
+
+    assert [d["id"] for d in svc.list_datasets(root)] == [ds["id"]]
+    assert svc.get_adapter(root, aid)["org"] == "acme" and svc.adapter_zip(root, aid)[1]
+    assert len(svc.evaluation_rows(root)) == 1 and svc.evaluation_rows(alice)[0]["method"] == "gt"
+    # admins see every organisation's data but their own dropdowns (jobs) list only their own
+    assert svc.list_datasets(root, own_only=True) == []
+    # the ledger view is computed without torch-importing accountants, and matches the budget
+    led = svc.ledger(alice, ds["id"])
+    assert led["budget"] == 2.0 and led["spent"] == 0.0 and led["remaining"] == 2.0
+
+
+def test_admin_operations_refuse_members(svc, users, tmp_path):
+    bob, root = svc.who(users["bob"]), svc.who(users["root"])
+    for call in (lambda: svc.list_users(bob), lambda: svc.create_user(bob, "x", "mallory", "password123", "admin"),
+                 lambda: svc.set_active(bob, "alice", False), lambda: svc.register_zoo_pair(bob, "micro", None),
+                 lambda: svc.promote(bob, 1)):
+        with pytest.raises(PermissionError):
+            call()
+    f = tmp_path / "r.json"
+    f.write_text('[{"task": "t", "method": "gt", "value": 0.5}]')
+    with pytest.raises(PermissionError):
+        svc.store_benchmark(bob, str(f), "r.json")
+    # and members cannot submit admin job kinds through the job API
+    with pytest.raises((PermissionError, Exception)) as e:
+        svc.submit(bob, "shadow", {"pair_id": 1})
+    assert "admin" in str(e.value) or "not available" in str(e.value)
+    assert "mallory" in svc.create_user(root, "x", "mallory", "password123", "member")
+    assert {u["username"] for u in svc.list_users(root)} >= {"alice", "bob", "root", "mallory"}
+    assert "disabled" in svc.set_active(root, "mallory", False)
+    with pytest.raises(PermissionError):
+        svc.principal("mallory")
+
+
+def test_jobs_are_visible_only_to_their_organisation(svc, users, tmp_path, pair_id):
+    alice, bob = svc.who(users["alice"]), svc.who(users["bob"])
+    ds = _dataset(svc, alice, tmp_path)
+    msg = finetune.start_finetune(svc, users["alice"], ds["id"], pair_id, 5, 1e-3, 4, 64, False, 1.0, None, 1.0, "")
+    assert msg.startswith("✅") and "job 1 queued" in msg
+    html_alice = jobs.job_table(svc, users["carol"])  # same organisation
+    assert "data-job-id='1'" in html_alice and "data-status='queued'" in html_alice and "alice" in html_alice
+    assert "data-job-id" not in jobs.job_table(svc, users["bob"])
+    with pytest.raises(LookupError, match="job 1 not found"):
+        jobs.job_detail(svc, users["bob"], 1)
+    with pytest.raises(LookupError, match="not found"):
+        jobs.cancel_job(svc, users["bob"], 1)
+    detail, log = jobs.job_detail(svc, users["alice"], 1)
+    assert "finetune" in detail and '"dataset_id"' in detail
+    assert "cancelled" in jobs.cancel_job(svc, users["alice"], 1)
+    assert "retried as job 2" in jobs.retry_job(svc, users["alice"], 1)
+    # a job naming another organisation's dataset is refused by the job API
+    with pytest.raises(LookupError, match="dataset .* not found"):
+        finetune.start_finetune(svc, users["bob"], ds["id"], pair_id, 5, 1e-3, 4, 64, False, 1, None, 1, "")
+    assert bob.org_id != alice.org_id
