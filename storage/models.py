@@ -25,7 +25,7 @@ NAMING = {
 ROLES = ("member", "admin")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-ADAPTER_ORIGINS = ("uploaded", "produced")
+ADAPTER_ORIGINS = ("uploaded", "produced", "generated")  # generated: an LLM adapter made by a generate job
 LEDGER_STATUSES = ("reserved", "spent", "released")
 
 

@@ -11,12 +11,22 @@ import json
 from typing import Any
 
 from ui.common import choices, first, guarded, status, table
-from ui.service import Service
+from ui.service import Service, _num
+from workers.jobs import MAPPER_KINDS  # constants only (no torch)
+
+BENCH_PRESETS = ("ci", "demo", "gpu")
+
+
+def _int_or_none(v: Any):
+    f = _num(v)
+    return int(f) if f is not None and f == int(f) else None
 
 USER_COLUMNS = [("id", "id"), ("username", "username"), ("org", "organisation"), ("role", "role"),
                 ("active", "active"), ("can_sign_in", "has password"), ("created", "created")]
 PAIR_COLUMNS = [("id", "id"), ("name", "name"), ("fingerprint", "recipe"), ("tiny", "TinyLM LoRA"),
                 ("llm", "LLM LoRA"), ("created", "registered")]
+PAIRSET_COLUMNS = [("id", "id"), ("name", "name"), ("pairs", "pairs"), ("runs", "runs"), ("tasks", "tasks"),
+                   ("job_id", "job"), ("created", "created")]
 MAPPER_COLUMNS = [("id", "id"), ("pair", "pair"), ("version", "version"), ("kind", "kind"),
                   ("promoted", "promoted"), ("metrics_text", "validation"), ("job_id", "job"), ("created", "created")]
 
@@ -56,19 +66,36 @@ def zoo_note(svc: Service, who) -> str:
             "list above (this version has no `zoo` job kind).")
 
 
-def submit_provider_job(svc: Service, request, kind: str, pair_id: Any, config_text: str) -> str:
+def _int_list(text: str, what: str) -> list[int]:
+    parts = [p.strip() for p in (text or "").replace(";", ",").split(",") if p.strip()]
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"{what} must be whole numbers separated by commas") from None
+
+
+def provider_params(kind: str, pair_id: Any, fields: dict, extra_text: str) -> dict:
+    """A provider job's parameters: the form's fields, then the JSON box's keys on top (any
+    parameter of the kind; the job API refuses unknown ones, naming the accepted ones)."""
+    params = {k: v for k, v in fields.items() if v is not None}
+    if pair_id not in (None, ""):
+        params["pair_id"] = int(pair_id)
+    extra = parse_config(extra_text)
+    if extra:
+        params.update(extra)
+    return params
+
+
+def submit_provider_job(svc: Service, request, kind: str, params: dict) -> str:
     who = svc.who(request)
     svc.require_admin(who)
-    if pair_id in (None, ""):
-        raise ValueError("choose a model pair")
-    params = {"pair_id": int(pair_id), "config": parse_config(config_text)}
     job_id = svc.submit(who, kind, params)
     return status(True, f"{kind} job {job_id} queued; follow it in the Jobs tab")
 
 
 def build_admin_tab(svc: Service, demo):
     with gr.Tab("Admin", id="admin", visible=False) as tab:
-        refresh = gr.Button("Refresh", size="sm")
+        refresh = gr.Button("Refresh", size="sm", elem_id="admin-refresh")
         with gr.Accordion("Organisations and users", open=True):
             users = gr.Dataframe(table([], USER_COLUMNS), interactive=False, elem_id="admin-users")
             with gr.Row():
@@ -92,14 +119,43 @@ def build_admin_tab(svc: Service, demo):
             pair_msg = gr.Markdown(elem_id="admin-pair-status")
             recipe = gr.JSON(label="Recipe (TinyLM and LLM)", elem_id="admin-recipe")
             zoo_md = gr.Markdown()
-        with gr.Accordion("Shadow pairs and mapper training", open=True):
+        with gr.Accordion("Shadow pairs, mapper training and the benchmark", open=True):
+            job_pair = gr.Dropdown(label="Model pair", choices=[], elem_id="admin-job-pair")
+            gr.Markdown("**Shadow-pair generation**: for each task × bootstrap subset × seed, fine-tune the pair's "
+                        "TinyLM and LLM on the same public examples; every snapshot gives a (ΔTiny, ΔLLM) pair.")
             with gr.Row():
-                job_pair = gr.Dropdown(label="Model pair", choices=[], elem_id="admin-job-pair")
-                cfg = gr.Textbox(label="Config (JSON object, optional)", placeholder='{"n_runs": 30}', lines=2,
-                                 elem_id="admin-job-config")
+                sh_tasks = gr.Dropdown(label="Shadow tasks", choices=[], multiselect=True, scale=3,
+                                       elem_id="admin-shadow-tasks")
+                sh_subsets = gr.Number(label="Subsets", value=4, precision=0, scale=1)
+                sh_size = gr.Number(label="Subset size", value=64, precision=0, scale=1)
+                sh_steps = gr.Number(label="Steps", value=40, precision=0, scale=1)
+                sh_seeds = gr.Textbox(label="Seeds", value="0", scale=1)
             with gr.Row():
-                shadow = gr.Button("Start shadow-pair generation", elem_id="admin-shadow")
-                train = gr.Button("Start mapper (re)training", elem_id="admin-train")
+                sh_extra = gr.Textbox(label="More parameters (JSON object, optional)", lines=1, scale=3,
+                                      placeholder='{"snapshot_steps": [20, 30], "n_train": 512}',
+                                      elem_id="admin-shadow-extra")
+                shadow = gr.Button("Start shadow-pair generation", scale=1, elem_id="admin-shadow")
+            pair_sets = gr.Dataframe(table([], PAIRSET_COLUMNS), label="Pair sets", interactive=False,
+                                     elem_id="admin-pair-sets")
+            gr.Markdown("**Mapper (re)training** on a pair set (split by run; validation numbers land on the "
+                        "mapper version).")
+            with gr.Row():
+                tm_set = gr.Dropdown(label="Pair set (default: the pair's newest)", choices=[], scale=2,
+                                     elem_id="admin-train-set")
+                tm_kind = gr.Dropdown(label="Mapper kind", choices=list(MAPPER_KINDS), value=MAPPER_KINDS[0], scale=1,
+                                      elem_id="admin-train-kind")
+                tm_promote = gr.Checkbox(label="Promote when trained", value=False, scale=1)
+            with gr.Row():
+                cfg = gr.Textbox(label="Mapper settings (JSON object, optional)", placeholder='{"epochs": 200}',
+                                 lines=1, scale=3, elem_id="admin-job-config")
+                train = gr.Button("Start mapper (re)training", scale=1, elem_id="admin-train")
+            gr.Markdown("**Benchmark** (`gtapp bench` as a job): its results JSON appears in the Compare tab.")
+            with gr.Row():
+                b_preset = gr.Dropdown(label="Preset", choices=list(BENCH_PRESETS), value=BENCH_PRESETS[0], scale=1)
+                b_on_pair = gr.Checkbox(label="On the model pair above (else the preset's own zoo)", value=False,
+                                        scale=2)
+                b_record = gr.Checkbox(label="Also record rows as evaluations", value=False, scale=2)
+                bench = gr.Button("Start benchmark", scale=1, elem_id="admin-bench")
             job_msg = gr.Markdown(elem_id="admin-job-status")
         with gr.Accordion("Mapper versions", open=True):
             mappers = gr.Dataframe(table([], MAPPER_COLUMNS), interactive=False, elem_id="admin-mappers")
@@ -108,17 +164,23 @@ def build_admin_tab(svc: Service, demo):
                 promote = gr.Button("Promote", variant="primary", elem_id="admin-promote")
             mapper_msg = gr.Markdown(elem_id="admin-mapper-status")
 
-    overview_outputs = [users, pairs, mappers, recipe_pair, zoo_folder, mapper_pick, job_pair, zoo_md]
+    overview_outputs = [users, pairs, mappers, recipe_pair, zoo_folder, mapper_pick, job_pair, zoo_md, sh_tasks,
+                        pair_sets, tm_set]
 
-    def overview(cur_pair, cur_mapper, request: gr.Request):
+    def overview(cur_pair, cur_mapper, cur_job_pair, request: gr.Request):
         who = svc.who(request)
         if not who.is_admin:
             return tuple(gr.skip() for _ in overview_outputs)
+        from gtapp.tasks import task_names  # pure Python
+
         u, p, m, pc, zc, mc = admin_overview(svc, request)
-        pv = first(pc, cur_pair)
+        pv, jp = first(pc, cur_pair), first(pc, cur_job_pair)
+        sets = svc.list_pair_sets(jp) if jp is not None else []
         return (u, p, m, gr.Dropdown(choices=pc, value=pv), gr.Dropdown(choices=zc, value=zc[0] if zc else None),
-                gr.Dropdown(choices=mc, value=first(mc, cur_mapper)), gr.Dropdown(choices=pc, value=pv),
-                zoo_note(svc, who))
+                gr.Dropdown(choices=mc, value=first(mc, cur_mapper)), gr.Dropdown(choices=pc, value=jp),
+                zoo_note(svc, who), gr.Dropdown(choices=task_names()), table(sets, PAIRSET_COLUMNS),
+                gr.Dropdown(choices=[("(newest)", "")] + choices(sets, lambda x: f"{x['name']} (id {x['id']}, "
+                                                                                  f"{x['pairs']} pairs)"), value=""))
 
     def visible(request: gr.Request):
         try:
@@ -151,12 +213,32 @@ def build_admin_tab(svc: Service, demo):
         return svc.get_pair(int(pid))["recipe"]
 
     @guarded(job_msg)
-    def on_shadow(pid, c, request: gr.Request):
-        return submit_provider_job(svc, request, "shadow", pid, c)
+    def on_shadow(pid, tasks, subsets, size, steps, seeds, extra, request: gr.Request):
+        if pid in (None, ""):
+            raise ValueError("choose a model pair")
+        fields = {"tasks": list(tasks or []), "subsets": _int_or_none(subsets), "subset_size": _int_or_none(size),
+                  "steps": _int_or_none(steps), "seeds": _int_list(seeds, "seeds") or None}
+        return submit_provider_job(svc, request, "shadow", provider_params("shadow", pid, fields, extra))
 
     @guarded(job_msg)
-    def on_train(pid, c, request: gr.Request):
-        return submit_provider_job(svc, request, "train_mapper", pid, c)
+    def on_train(pid, set_id, kind, promote_it, c, request: gr.Request):
+        if pid in (None, "") and set_id in (None, ""):
+            raise ValueError("choose a model pair or a pair set")
+        params = {"kind": kind, "promote": bool(promote_it), "config": parse_config(c) or {}}
+        if set_id not in (None, ""):
+            params["pair_set_id"] = int(set_id)
+        else:
+            params["pair_id"] = int(pid)
+        return submit_provider_job(svc, request, "train_mapper", params)
+
+    @guarded(job_msg)
+    def on_bench(pid, preset, on_pair, record, request: gr.Request):
+        params = {"preset": preset, "record_evaluations": bool(record)}
+        if on_pair:
+            if pid in (None, ""):
+                raise ValueError("choose a model pair (or untick 'on the model pair above')")
+            params["pair_id"] = int(pid)
+        return submit_provider_job(svc, request, "bench", params)
 
     @guarded(mapper_msg)
     def on_promote(mid, request: gr.Request):
@@ -165,7 +247,7 @@ def build_admin_tab(svc: Service, demo):
         return status(True, svc.promote(svc.who(request), int(mid)))
 
     def chain(event):
-        return event.then(overview, [recipe_pair, mapper_pick], overview_outputs, api_name=False)
+        return event.then(overview, [recipe_pair, mapper_pick, job_pair], overview_outputs, api_name=False)
 
     demo.load(visible, outputs=tab, api_name=False)
     chain(demo.load(lambda: None, api_name=False))
@@ -176,7 +258,10 @@ def build_admin_tab(svc: Service, demo):
     chain(disable.click(on_disable, toggle_user, user_msg, api_name=False))
     chain(register.click(on_register, [zoo_folder, pair_name], pair_msg, api_name="admin_register_pair"))
     recipe_pair.change(on_recipe, recipe_pair, recipe, api_name=False)
-    shadow.click(on_shadow, [job_pair, cfg], job_msg, api_name="admin_shadow")
-    train.click(on_train, [job_pair, cfg], job_msg, api_name="admin_train_mapper")
+    shadow.click(on_shadow, [job_pair, sh_tasks, sh_subsets, sh_size, sh_steps, sh_seeds, sh_extra], job_msg,
+                 api_name="admin_shadow")
+    train.click(on_train, [job_pair, tm_set, tm_kind, tm_promote, cfg], job_msg, api_name="admin_train_mapper")
+    bench.click(on_bench, [job_pair, b_preset, b_on_pair, b_record], job_msg, api_name="admin_bench")
+    chain(job_pair.input(lambda: None, api_name=False))
     chain(promote.click(on_promote, mapper_pick, mapper_msg, api_name="admin_promote"))
     return tab

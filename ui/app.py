@@ -98,6 +98,8 @@ def create_app(settings: Optional[Settings] = None, bootstrap: bool = True):
     demo.queue(default_concurrency_limit=4)
     app = gr.mount_gradio_app(app, demo, path="/", auth_dependency=sessions.dependency, css=CSS,
                               max_file_size=f"{settings.max_upload_mb}mb", show_error=True, ssr_mode=False,
+                              run_history=False,  # no copies of private results in browser storage
+                              footer_links=["api", "settings"],
                               theme=gr.themes.Soft(primary_hue="orange"))
     app.state.gtapp_service = svc
     return app

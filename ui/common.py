@@ -10,10 +10,12 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 from ui.service import user_message
 
 
+OK_MARK, ERR_MARK = "✔", "✖"  # in DejaVu Sans too (no emoji font needed)
+
+
 def status(ok: bool, text: str) -> str:
     """A one-line status in Markdown (the text is escaped: it may quote user input)."""
-    icon = "✅" if ok else "❌"
-    return f"{icon} {md_escape(text)}"
+    return f"{OK_MARK if ok else ERR_MARK} {md_escape(text)}"
 
 
 def md_escape(text: str) -> str:
@@ -23,9 +25,11 @@ def md_escape(text: str) -> str:
     return text
 
 
-def guarded(status_output: Any = None, n_outputs: int = 1, status_index: int = 0) -> Callable:
+def guarded(status_output: Any = None, n_outputs: int = 1, status_index: int = 0,
+            on_error: Optional[Callable[[], Sequence]] = None) -> Callable:
     """Wrap a handler so that an exception becomes an error status line at
-    ``status_index`` of its outputs (the others are left unchanged), never a traceback."""
+    ``status_index`` of its outputs, never a traceback. The other outputs are left as they
+    are, or set to ``on_error()`` (values for all outputs; the status slot is replaced)."""
     import gradio as gr
 
     def deco(fn: Callable) -> Callable:
@@ -37,7 +41,7 @@ def guarded(status_output: Any = None, n_outputs: int = 1, status_index: int = 0
                 msg = status(False, user_message(e))
                 if n_outputs == 1:
                     return msg
-                out = [gr.skip()] * n_outputs
+                out = list(on_error()) if on_error else [gr.skip()] * n_outputs
                 out[status_index] = msg
                 return tuple(out)
         return wrapper

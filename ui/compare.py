@@ -105,7 +105,7 @@ def build_compare_tab(svc: Service, demo):
             plots.append(gr.Plot(elem_id="cmp-epsilon", show_label=False))
             plots.append(gr.Plot(elem_id="cmp-clients", show_label=False))
         plots.append(gr.Plot(elem_id="cmp-cost", show_label=False))
-        with gr.Accordion("Table", open=False):
+        with gr.Accordion("Table", open=False, elem_id="cmp-table-acc"):
             csv_link = gr.HTML(elem_id="cmp-csv")
             tbl = gr.Dataframe(table([], TABLE_COLUMNS), interactive=False, elem_id="cmp-table", max_height=400)
         with gr.Accordion("Load a benchmark results JSON", open=False):
@@ -132,7 +132,8 @@ def build_compare_tab(svc: Service, demo):
 
     render_outputs = [info, *plots, tbl, csv_link]
 
-    def select_source(key, srows, request: gr.Request):
+    def select_source(key, srows, p, t, m, s, request: gr.Request):
+        """Load the source's rows; keep the filters that still apply."""
         who = svc.who(request)
         try:
             rows = load_rows(svc, who, key, srows)
@@ -142,8 +143,13 @@ def build_compare_tab(svc: Service, demo):
             rows = []
             gr.Warning(user_message(e))
         ch = filter_choices(rows)
-        return (rows, gr.Dropdown(choices=[ALL] + ch["protocol"], value=ALL), gr.Dropdown(choices=ch["task"], value=[]),
-                gr.Dropdown(choices=[ALL] + ch["mapper"], value=ALL), gr.Dropdown(choices=[ALL] + ch["seed"], value=ALL))
+
+        def keep(v, options):
+            return v if v in options else ALL
+        return (rows, gr.Dropdown(choices=[ALL] + ch["protocol"], value=keep(p, ch["protocol"])),
+                gr.Dropdown(choices=ch["task"], value=[x for x in (t or []) if x in ch["task"]]),
+                gr.Dropdown(choices=[ALL] + ch["mapper"], value=keep(m, ch["mapper"])),
+                gr.Dropdown(choices=[ALL] + ch["seed"], value=keep(s, ch["seed"])))
 
     def load(current, srows, request: gr.Request):
         who = svc.who(request)
@@ -174,11 +180,11 @@ def build_compare_tab(svc: Service, demo):
                 gr.Dropdown(choices=ch, value=SESSION), rows)
 
     def chain(event):
-        return event.then(select_source, [source, session_rows], [rows_state, *filters], api_name=False) \
+        return event.then(select_source, [source, session_rows, *filters], [rows_state, *filters], api_name=False) \
             .then(render, [rows_state, *filters, source], render_outputs, api_name=False)
 
     chain(demo.load(load, [source, session_rows], source, api_name=False))
-    tab.select(load, [source, session_rows], source, api_name=False)
+    chain(tab.select(load, [source, session_rows], source, api_name=False))  # new evaluations appear
     chain(source.input(lambda: None, api_name=False))
     for f in filters:
         f.input(render, [rows_state, *filters, source], render_outputs, api_name=False)

@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 from ui.common import choices, first, fmt, guarded, md_escape, status, table
 from ui.service import Service, _num
 from ui.upload import pair_choices
+from workers.jobs import COMBINE_METHODS, ORGANISATIONS, WEIGHTINGS  # constants only (no torch)
 
 PROMOTED = "promoted version (default)"
 CONTRIB_COLUMNS = [("id", "adapter"), ("name", "name"), ("org", "organisation"), ("origin", "origin"),
@@ -57,29 +58,37 @@ def contributions(svc: Service, who, adapter_ids: Sequence[Any], weights_text: s
     except ValueError:
         w = None
     total = sum(w) if w else None
-    rows = [{**a, "weight": (f"{w[i] / total:.2f}" if w else "by data size")} for i, a in enumerate(ads)]
+    rows = [{**a, "weight": (f"{w[i] / total:.2f}" if w else "by the weighting")} for i, a in enumerate(ads)]
     return table(rows, CONTRIB_COLUMNS)
 
 
 def generate_params(pair_id: Any, adapter_ids: Sequence[Any], weights_text: str, mapper: Any,
-                    evaluate: bool, eval_task: Optional[str], eval_dataset: Any) -> dict:
+                    evaluate: bool, eval_task: Optional[str], eval_dataset: Any, organisation: str = ORGANISATIONS[0],
+                    method: str = COMBINE_METHODS[0], weighting: str = WEIGHTINGS[0], merged: bool = False,
+                    name: str = "", n_test: Any = None) -> dict:
+    """The ``generate`` job's parameters from the form (checked again by the job API)."""
     if pair_id in (None, ""):
         raise ValueError("choose a model pair")
     ids = [int(a) for a in adapter_ids or []]
     if not ids:
         raise ValueError("choose at least one of your TinyLM adapters")
-    config: dict = {"weights": parse_weights(weights_text, len(ids))}
     params: dict = {"pair_id": int(pair_id), "adapter_ids": ids,
-                    "mapper_id": None if mapper in (None, "", PROMOTED) else int(mapper)}
+                    "mapper_id": None if mapper in (None, "", PROMOTED) else int(mapper),
+                    "weights": parse_weights(weights_text, len(ids)), "organisation": organisation or ORGANISATIONS[0],
+                    "method": method or COMBINE_METHODS[0], "weighting": weighting or WEIGHTINGS[0],
+                    "merged": bool(merged), "name": (name or "").strip()[:200] or None}
     if evaluate:
         if eval_dataset not in (None, ""):
             params["dataset_id"] = int(eval_dataset)
-            config["evaluate"] = {"dataset_id": int(eval_dataset)}
         elif eval_task:
-            config["evaluate"] = {"task": eval_task}
+            params["evaluate_task"] = eval_task
+            n = _num(n_test)
+            if n is not None:
+                if n != int(n) or not 1 <= n <= 100_000:
+                    raise ValueError("the number of test examples must be a whole number in 1..100000")
+                params["n_test"] = int(n)
         else:
             raise ValueError("choose a task or one of your datasets to evaluate on (or untick evaluation)")
-    params["config"] = config
     return params
 
 
@@ -97,10 +106,11 @@ def downloads_html(adapters: Sequence[dict]) -> str:
     items = []
     for a in adapters:
         eps = f" · DP ε={a['epsilon']:.3g}" if a.get("epsilon") is not None else ""
+        notes = f", {a['notes']}" if a.get("notes") else ""
         items.append(f"<li><a class='gt-download' data-adapter-id='{a['id']}' href='download/adapter/{a['id']}' "
                      f"download>{html.escape(a['model'].upper())} adapter {a['id']}: {html.escape(a['name'])}</a> "
-                     f"<span class='gt-muted'>({html.escape(a['origin'])}, {html.escape(a['org'])}{eps}, "
-                     f"{html.escape(a['created'])})</span></li>")
+                     f"<span class='gt-muted'>({html.escape(a['origin'])}, {html.escape(a['org'])}{eps}"
+                     f"{html.escape(notes)}, {html.escape(a['created'])})</span></li>")
     return "<ul class='gt-downloads'>" + "".join(items) + "</ul>"
 
 
@@ -116,21 +126,34 @@ def build_generate_tab(svc: Service, demo):
             with gr.Column():
                 pair = gr.Dropdown(label="Model pair", choices=[], elem_id="gen-pair")
                 adapters = gr.CheckboxGroup(label="Your TinyLM adapters", choices=[], elem_id="gen-adapters")
-                weights = gr.Textbox(label="Weights, one per selected adapter in order (empty: by data size)",
+                weights = gr.Textbox(label="Weights, one per selected adapter in order (empty: by the default weighting)",
                                      placeholder="e.g. 1, 1, 2", elem_id="gen-weights")
                 mapper = gr.Dropdown(label="Mapper version", choices=[(PROMOTED, PROMOTED)], value=PROMOTED,
                                      elem_id="gen-mapper")
+                with gr.Accordion("Combining several adapters", open=False):
+                    with gr.Row():
+                        organisation = gr.Dropdown(label="Organisation", choices=list(ORGANISATIONS),
+                                                   value=ORGANISATIONS[0], elem_id="gen-organisation")
+                        method = gr.Dropdown(label="Combine", choices=list(COMBINE_METHODS), value=COMBINE_METHODS[0],
+                                             elem_id="gen-method")
+                        weighting = gr.Dropdown(label="Default weighting", choices=list(WEIGHTINGS),
+                                                value=WEIGHTINGS[0], elem_id="gen-weighting")
+                with gr.Row():
+                    name = gr.Textbox(label="LLM adapter name (optional)", max_length=200, elem_id="gen-name")
+                    merged = gr.Checkbox(label="Also store the merged LLM", value=False, elem_id="gen-merged")
                 evaluate = gr.Checkbox(label="Evaluate the LLM adapter afterwards", value=True, elem_id="gen-eval")
                 with gr.Row():
                     task = gr.Dropdown(label="on a generated task", choices=[], elem_id="gen-task")
                     eval_ds = gr.Dropdown(label="or on one of your datasets", choices=[], elem_id="gen-eval-ds")
+                    n_test = gr.Number(label="test examples (generated task)", value=128, precision=0,
+                                       elem_id="gen-n-test")
                 start = gr.Button("Generate LLM adapter", variant="primary", elem_id="gen-start")
                 msg = gr.Markdown(elem_id="gen-status")
             with gr.Column():
                 gr.Markdown("### Contributions")
                 contrib = gr.Dataframe(table([], CONTRIB_COLUMNS), interactive=False, elem_id="gen-contrib")
                 gr.Markdown("### Downloads\nStandard peft folders (zip), loadable by `PeftModel.from_pretrained`.")
-                refresh = gr.Button("Refresh", size="sm")
+                refresh = gr.Button("Refresh", size="sm", elem_id="gen-refresh")
                 dl = gr.HTML(elem_id="gen-downloads")
 
     def pair_changed(p, request: gr.Request):
@@ -153,8 +176,8 @@ def build_generate_tab(svc: Service, demo):
                 gr.Dropdown(choices=[("(none)", "")] + dc, value=""), downloads_html(svc.list_adapters(who)))
 
     @guarded(msg)
-    def on_start(p, a, w, m, ev, t, eds, request: gr.Request):
-        return start_generate(svc, request, p, a, w, m, ev, t, eds)
+    def on_start(p, a, w, m, ev, t, eds, org, meth, wt, mg, nm, nt, request: gr.Request):
+        return start_generate(svc, request, p, a, w, m, ev, t, eds, org, meth, wt, mg, nm, nt)
 
     def on_contrib(a, w, request: gr.Request):
         return contributions(svc, svc.who(request), a, w)
@@ -168,6 +191,7 @@ def build_generate_tab(svc: Service, demo):
     pair.input(pair_changed, pair, [adapters, mapper], api_name=False)
     adapters.change(on_contrib, [adapters, weights], contrib, api_name=False)
     weights.change(on_contrib, [adapters, weights], contrib, api_name=False)
-    start.click(on_start, [pair, adapters, weights, mapper, evaluate, task, eval_ds], msg, api_name="start_generate")
+    start.click(on_start, [pair, adapters, weights, mapper, evaluate, task, eval_ds, organisation, method, weighting,
+                           merged, name, n_test], msg, api_name="start_generate")
     refresh.click(on_refresh, outputs=dl, api_name=False)
     return tab

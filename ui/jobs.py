@@ -69,6 +69,24 @@ def job_table(svc: Service, request, status_filter: str = "all", kind: str = "al
     return jobs_html(views, svc.usernames(who), svc.org_names() if who.is_admin else None)
 
 
+def compact(obj: Any, depth: int = 0) -> Any:
+    """A job's parameters/outputs for display: nesting cut at 3 levels, long lists cut, and
+    server paths reduced to their last two parts (the page is no place for the server's
+    file layout)."""
+    if isinstance(obj, dict):
+        if depth >= 3:
+            return f"{{{len(obj)} keys}}"
+        return {k: compact(v, depth + 1) for k, v in list(obj.items())[:40]}
+    if isinstance(obj, (list, tuple)):
+        if depth >= 3:
+            return f"[{len(obj)} items]"
+        items = [compact(v, depth + 1) for v in obj[:8]]
+        return items + ([f"... {len(obj) - 8} more"] if len(obj) > 8 else [])
+    if isinstance(obj, str) and obj.startswith("/") and "/" in obj[1:]:
+        return "…/" + "/".join(obj.rstrip("/").split("/")[-2:])
+    return obj
+
+
 def job_detail(svc: Service, request, job_id: Any) -> tuple[str, str]:
     who = svc.who(request)
     jid = _num(job_id)
@@ -82,9 +100,10 @@ def job_detail(svc: Service, request, job_id: Any) -> tuple[str, str]:
         lines.append(f"ETA {fmt_duration(v.eta_s)}")
     if v.error:
         lines.append(f"\n**Error:** {html.escape(v.error)}")
-    lines.append("\n**Parameters**\n```json\n" + json.dumps(v.params, indent=1, default=str)[:4000] + "\n```")
+    lines.append("\n**Parameters** `" + json.dumps(compact(v.params), default=str)[:2000] + "`")
     if v.outputs:
-        lines.append("**Outputs**\n```json\n" + json.dumps(v.outputs, indent=1, default=str)[:4000] + "\n```")
+        lines.append("\n**Outputs**\n```json\n" + json.dumps(compact(v.outputs), indent=1, default=str)[:3000]
+                     + "\n```")
     return "\n".join(lines), v.log_tail or ""
 
 
@@ -139,7 +158,7 @@ def build_jobs_tab(svc: Service, demo):
         except Exception as e:  # noqa: BLE001
             from ui.service import user_message
 
-            d, lg = f"❌ {html.escape(user_message(e))}", ""
+            d, lg = f"✖ {html.escape(user_message(e))}", ""
         return tbl, d, lg
 
     def load(request: gr.Request):

@@ -316,6 +316,22 @@ class Service:
                             "created": _iso(m.created_at), "job_id": m.job_id})
             return out
 
+    def list_pair_sets(self, pair_id: Optional[int] = None) -> list[dict]:
+        from storage.models import PairSet
+
+        with self.session() as s:
+            q = select(PairSet).order_by(PairSet.id.desc())
+            if pair_id is not None:
+                q = q.where(PairSet.model_pair_id == int(pair_id))
+            out = []
+            for p in s.scalars(q):
+                meta = p.meta or {}
+                tasks = meta.get("tasks")
+                out.append({"id": p.id, "pair_id": p.model_pair_id, "name": p.name, "pairs": p.n_pairs,
+                            "runs": meta.get("runs"), "tasks": ", ".join(map(str, tasks))[:200]
+                            if isinstance(tasks, list) else "", "job_id": p.job_id, "created": _iso(p.created_at)})
+            return out
+
     def promote(self, who: Principal, mapper_id: int) -> str:
         self.require_admin(who)
         with self.session() as s:
@@ -478,10 +494,21 @@ class Service:
         record = meta.get("record") or {}
         summary = meta.get("summary") or {}
         eps = record.get("epsilon")
+        notes = []
+        mapper = meta.get("mapper")
+        if isinstance(mapper, dict):
+            notes.append(f"mapper v{mapper.get('version')} {mapper.get('kind')}")
+        contributors = meta.get("contributors")
+        if isinstance(contributors, list) and contributors:
+            notes.append(f"{len(contributors)} TinyLM adapter(s)")
+        ev = meta.get("evaluation")
+        if isinstance(ev, dict) and _num(ev.get("value")) is not None:
+            notes.append(f"{ev.get('metric')}={float(ev['value']):.3g} on {ev.get('task')}")
         return {"id": a.id, "name": a.name, "org": orgs.get(a.org_id, "?"), "org_id": a.org_id,
                 "model": a.model, "origin": a.origin, "pair_id": a.model_pair_id, "job_id": a.job_id,
                 "dataset_id": a.dataset_id, "epsilon": _num(eps),
-                "rank": summary.get("rank") or record.get("rank"), "created": _iso(a.created_at)}
+                "rank": summary.get("rank") or record.get("rank"), "created": _iso(a.created_at),
+                "notes": ", ".join(notes)}
 
     def get_adapter(self, who: Principal, adapter_id: Any) -> dict:
         try:

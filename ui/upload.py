@@ -39,7 +39,7 @@ def summary_markdown(summary: dict, pair: str) -> str:
     lines = [
         f"**Adapter accepted** for model pair **{md_escape(pair)}** — it matches the pair's TinyLM recipe.",
         "",
-        "| | |", "|---|---|",
+        "| property | value |", "|---|---|",
         f"| LoRA modules | {len(summary.get('modules') or [])} |",
         f"| rank / alpha (scale) | {summary.get('rank')} / {fmt(summary.get('alpha'))} ({fmt(summary.get('scale'))}) |",
         f"| dtype | {md_escape(summary.get('dtype', ''))} |",
@@ -98,6 +98,32 @@ def upload_dataset(svc: Service, file: Any, fmt_name: str, metric: str, name: st
             table(res["preview"], PREVIEW_COLUMNS))
 
 
+def adapter_details(svc: Service, adapter_id: Any, request) -> tuple:
+    """One of your adapters (admins: any): -> (status, summary markdown, figure, module table)."""
+    who = svc.who(request)
+    if adapter_id in (None, "", 0):
+        raise ValueError("enter an adapter id from the table")
+    a = svc.get_adapter(who, adapter_id)
+    meta = a["meta"]
+    summary = meta.get("summary")
+    pair = meta.get("pair") or f"id {a['pair_id']}"
+    if summary:
+        md = summary_markdown(summary, pair).replace("**Adapter accepted**", f"**Adapter {a['id']} ({md_escape(a['name'])})** accepted", 1)
+    else:
+        rec = meta.get("record") or {}
+        md = (f"**Adapter {a['id']} ({md_escape(a['name'])})**: {a['model']} adapter {a['origin']} by job {a['job_id']} "
+              f"for model pair {md_escape(pair)}" + (f" ({md_escape(a['notes'])})" if a.get("notes") else "")
+              + "".join(f"\n- {md_escape(k)}: {md_escape(fmt(v))}" for k, v in sorted(rec.items())
+                        if isinstance(v, (int, float, str)) and not isinstance(v, bool))[:3000])
+        contributors = meta.get("contributors")
+        if isinstance(contributors, list) and contributors:
+            md += "\n\n| contributor | weight | DP ε | δ |\n|---|---|---|---|\n" + "\n".join(
+                f"| {md_escape(c.get('name', ''))} (adapter {c.get('adapter_id')}) | {fmt(c.get('weight'))} | "
+                f"{fmt(c.get('epsilon')) or 'no DP'} | {fmt(c.get('delta'))} |" for c in contributors if isinstance(c, dict))
+    return (status(True, f"adapter {a['id']} of organisation {a['org']}"), md, charts.layer_norms(summary),
+            module_table(summary))
+
+
 def my_uploads(svc: Service, request) -> tuple:
     who = svc.who(request)
     return (table(svc.list_datasets(who), DATASET_COLUMNS), table(svc.list_adapters(who), ADAPTER_COLUMNS))
@@ -149,17 +175,24 @@ def build_upload_tab(svc: Service, demo):
         refresh = gr.Button("Refresh", size="sm")
         ds_table = gr.Dataframe(table([], DATASET_COLUMNS), label="Datasets", interactive=False, elem_id="my-datasets")
         ad_table = gr.Dataframe(table([], ADAPTER_COLUMNS), label="Adapters", interactive=False, elem_id="my-adapters")
+        with gr.Row():
+            show_id = gr.Number(label="Adapter id (from the table)", value=None, precision=0, scale=1,
+                                elem_id="adapter-show-id")
+            show_btn = gr.Button("Show its summary above", scale=0, elem_id="adapter-show")
 
     def load(request: gr.Request):
         c = pair_choices(svc)
         svc.who(request)
         return (gr.Dropdown(choices=c, value=first(c)), *my_uploads(svc, request))
 
-    @guarded(a_status, n_outputs=4)
+    def cleared():  # an error must not leave an earlier adapter's summary on screen
+        return None, "", charts.layer_norms(None), module_table(None)
+
+    @guarded(a_status, n_outputs=4, on_error=cleared)
     def on_adapter(files, pair_id, name, request: gr.Request):
         return upload_adapter(svc, files, pair_id, name, request)
 
-    @guarded(d_status, n_outputs=2)
+    @guarded(d_status, n_outputs=2, on_error=lambda: (None, table([], PREVIEW_COLUMNS)))
     def on_dataset(file, fmt_name, metric, name, budget, delta, request: gr.Request):
         return upload_dataset(svc, file, fmt_name, metric, name, budget, delta, request)
 
@@ -169,7 +202,12 @@ def build_upload_tab(svc: Service, demo):
     def uploads(request: gr.Request):
         return my_uploads(svc, request)
 
+    @guarded(a_status, n_outputs=4, on_error=cleared)
+    def on_show(aid, request: gr.Request):
+        return adapter_details(svc, aid, request)
+
     demo.load(load, outputs=[a_pair, ds_table, ad_table], api_name=False)
+    show_btn.click(on_show, show_id, [a_status, a_summary, a_plot, a_modules], api_name="adapter_details")
     tab.select(load, outputs=[a_pair, ds_table, ad_table], api_name=False)
     refresh.click(uploads, outputs=[ds_table, ad_table], api_name=False)
     a_btn.click(on_adapter, [a_files, a_pair, a_name], [a_status, a_summary, a_plot, a_modules],

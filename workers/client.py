@@ -137,6 +137,10 @@ class JobClient:
         ok, why = spec.available()
         if not ok:
             raise JobNotAvailable(why)
+        if spec.admin_only:  # refused before its parameters are even looked at
+            with self._session() as s:
+                if not principal(s, user).is_admin:
+                    raise PermissionError(f"job kind '{kind}' is for admins only")
         clean = spec.check_params(params)
         attempts = max_attempts or self.settings.job_max_attempts
         if not 1 <= attempts <= 20:

@@ -59,7 +59,7 @@ class Dashboard:
                     "GTAPP_FIRST_ADMIN_PASSWORD": ADMIN_PASSWORD, "GTAPP_DASHBOARD_PORT": str(self.port),
                     "GTAPP_DASHBOARD_HOST": "127.0.0.1", "GTAPP_SECRET_KEY": "e2e-secret",
                     "GTAPP_HEARTBEAT_INTERVAL_S": "0.5", "GTAPP_PROGRESS_MIN_INTERVAL_S": "0.2",
-                    "GTAPP_EMBEDDED_POLL_S": "0.2", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+                    "GTAPP_EMBEDDED_POLL_S": "0.2", "GTAPP_EMBEDDED_WORKERS": "2", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
                     "GRADIO_ANALYTICS_ENABLED": "False"}
         for k in ("GTAPP_DATABASE_URL", "DATABASE_URL", "GTAPP_BROKER_URL", "BROKER_URL", "GTAPP_ARTIFACT_ROOT"):
             self.env.pop(k, None)

@@ -21,6 +21,8 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 STATE: dict = {}
+SHADOW = {"tasks": ["math/add-fruit-easy"], "subsets": 3, "subset_size": 16, "steps": 6, "snapshot_steps": [3],
+          "n_train": 64, "batch_size": 4}
 EVENT_TIMEOUT_MS = 60_000
 
 
@@ -66,6 +68,22 @@ def upload_files(page, selector: str, paths) -> None:
     # Gradio uploads on change; wait until the files are listed
     for p in paths:
         page.locator(selector).get_by_text(Path(p).stem, exact=True).first.wait_for(timeout=EVENT_TIMEOUT_MS)
+
+
+def plot_traces(page, elem_id: str, names=None, timeout_ms: int = EVENT_TIMEOUT_MS) -> list[dict]:
+    """The Plotly traces drawn in a gr.Plot (read from the page's plotly div), once they
+    include ``names`` (if given)."""
+    js = f"""() => {{ const d = document.querySelector('#{elem_id} .js-plotly-plot');
+        return d && d.data ? d.data.map(t => ({{name: t.name, x: Array.from(t.x || []),
+                                                 y: Array.from(t.y || [])}})) : null; }}"""
+    deadline = time.monotonic() + timeout_ms / 1000
+    traces = None
+    while time.monotonic() < deadline:
+        traces = page.evaluate(js)
+        if traces and (names is None or set(names) <= {t["name"] for t in traces}):
+            return traces
+        page.wait_for_timeout(250)
+    raise AssertionError(f"#{elem_id}: no plotly traces {names or ''} (got {traces})")
 
 
 def shot(page, shots: Path, name: str) -> None:
@@ -162,10 +180,15 @@ def test_sign_in_and_admin_creates_an_organisation_user(browser, dashboard, admi
     page.locator("#admin-create-user").click()
     wait_text(page, "#admin-user-status", r"user 'alice' \(member\) created in organisation 'acme'")
     wait_text(page, "#admin-users", r"alice")
-    shot(page, shots, "07-admin")
+    # shadow-pair generation on the micro pair, small (it runs while the organisation works)
+    fill(page, "admin-shadow-extra", json.dumps(SHADOW))
+    page.locator("#admin-shadow").click()
+    msg = wait_text(page, "#admin-job-status", r"✔|✖")
+    assert "shadow job" in msg, msg
+    STATE["shadow_job"] = int(re.search(r"shadow job (\d+)", msg).group(1))
 
 
-def test_upload_adapter_and_a_malformed_one(alice_page, tiny_adapter, shots):
+def test_upload_adapter_and_a_malformed_one(alice_page, dashboard, tiny_adapter, shots):
     page = alice_page
     wait_text(page, "#whoami", r"alice · acme · member")
     assert page.get_by_role("tab", name="Admin", exact=True).count() == 0  # members have no Admin tab
@@ -177,15 +200,18 @@ def test_upload_adapter_and_a_malformed_one(alice_page, tiny_adapter, shots):
     STATE["adapter_id"] = int(re.search(r"id (\d+)", status).group(1))
     summary = wait_text(page, "#adapter-summary", r"LoRA modules")
     assert "rank / alpha" in summary and "matches the pair's TinyLM recipe" in summary
-    norms = page.evaluate("() => document.querySelector('#adapter-norms .js-plotly-plot').data[0].y.length")
-    assert norms == 2  # micro TinyLM: 2 layers
+    (norms,) = plot_traces(page, "adapter-norms")
+    assert norms["x"] == ["layer 0", "layer 1"] and all(v > 0 for v in norms["y"])  # micro TinyLM: 2 layers
     wait_text(page, "#my-adapters", r"acme-tiny")
     shot(page, shots, "01-upload-adapter")
+    # the same adapter's summary through the event API, as its owner
+    out = gradio_call(page.context.request, dashboard.url, "adapter_details", [STATE["adapter_id"]])
+    assert f"adapter {STATE['adapter_id']} of organisation acme" in out, out
 
     upload_files(page, "#adapter-files", [tiny_adapter["bad"] / "adapter_config.json",
                                           tiny_adapter["bad"] / "adapter_model.safetensors"])
     page.locator("#adapter-upload").click()
-    err = wait_text(page, "#adapter-status", r"❌")
+    err = wait_text(page, "#adapter-status", r"✖")
     assert "pickle" in err, err
     shot(page, shots, "02-upload-malformed-adapter")
 
@@ -214,7 +240,7 @@ def test_upload_dataset_and_fine_tune_to_done(alice_page, tmp_path_factory, shot
     page.locator("#ft-dp input[type=checkbox]").check()
     fill(page, "ft-epsilon", "5")
     page.locator("#ft-start").click()
-    refused = wait_text(page, "#ft-status", r"❌")
+    refused = wait_text(page, "#ft-status", r"✖")
     assert "privacy budget exceeded" in refused and "budget ε=1" in refused, refused
     shot(page, shots, "04-finetune")
 
@@ -230,32 +256,79 @@ def test_upload_dataset_and_fine_tune_to_done(alice_page, tmp_path_factory, shot
     shot(page, shots, "05-jobs")
 
 
-def test_generate_page_and_download_loads_in_peft(alice_page, tiny_adapter, tmp_path_factory, shots):
+def wait_job(page, job_id: int, timeout_ms: int = 240_000) -> None:
+    tab(page, "Jobs")
+    row = f"#jobs-table tr[data-job-id='{job_id}']"
+    deadline = time.monotonic() + timeout_ms / 1000
+    while time.monotonic() < deadline:
+        status = page.locator(row).get_attribute("data-status") if page.locator(row).count() else None
+        if status == "succeeded":
+            return
+        if status in ("failed", "cancelled"):
+            fill(page, "job-id", str(job_id))
+            page.locator("#job-show").click()
+            raise AssertionError(f"job {job_id} {status}: {wait_text(page, '#job-detail', str(job_id))}")
+        page.wait_for_timeout(500)
+    raise AssertionError(f"job {job_id} not done in {timeout_ms / 1000:g}s")
+
+
+def test_admin_trains_and_promotes_a_mapper(admin_page, shots):
+    page = admin_page
+    wait_job(page, STATE["shadow_job"])
+    tab(page, "Admin")
+    page.locator("#admin-refresh").click()
+    wait_text(page, "#admin-pair-sets", r"shadow-micro")
+    page.locator("#admin-train-kind input").click()
+    page.get_by_role("option", name="mean", exact=True).click()
+    page.get_by_label("Promote when trained").check()
+    page.locator("#admin-train").click()
+    msg = wait_text(page, "#admin-job-status", r"train_mapper job \d+ queued")
+    wait_job(page, int(re.search(r"job (\d+)", msg).group(1)))
+    tab(page, "Admin")
+    page.locator("#admin-refresh").click()
+    wait_text(page, "#admin-mappers", r"mean")
+    assert "yes" in page.locator("#admin-mappers").inner_text()  # promoted
+    shot(page, shots, "07-admin")
+
+
+def test_generate_an_llm_adapter_and_downloads_load_in_peft(alice_page, tiny_adapter, e2e_zoo, tmp_path_factory,
+                                                             shots):
     page = alice_page
     tab(page, "Generate")
     page.locator("#gen-adapters").get_by_text("acme-tiny").first.click()
+    wait_text(page, "#gen-contrib", r"acme-tiny")  # each contributor with its weight and privacy spend
+    fill(page, "gen-name", "acme-llm")
+    fill(page, "gen-n-test", "16")
     page.locator("#gen-start").click()
-    msg = wait_text(page, "#gen-status", r"✅|❌")
-    # until the generate job kind is wired, the job API's own "not available" message is shown
-    assert "generate job" in msg or "not available" in msg, msg
-    wait_text(page, "#gen-downloads", r"acme-tiny")
-    wait_text(page, "#gen-downloads", r"acme-ft")  # the fine-tune's adapter
+    msg = wait_text(page, "#gen-status", r"generate job \d+ queued")
+    wait_job(page, int(re.search(r"job (\d+)", msg).group(1)))
+    tab(page, "Generate")
+    page.locator("#gen-refresh").click()
+    text = wait_text(page, "#gen-downloads", r"LLM adapter \d+: acme-llm")
+    assert "acme-tiny" in text and "acme-ft" in text and "mapper v1 mean" in text
     shot(page, shots, "06-generate")
 
-    link = page.locator(f"#gen-downloads a[data-adapter-id='{STATE['adapter_id']}']")
-    with page.expect_download() as dl:
-        link.click()
-    out = tmp_path_factory.mktemp("download")
-    zpath = out / dl.value.suggested_filename
-    dl.value.save_as(zpath)
-    with zipfile.ZipFile(zpath) as zf:
-        zf.extractall(out / "adapter")
     import torch
     from peft import PeftModel
 
     from gtapp.models import load_model
 
-    model = PeftModel.from_pretrained(load_model(tiny_adapter["tiny_path"]), str(out / "adapter"))
+    def download(adapter_id: int) -> Path:
+        with page.expect_download() as dl:
+            page.locator(f"#gen-downloads a[data-adapter-id='{adapter_id}']").click()
+        out = tmp_path_factory.mktemp("download")
+        zpath = out / dl.value.suggested_filename
+        dl.value.save_as(zpath)
+        with zipfile.ZipFile(zpath) as zf:
+            zf.extractall(out / "adapter")
+        return out / "adapter"
+
+    # the generated LLM adapter is a stock peft folder for the pair's LLM
+    llm_id = int(re.search(r"LLM adapter (\d+): acme-llm", text).group(1))
+    llm = PeftModel.from_pretrained(load_model(e2e_zoo / "micro" / "llm"), str(download(llm_id)))
+    assert any("lora_B" in n for n, _ in llm.named_parameters())
+    # and the uploaded TinyLM adapter comes back exactly as uploaded
+    model = PeftModel.from_pretrained(load_model(tiny_adapter["tiny_path"]), str(download(STATE["adapter_id"])))
     got = {n: m.lora_B["default"].weight for n, m in model.named_modules()
            if hasattr(m, "lora_B") and "default" in getattr(m, "lora_B", {})}
     assert set(got) == set(tiny_adapter["b"]) and all(torch.equal(got[k], tiny_adapter["b"][k]) for k in got)
@@ -270,6 +343,8 @@ def test_second_organisation_cannot_see_or_fetch_it(bob_ctx, dashboard, shots):
     assert "sums" not in page.locator("#my-datasets").inner_text()
     tab(page, "Generate")
     wait_text(page, "#gen-downloads", r"No adapters yet")
+    tab(page, "Compare")
+    wait_text(page, "#cmp-info", r"No results here yet")  # the empty state: acme's evaluation is not shown
     tab(page, "Jobs")
     wait_text(page, "#jobs-html", r"No jobs yet")
     shot(page, shots, "08-second-organisation")
@@ -278,10 +353,10 @@ def test_second_organisation_cannot_see_or_fetch_it(bob_ctx, dashboard, shots):
     r = ctx.request.get(f"{dashboard.url}download/adapter/{aid}")
     assert r.status == 404 and "not found" in r.json()["error"]
     assert "not found" in gradio_call(ctx.request, dashboard.url, "job_detail", [STATE["ft_job"]])
-    # submitting a fine-tune on acme's dataset (id 1) as bob: refused by the job API
-    out = gradio_call(ctx.request, dashboard.url, "start_finetune",
-                      [1, 1, 5, 0.01, 4, 64, False, 1, None, 1, ""])
-    assert "dataset 1 not found" in out, out
+    out = gradio_call(ctx.request, dashboard.url, "adapter_details", [aid])
+    assert f"adapter {aid} not found" in out and "acme-tiny" not in out, out
+    for api in ("cancel_job", "retry_job"):
+        assert f"job {STATE['ft_job']} not found" in gradio_call(ctx.request, dashboard.url, api, [STATE["ft_job"]])
     # and without any session, nothing at all
     anon = ctx.browser.new_context()
     assert anon.request.get(f"{dashboard.url}download/adapter/{aid}").status == 401
@@ -293,7 +368,9 @@ def test_second_organisation_cannot_see_or_fetch_it(bob_ctx, dashboard, shots):
 def test_compare_charts_render_from_a_results_json(alice_page, tmp_path_factory, shots):
     page = alice_page
     tab(page, "Compare")
-    wait_text(page, "#cmp-info", r"No results here yet")  # the empty state
+    # the organisation's own evaluation rows (the generated adapter's) are charted first
+    wait_text(page, "#cmp-info", r"1 of 1 rows from evaluations")
+    assert {t["name"] for t in plot_traces(page, "cmp-metric", ["mean_shadow"])} == {"mean_shadow"}
     rows = []
     for task, base, oracle in (("math/add-fruit-easy", 0.2, 0.8), ("csqa/animals", 0.3, 0.7)):
         for method, v in (("base_llm", base), ("oracle", oracle), ("gt", base + 0.6 * (oracle - base)),
@@ -304,24 +381,23 @@ def test_compare_charts_render_from_a_results_json(alice_page, tmp_path_factory,
                              "gap_recovery": (v - base) / (oracle - base), "wall_s": 3.0, "peak_mem_mb": 120.0})
     path = tmp_path_factory.mktemp("bench") / "results.json"
     path.write_text(json.dumps({"rows": rows}))
-    page.locator("#cmp-upload").page.get_by_text("Load a benchmark results JSON").click()
+    page.get_by_role("button", name="Load a benchmark results JSON").click()
     upload_files(page, "#cmp-upload", [path])
     page.locator("#cmp-load").click()
     wait_text(page, "#cmp-upload-status", r"24 result rows loaded")
     wait_text(page, "#cmp-info", r"24 of 24 rows")
-    data = page.evaluate("""() => document.querySelector('#cmp-metric .js-plotly-plot').data
-                                 .map(t => ({name: t.name, x: Array.from(t.x), y: Array.from(t.y)}))""")
-    by = {t["name"]: t for t in data}
+    by = {t["name"]: t for t in plot_traces(page, "cmp-metric", ["base_llm", "oracle", "gt", "ridge"])}
     assert set(by) == {"base_llm", "oracle", "gt", "ridge"}
     assert by["gt"]["x"] == ["csqa/animals", "math/add-fruit-easy"]
     assert by["gt"]["y"] == pytest.approx([0.54, 0.56])
-    gap = page.evaluate("() => document.querySelector('#cmp-gap .js-plotly-plot').data.find(t => t.name == 'gt').y")
-    assert gap == pytest.approx([0.6, 0.6])
-    eps_x = page.evaluate("() => Array.from(document.querySelector('#cmp-epsilon .js-plotly-plot').data[0].x)")
-    assert eps_x == ["1", "8", "no DP"]
+    gap = {t["name"]: t for t in plot_traces(page, "cmp-gap", ["gt"])}
+    assert gap["gt"]["y"] == pytest.approx([0.6, 0.6]) and gap["oracle"]["y"] == pytest.approx([1.0, 1.0])
+    assert plot_traces(page, "cmp-epsilon", ["gt"])[0]["x"] == ["1", "8", "no DP"]
+    assert {t["name"] for t in plot_traces(page, "cmp-clients", ["1 client"])} == {"1 client"}
+    assert [t["name"] for t in plot_traces(page, "cmp-cost", ["wall_s"])] == ["wall_s", "peak_mem_mb"]
     shot(page, shots, "09-compare")
     # the filtered table downloads as CSV
-    page.get_by_text("Table", exact=True).click()
+    page.locator("button.label-wrap", has_text=re.compile(r"^\s*Table")).click()
     with page.expect_download() as dl:
         page.locator("#cmp-csv-link").click()
     assert dl.value.path().read_text().splitlines()[0].startswith("protocol,task,method")
@@ -331,3 +407,17 @@ def test_account_page(alice_page, shots):
     tab(alice_page, "Account")
     wait_text(alice_page, "#account-info", r"organisation \*?\*?acme")
     shot(alice_page, shots, "10-account")
+
+
+def test_jobs_survive_a_server_restart(alice_page, dashboard, shots):
+    """The Jobs table reads the database, and the session is signed with a persistent key:
+    after a restart the same browser session still sees its finished job."""
+    dashboard.stop()
+    dashboard.start()
+    page = alice_page
+    page.reload()
+    wait_text(page, "#whoami", r"alice · acme")
+    tab(page, "Jobs")
+    page.wait_for_selector(f"#jobs-table tr[data-job-id='{STATE['ft_job']}'][data-status='succeeded']",
+                           timeout=EVENT_TIMEOUT_MS)
+    shot(page, shots, "11-jobs-after-restart")

@@ -16,6 +16,7 @@ from storage import db
 from storage.models import Base
 from workers.testing import REPO_ROOT, temp_postgres_database
 
+HEAD = "0002"  # the newest revision in storage/migrations/versions
 TABLES = {"organisations", "users", "datasets", "model_pairs", "adapters", "update_vectors", "pair_sets",
           "mapper_versions", "jobs", "evaluations", "privacy_ledger", "alembic_version"}
 
@@ -35,7 +36,7 @@ def test_upgrade_empty_sqlite(tmp_path):
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     assert db.current_revision(url) is None
     db.upgrade(url)
-    assert db.current_revision(url) == "0001"
+    assert db.current_revision(url) == HEAD
     _check_schema(url)
     db.upgrade(url)  # idempotent
     from alembic import command
@@ -50,7 +51,7 @@ def test_upgrade_empty_postgres(pg_url):
     with temp_postgres_database(prefix="gtapp_migr") as url:  # an empty one, not the shared session DB
         assert db.current_revision(url) is None
         db.upgrade(url)
-        assert db.current_revision(url) == "0001"
+        assert db.current_revision(url) == HEAD
         _check_schema(url)
 
 
@@ -61,5 +62,5 @@ def test_alembic_cli_uses_alembic_ini(tmp_path):
     out = subprocess.run([sys.executable, "-m", "alembic", "-c", str(REPO_ROOT / "alembic.ini"), "upgrade", "head"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert db.current_revision(url) == "0001"
+    assert db.current_revision(url) == HEAD
     assert Path(REPO_ROOT / "storage" / "migrations" / "versions").is_dir()

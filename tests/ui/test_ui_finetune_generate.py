@@ -33,12 +33,12 @@ def test_over_budget_dp_job_is_refused_saying_why(svc, users, tmp_path, pair_id)
     ds = _dataset(svc, alice, tmp_path, budget=1.0)
     run = guarded(None)(lambda *a: finetune.start_finetune(svc, users["alice"], *a))
     msg = run(ds["id"], pair_id, 10, 1e-3, 4, 64, True, 5.0, None, 1.0, "")
-    assert msg.startswith("❌") and "privacy budget exceeded" in msg and "ε=1" in msg, msg
+    assert msg.startswith("✖") and "privacy budget exceeded" in msg and "ε=1" in msg, msg
     assert svc.ledger(alice, ds["id"])["entries"] == []  # nothing reserved, nothing queued
     assert svc.client.list(alice) == []
     # within budget: reserved on the ledger at submission
     msg = run(ds["id"], pair_id, 10, 1e-3, 4, 64, True, 0.6, None, 1.0, "")
-    assert msg.startswith("✅") and "reserved" in msg, msg
+    assert msg.startswith("✔") and "reserved" in msg, msg
     led = svc.ledger(alice, ds["id"])
     assert [e["status"] for e in led["entries"]] == ["reserved"] and led["spent"] == pytest.approx(0.6, rel=1e-3)
     md, tbl = finetune.show_ledger(svc, ds["id"], users["alice"])
@@ -53,19 +53,26 @@ def test_over_budget_dp_job_is_refused_saying_why(svc, users, tmp_path, pair_id)
         svc.set_budget(alice, ds2["id"], 1)
 
 
-def test_generate_shows_the_job_apis_not_available_message(svc, users, tmp_path, pair_id):
+def test_generate_refusals_come_from_the_job_api(svc, users, tmp_path, pair_id):
     run = guarded(None)(lambda *a: generate.start_generate(svc, users["alice"], *a))
     assert "at least one" in run(pair_id, [], "", generate.PROMOTED, False, None, "")
     assert "2 weights for 1" in run(pair_id, [5], "1, 2", generate.PROMOTED, False, None, "")
-    params = generate.generate_params(pair_id, ["3", "4"], "1, 3", generate.PROMOTED, True, "math/x", "")
-    assert params == {"pair_id": pair_id, "adapter_ids": [3, 4], "mapper_id": None,
-                      "config": {"weights": [1.0, 3.0], "evaluate": {"task": "math/x"}}}
+    params = generate.generate_params(pair_id, ["3", "4"], "1, 3", generate.PROMOTED, True, "math/x", "",
+                                      n_test=16)
+    assert params == {"pair_id": pair_id, "adapter_ids": [3, 4], "mapper_id": None, "weights": [1.0, 3.0],
+                      "organisation": "average_then_map", "method": "mean", "weighting": "data_size",
+                      "merged": False, "name": None, "evaluate_task": "math/x", "n_test": 16}
+    assert generate.generate_params(pair_id, [3], "", "7", True, "math/x", "5")["dataset_id"] == 5
+    # the job API accepts exactly these parameters
+    from workers.jobs import get_spec
+
+    assert set(params) <= set(get_spec("generate").defaults)
     kinds = svc.job_kinds(svc.who(users["alice"]))
     msg = run(pair_id, [1], "", generate.PROMOTED, False, None, "")
     if not kinds["generate"]["wired"]:
-        assert msg.startswith("❌") and "not available" in msg, msg
+        assert msg.startswith("✖") and "not available" in msg, msg
     else:  # once wired, a foreign/missing adapter is refused by the job API
-        assert msg.startswith("❌") and "not found" in msg, msg
+        assert msg.startswith("✖") and "not found" in msg, msg
 
 
 def test_downloads_html_escapes_names():

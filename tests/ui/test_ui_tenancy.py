@@ -84,7 +84,7 @@ def test_jobs_are_visible_only_to_their_organisation(svc, users, tmp_path, pair_
     alice, bob = svc.who(users["alice"]), svc.who(users["bob"])
     ds = _dataset(svc, alice, tmp_path)
     msg = finetune.start_finetune(svc, users["alice"], ds["id"], pair_id, 5, 1e-3, 4, 64, False, 1.0, None, 1.0, "")
-    assert msg.startswith("✅") and "job 1 queued" in msg
+    assert msg.startswith("✔") and "job 1 queued" in msg
     html_alice = jobs.job_table(svc, users["carol"])  # same organisation
     assert "data-job-id='1'" in html_alice and "data-status='queued'" in html_alice and "alice" in html_alice
     assert "data-job-id" not in jobs.job_table(svc, users["bob"])
@@ -100,3 +100,37 @@ def test_jobs_are_visible_only_to_their_organisation(svc, users, tmp_path, pair_
     with pytest.raises(LookupError, match="dataset .* not found"):
         finetune.start_finetune(svc, users["bob"], ds["id"], pair_id, 5, 1e-3, 4, 64, False, 1, None, 1, "")
     assert bob.org_id != alice.org_id
+
+
+def test_zoo_folders_and_mapper_promotion(svc, users, recipes, pair_id, settings):
+    from storage.models import MapperVersion
+    from ui import admin
+
+    root = svc.who(users["root"])
+    zoo = settings.zoo_root / "syn2"
+    (zoo / "tiny").mkdir(parents=True)
+    (zoo / "llm").mkdir()
+    recipes.save(zoo / "recipe.json")
+    (settings.zoo_root / "not-a-zoo").mkdir()
+    assert [c["name"] for c in svc.zoo_candidates()] == ["syn2"]
+    with pytest.raises(NotFound):
+        svc.register_zoo_pair(root, "../syn2", None)  # only folders from the list, never a typed path
+    assert "registered" in svc.register_zoo_pair(root, "syn2", "")
+    assert svc.zoo_candidates()[0]["registered"] and [p["name"] for p in svc.list_pairs()] == ["syn", "syn2"]
+    with svc.session() as s:
+        for v, loss in ((1, 0.5), (2, 0.25)):
+            s.add(MapperVersion(model_pair_id=pair_id, version=v, kind="gt", artifact="0" * 64,
+                                metrics={"val_loss": loss, "note": "x"}))
+    ms = svc.list_mappers(pair_id)
+    assert [m["metrics_text"] for m in ms] == ["val_loss=0.5", "val_loss=0.25"] and not any(m["promoted"] for m in ms)
+    assert "promoted" in svc.promote(root, ms[1]["id"])
+    assert "promoted" in svc.promote(root, ms[0]["id"])
+    assert [m["promoted"] for m in svc.list_mappers(pair_id)] == [True, False]  # one per pair
+    users_tbl, pairs_tbl, mappers_tbl, *_ = admin.admin_overview(svc, users["root"])
+    assert len(mappers_tbl["data"]) == 2 and len(pairs_tbl["data"]) == 2
+    with pytest.raises(PermissionError):
+        admin.admin_overview(svc, users["alice"])
+    from ui import generate
+
+    labels = [label for label, _ in generate.mapper_choices(svc, pair_id)]
+    assert labels[0] == generate.PROMOTED and "★ promoted" in labels[1]

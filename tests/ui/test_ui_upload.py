@@ -28,7 +28,7 @@ def test_dataset_upload_stores_previews_and_deletes_the_temp_copy(svc, users, tm
     path = gradio_copy(tmp_path, src, "sums.jsonl")
     msg, preview = upload.upload_dataset(svc, path, upload.USER_FORMAT, "numeric_exact_match", "", 3, 1e-5,
                                          users["alice"])
-    assert msg.startswith("✅") and "25 examples" in msg and "ε=3" in msg, msg
+    assert msg.startswith("✔") and "25 examples" in msg and "ε=3" in msg, msg
     assert preview["headers"] == ["prompt", "answer", "references"] and len(preview["data"]) == 10
     assert not Path(path).exists()  # Gradio's copy is gone; the data lives in the artifact store
     (ds,) = svc.list_datasets(svc.who(users["alice"]))
@@ -91,7 +91,7 @@ def test_adapter_upload_zip_and_files_and_refusals(svc, users, pair_id, adapter_
             zf.write(f, f"my-adapter/{f.name}")
     gz = gradio_copy(tmp_path, zpath, "my-adapter.zip")
     status, summary_md, fig, modules = upload.upload_adapter(svc, [gz], pair_id, "", users["alice"])
-    assert status.startswith("✅") and "4 modules, rank 2" in status, status
+    assert status.startswith("✔") and "4 modules, rank 2" in status, status
     assert "matches the pair's TinyLM recipe" in summary_md and not Path(gz).exists()
     assert [t.type for t in fig.data] == ["bar"] and len(fig.data[0].y) == recipes.tiny.num_layers
     assert len(modules["data"]) == len(recipes.tiny.shapes)

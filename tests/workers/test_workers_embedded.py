@@ -106,7 +106,7 @@ def test_bad_submissions_are_refused_without_a_row(client, embedded_settings):
         client.submit("selftest", {"stpes": 3}, users["alice"])
     with pytest.raises(ValueError, match="should be int"):
         client.submit("selftest", {"steps": "3"}, users["alice"])
-    with pytest.raises(JobNotAvailable, match="not available in this version"):
+    with pytest.raises(ValueError, match="shadow needs pair_id"):
         client.submit("shadow", {}, users["root"])
     assert client.list(users["root"]) == []
 

@@ -1,0 +1,64 @@
+"""The benchmark: report arithmetic on known values, and one real `ci` run checked for sanity
+only (finite numbers, schema, base LLM below the oracle) — never for a target."""
+
+import json
+import math
+
+import pytest
+
+from gtapp.bench import protocol, report
+from gtapp.bench.presets import ALL_METHODS, PRESETS
+
+REQUIRED = {"protocol", "task", "method", "dp_epsilon", "clients", "seed", "metric", "value", "gap_recovery",
+            "wall_s", "peak_mem_mb"}
+
+
+def test_mean_ci_known_values():
+    m, lo, hi, n = report.mean_ci([1.0, 2.0, 3.0])
+    assert (m, n) == (2.0, 3)
+    assert hi - m == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-5)  # t(0.975, 2) * s / sqrt(n)
+    assert math.isnan(report.mean_ci([float("nan")])[0])
+
+
+def test_gap_recovery_per_task_and_seed():
+    rows = [{"protocol": "p", "task": "t", "seed": 0, "method": m, "value": v, "answer_nll": nll}
+            for m, v, nll in (("base_llm", 0.2, 3.0), ("oracle", 0.6, 1.0), ("gt", 0.5, 1.5), ("ridge", 0.1, 3.5))]
+    protocol.add_gap_recovery(rows)
+    by = {r["method"]: r for r in rows}
+    assert by["gt"]["gap_recovery"] == pytest.approx(0.75)
+    assert by["ridge"]["gap_recovery"] == pytest.approx(-0.25)
+    assert by["gt"]["gap_recovery_nll"] == pytest.approx(0.75)
+    assert by["oracle"]["gap_recovery"] == pytest.approx(1.0)
+
+
+def test_cross_task_presets_keep_private_tasks_out_of_shadow_tasks():
+    for p in PRESETS.values():
+        assert not set(p.cross_shadow_tasks) & set(p.cross_private_tasks), p.name
+        assert set(p.methods) == set(ALL_METHODS)
+
+
+@pytest.mark.slow
+def test_ci_benchmark_runs_end_to_end(ci_zoo, tmp_path):
+    from gtapp.bench.benchmark import run_benchmark
+
+    out = tmp_path / "results.json"
+    result = run_benchmark("ci", out, zoo_dir=ci_zoo, work=tmp_path / "work", plot=True)
+    saved = json.loads(out.read_text())
+    rows = saved["rows"]
+    assert {r["method"] for r in rows} == set(ALL_METHODS)
+    assert {r["protocol"] for r in rows} == {"in_distribution", "cross_task"}
+    assert {r["clients"] for r in rows} == {1, 3} and {r["dp_epsilon"] for r in rows} == {None, 8.0}
+    for r in rows:
+        assert REQUIRED <= set(r), set(REQUIRED) - set(r)
+        assert math.isfinite(r["value"]) and math.isfinite(r["wall_s"]) and r["wall_s"] >= 0
+    for p in ("in_distribution", "cross_task"):
+        base = next(r for r in rows if r["protocol"] == p and r["method"] == "base_llm")
+        oracle = next(r for r in rows if r["protocol"] == p and r["method"] == "oracle")
+        print(p, "base", base["value"], "oracle", oracle["value"])
+        assert base["value"] < oracle["value"]
+    assert saved["versions"]["torch"] and saved["seeds"] == [0] and saved["preset"]["name"] == "ci"
+    assert len(saved["targets"]) == 5 and all("met" in t for t in saved["targets"])
+    assert saved["cost"] and all(c["llm_finetune_s"] > 0 for c in saved["cost"])
+    assert (tmp_path / "results_gap_recovery.html").exists()
+    print(report.format_table(result["summary"]))
+    print(report.format_targets(result["targets"]))
