@@ -36,7 +36,8 @@ def main(argv=None) -> None:
             "GTAPP_FIRST_ADMIN_PASSWORD is not set: the first admin cannot sign in until "
             "`gtapp admin set-password --username %s`", settings.first_admin_username)
     print(f"gtapp dashboard on http://{args.host}:{args.port}/", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # open event streams (live job tables) must not hold a shutdown for long
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=3)
 
 
 if __name__ == "__main__":

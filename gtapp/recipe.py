@@ -96,6 +96,13 @@ class LoraRecipe:
     def modules(self) -> list[str]:
         return sorted(self.shapes, key=module_sort_key)
 
+    def fingerprint(self) -> str:
+        """sha256 of the recipe's contract: every field but the informational ``base_model`` path
+        (which differs between machines). Two recipes with equal fingerprints make comparable updates."""
+        d = self.to_dict()
+        d.pop("base_model", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["target_modules"] = list(self.target_modules)

@@ -58,12 +58,6 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
-def recipe_fingerprint(recipe: LoraRecipe) -> str:
-    from gtapp.validate import recipe_fingerprints
-
-    return recipe_fingerprints(recipe)["recipe"]
-
-
 # ----------------------------------------------------------------------------- config and plan
 
 @dataclass
@@ -300,7 +294,7 @@ def _sub_progress(progress: Optional[ProgressFn], start: float, end: float, stag
 
 def open_or_create(out: Path, recipes: RecipePair, config: ShadowConfig, zoo_dir: str) -> dict:
     """The manifest of ``out``: created empty, or an existing one checked to be compatible."""
-    fps = {"tiny": recipe_fingerprint(recipes.tiny), "llm": recipe_fingerprint(recipes.llm)}
+    fps = {"tiny": recipes.tiny.fingerprint(), "llm": recipes.llm.fingerprint()}
     settings = {**config.settings(), "pair_steps": list(config.pair_steps)}
     path = out / MANIFEST
     if path.is_file():

@@ -151,11 +151,8 @@ def expected_keys(recipe: LoraRecipe) -> dict[str, tuple[str, str, tuple[int, in
 def recipe_fingerprints(recipe: LoraRecipe) -> dict[str, Any]:
     """What identifies a recipe, JSON-able. ``recipe`` hashes everything but the informational
     ``base_model`` path (which differs between machines)."""
-    d = recipe.to_dict()
-    d.pop("base_model", None)
-    digest = hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     return {
-        "recipe": digest,
+        "recipe": recipe.fingerprint(),
         "architecture": recipe.architecture,
         "base_fingerprint": recipe.base_fingerprint,
         "init_fingerprint": recipe.init_fingerprint,

@@ -75,7 +75,7 @@ PRESETS: dict[str, ZooPreset] = {
                     lora_targets=ALL_LINEAR, lora_rank=4, lora_alpha=8.0),
     # Minutes on 2 CPU cores; the demo and the benchmark's reference setting.
     "demo": ZooPreset("demo", 1024, ModelSize(48, 2, 4, 2, 128), ModelSize(192, 6, 6, 2, 384),
-                      corpus_docs=20000, seq_len=128, batch_size=16, tiny_steps=600, llm_steps=1200, lr=2e-3,
+                      corpus_docs=12000, seq_len=128, batch_size=16, tiny_steps=400, llm_steps=700, lr=2e-3,
                       lora_targets=ALL_LINEAR, lora_rank=4, lora_alpha=8.0),
     # For a GPU.
     "gpu": ZooPreset("gpu", 4096, ModelSize(128, 4, 4, 2, 384), ModelSize(512, 12, 8, 4, 1536),

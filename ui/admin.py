@@ -5,10 +5,10 @@ their validation numbers, and promotion of one version per pair."""
 
 from __future__ import annotations
 
-import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
-
 import json
 from typing import Any
+
+import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 
 from ui.common import choices, first, guarded, status, table
 from ui.service import Service, _num

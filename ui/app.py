@@ -10,10 +10,10 @@ resolves the user from the session server-side.
 
 from __future__ import annotations
 
-import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
-
 import logging
 from typing import Optional
+
+import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 
 from storage.settings import Settings, get_settings
 from ui.service import Service

@@ -16,8 +16,6 @@ cookie gets 401 before any handler runs. The dashboard's own download routes cal
 
 from __future__ import annotations
 
-import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
-
 import base64
 import hashlib
 import hmac
@@ -28,6 +26,7 @@ import threading
 import time
 from typing import Optional
 
+import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 from fastapi import Form, Request  # module level: route annotations must resolve here
 from fastapi.responses import HTMLResponse, RedirectResponse
 

@@ -9,7 +9,6 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 from ui.service import user_message
 
-
 OK_MARK, ERR_MARK = "✔", "✖"  # in DejaVu Sans too (no emoji font needed)
 
 

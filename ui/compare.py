@@ -5,12 +5,12 @@ task, mapper version and seed; CSV download of the filtered rows."""
 
 from __future__ import annotations
 
-import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
-
 import csv
 import io
 import os
 from typing import Any, Optional, Sequence
+
+import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 
 from ui import charts
 from ui.common import guarded, status, table

@@ -4,9 +4,9 @@ refuses a DP job that would exceed the dataset's budget, and the refusal is show
 
 from __future__ import annotations
 
-import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
-
 from typing import Any
+
+import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 
 from ui.common import choices, first, fmt, guarded, md_escape, status, table
 from ui.service import Service, _num

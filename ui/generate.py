@@ -6,15 +6,19 @@ available" message: nothing is faked."""
 
 from __future__ import annotations
 
-import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
-
 import html
 from typing import Any, Optional, Sequence
 
-from ui.common import choices, first, fmt, guarded, md_escape, status, table
+import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
+
+from ui.common import choices, first, guarded, status, table
 from ui.service import Service, _num
 from ui.upload import pair_choices
-from workers.jobs import COMBINE_METHODS, ORGANISATIONS, WEIGHTINGS  # constants only (no torch)
+from workers.jobs import (  # constants only (no torch)
+    COMBINE_METHODS,
+    ORGANISATIONS,
+    WEIGHTINGS,
+)
 
 PROMOTED = "promoted version (default)"
 CONTRIB_COLUMNS = [("id", "adapter"), ("name", "name"), ("org", "organisation"), ("origin", "origin"),

@@ -5,11 +5,11 @@ started the job and for how long it has run; a job's details and log tail; cance
 
 from __future__ import annotations
 
-import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
-
 import html
 import json
 from typing import Any, Optional, Sequence
+
+import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 
 from ui.common import guarded, status
 from ui.service import Service, _num

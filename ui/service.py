@@ -39,12 +39,29 @@ from typing import Any, Iterable, Optional, Sequence
 
 from sqlalchemy import select
 
-from storage.accounts import Principal, authenticate, create_user, ensure_first_admin, hash_password, principal
+from storage.accounts import (
+    Principal,
+    authenticate,
+    create_user,
+    ensure_first_admin,
+    hash_password,
+    principal,
+)
 from storage.artifacts import ArtifactStore, atomic_write_json
 from storage.catalog import create_dataset, promote_mapper, read_examples, register_pair
 from storage.db import session_scope
-from storage.models import (ROLES, Adapter, Dataset, Evaluation, MapperVersion, ModelPair, Organisation,
-                            PrivacyLedgerEntry, User, utcnow)
+from storage.models import (
+    ROLES,
+    Adapter,
+    Dataset,
+    Evaluation,
+    MapperVersion,
+    ModelPair,
+    Organisation,
+    PrivacyLedgerEntry,
+    User,
+    utcnow,
+)
 from storage.settings import Settings, get_settings
 from workers.client import JobClient
 

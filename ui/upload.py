@@ -3,10 +3,10 @@ JSONL/CSV, or one of the six known formats), validated at once, with errors in w
 
 from __future__ import annotations
 
-import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
-
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
+
+import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 
 from ui import charts
 from ui.common import choices, first, fmt, guarded, md_escape, status, table

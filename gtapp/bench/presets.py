@@ -70,7 +70,7 @@ PRESETS: dict[str, BenchPreset] = {
         n_public=256, n_private=256, n_test=64, eval_limit=64,
         shadow_subsets=8, shadow_subset_size=64, shadow_steps=60, shadow_snapshots=(30, 45),
         tiny_steps=60, tiny_lr=3e-3, llm_steps=60, llm_lr=3e-3, batch_size=16,
-        gt_config={},
+        gt_config={"d_model": 64, "n_enc_layers": 1, "n_dec_layers": 1, "steps": 600, "max_time_s": 90},
     ),
     # For a GPU machine.
     "gpu": BenchPreset(

@@ -51,11 +51,8 @@ OOD_THRESHOLD = 2.0  # nearest-shadow distance / typical nearest-neighbour dista
 
 
 def recipe_fingerprint(recipe) -> str:
-    """sha256 of a LoraRecipe's contract (everything but the informational base_model path);
-    the same digest as gtapp.validate.recipe_fingerprints(recipe)["recipe"]."""
-    from gtapp.validate import recipe_fingerprints
-
-    return recipe_fingerprints(recipe)["recipe"]
+    """The recipe's contract digest (:meth:`gtapp.recipe.LoraRecipe.fingerprint`)."""
+    return recipe.fingerprint()
 
 
 def split_by_run(pairs: Sequence, val_fraction: float = 0.2, seed: int = 0) -> tuple[list, list]:

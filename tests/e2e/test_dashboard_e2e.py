@@ -8,7 +8,6 @@ every page go to test-artifacts/screenshots/."""
 
 from __future__ import annotations
 
-import io
 import json
 import pickle
 import re

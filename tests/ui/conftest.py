@@ -8,11 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from ui_helpers import make_settings, req  # noqa: F401
 
 from storage import accounts
 from storage.settings import Settings
-
-from ui_helpers import make_settings, req  # noqa: F401
 
 
 @pytest.fixture

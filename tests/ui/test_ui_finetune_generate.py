@@ -4,10 +4,10 @@ over-budget DP job, and generate's honest "not available" while the job kind is 
 from __future__ import annotations
 
 import pytest
+from ui_helpers import write_jsonl
 
 from ui import finetune, generate
 from ui.common import guarded
-from ui_helpers import write_jsonl
 
 
 def _dataset(svc, who, tmp_path, budget=None):

@@ -5,11 +5,11 @@ admins see everything; admin operations refuse members."""
 from __future__ import annotations
 
 import pytest
+from ui_helpers import write_jsonl
 
 from storage.models import Adapter, Evaluation
 from ui import finetune, jobs
 from ui.service import NotFound
-from ui_helpers import write_jsonl
 
 
 def _dataset(svc, who, tmp_path, name="d", budget=None):

@@ -8,8 +8,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from ui_helpers import write_jsonl
+
 from ui import upload
 from ui.service import UploadError
 
