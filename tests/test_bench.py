@@ -59,6 +59,6 @@ def test_ci_benchmark_runs_end_to_end(ci_zoo, tmp_path):
     assert saved["versions"]["torch"] and saved["seeds"] == [0] and saved["preset"]["name"] == "ci"
     assert len(saved["targets"]) == 5 and all("met" in t for t in saved["targets"])
     assert saved["cost"] and all(c["llm_finetune_s"] > 0 for c in saved["cost"])
-    assert (tmp_path / "results_gap_recovery.html").exists()
+    assert (tmp_path / "results_gap.html").exists()
     print(report.format_table(result["summary"]))
     print(report.format_targets(result["targets"]))

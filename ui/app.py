@@ -51,7 +51,9 @@ def build_blocks(svc: Service):
     from ui.jobs import build_jobs_tab
     from ui.upload import build_upload_tab
 
-    with gr.Blocks(title="gtapp dashboard") as demo:
+    # delete_cache: Gradio's temporary copies of uploads are deleted once processed; this also
+    # sweeps any that were never submitted (older than an hour, checked hourly)
+    with gr.Blocks(title="gtapp dashboard", delete_cache=(3600, 3600)) as demo:
         with gr.Row(elem_classes="gt-header"):
             gr.Markdown("## gtapp — TinyLM update → Gradient Transformer → LLM adapter")
             who = gr.Markdown(elem_id="whoami")

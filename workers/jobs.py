@@ -14,6 +14,7 @@ this module, so a worker's parent process never touches CUDA before it forks.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import math
 import random
@@ -44,14 +45,16 @@ class JobSpec:
     wired: bool = True  # False: registered, but this version has no job function for it yet
 
     def available(self) -> tuple[bool, str]:
+        # find_spec, not import: checking a kind must not import gtapp (and so torch) in the
+        # dashboard's request path.
         for module in self.requires:
             try:
-                importlib.import_module(module)
-            except ModuleNotFoundError as e:
-                if e.name and (module == e.name or module.startswith(e.name + ".")):
-                    return False, (f"job kind '{self.kind}' is not available in this version of gtapp "
-                                   f"(module {module} is missing)")
-                raise
+                found = importlib.util.find_spec(module) is not None
+            except ModuleNotFoundError:
+                found = False
+            if not found:
+                return False, (f"job kind '{self.kind}' is not available in this version of gtapp "
+                               f"(module {module} is missing)")
         if not self.wired:
             return False, (f"job kind '{self.kind}' is not available in this version of gtapp "
                            f"(no job function is wired to {', '.join(self.requires)} yet)")

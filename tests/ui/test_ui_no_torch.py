@@ -61,8 +61,5 @@ def test_app_and_ui_do_not_import_torch(tmp_path):
     assert _run(tmp_path, submit=False) == '{"torch": false, "transformers": false}'
 
 
-@pytest.mark.xfail(reason="workers.jobs.JobSpec.available() checks a kind by importing its gtapp module "
-                          "(gtapp.finetune imports torch) at every submit; importlib.util.find_spec would not",
-                   strict=False)
 def test_submitting_a_job_does_not_import_torch(tmp_path):
     assert _run(tmp_path, submit=True) == '{"torch": false, "transformers": false}'
