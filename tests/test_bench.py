@@ -62,3 +62,24 @@ def test_ci_benchmark_runs_end_to_end(ci_zoo, tmp_path):
     assert (tmp_path / "results_gap.html").exists()
     print(report.format_table(result["summary"]))
     print(report.format_targets(result["targets"]))
+
+
+def test_real_dataset_as_a_cross_task_private_task(micro_zoo, shared_datasets, tmp_path):
+    """`--private-dataset gsm8k=PATH`: the real GSM8K copy scored by every method, the mapper
+    trained on generated shadow tasks only; gap recovery falls back to answer NLL."""
+    from dataclasses import replace
+
+    from gtapp.bench.benchmark import run_benchmark
+
+    tiny = replace(PRESETS["ci"], in_dist_tasks=(), cross_private_tasks=(), cross_shadow_tasks=("math/add-fruit-easy",),
+                   n_public=32, n_private=16, n_test=8, eval_limit=4, shadow_subsets=3, shadow_subset_size=8,
+                   shadow_steps=2, shadow_snapshots=(), tiny_steps=2, llm_steps=2, dp_epsilons=(None,),
+                   gt_config={"d_model": 16, "n_enc_layers": 1, "n_dec_layers": 1, "steps": 5})
+    result = run_benchmark(tiny, tmp_path / "r.json", zoo_dir=micro_zoo, work=tmp_path / "w",
+                           private_datasets={"gsm8k": str(shared_datasets / "gsm8k")})
+    rows = [r for r in result["rows"] if r["protocol"] == "cross_task_real"]
+    assert {r["task"] for r in rows} == {"gsm8k"}
+    assert {"gt", "ridge", "mean_shadow", "oracle", "base_llm", "kd_logit", "proxy_tuning"} <= {r["method"] for r in rows}
+    assert all(math.isfinite(r["answer_nll"]) for r in rows)
+    oracle = next(r for r in rows if r["method"] == "oracle")
+    assert oracle["gap_recovery_nll"] == pytest.approx(1.0)
