@@ -31,13 +31,33 @@ def main(argv=None) -> None:
     from ui.app import create_app
 
     app = create_app(settings)
-    if not settings.first_admin_password:
-        logging.getLogger("gtapp.dashboard").warning(
-            "GTAPP_FIRST_ADMIN_PASSWORD is not set: the first admin cannot sign in until "
-            "`gtapp admin set-password --username %s`", settings.first_admin_username)
+    password = None if settings.first_admin_password else _first_start_password(settings)
     print(f"gtapp dashboard on http://{args.host}:{args.port}/", flush=True)
+    if password:
+        print(f"first start: sign in as '{settings.first_admin_username}' with password {password} "
+              f"(set GTAPP_FIRST_ADMIN_PASSWORD to choose it; change it on the Account tab)", flush=True)
     # open event streams (live job tables) must not hold a shutdown for long
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=3)
+
+
+def _first_start_password(settings) -> str | None:
+    """With no admin password configured and a first admin that has none yet (a fresh
+    machine), give it a random one, shown once on the console, so one command gives a
+    dashboard one can sign in to."""
+    import secrets
+
+    from storage.accounts import set_password
+    from storage.db import session_scope
+    from storage.models import User
+    from sqlalchemy import select
+
+    with session_scope(settings=settings) as s:
+        admin = s.scalars(select(User).where(User.username == settings.first_admin_username)).one_or_none()
+        if admin is None or admin.password_hash:
+            return None
+        password = secrets.token_urlsafe(12)
+        set_password(s, admin.username, password)
+    return password
 
 
 if __name__ == "__main__":

@@ -119,6 +119,12 @@ def build_admin_tab(svc: Service, demo):
             pair_msg = gr.Markdown(elem_id="admin-pair-status")
             recipe = gr.JSON(label="Recipe (TinyLM and LLM)", elem_id="admin-recipe")
             zoo_md = gr.Markdown()
+            with gr.Row():
+                z_preset = gr.Dropdown(label="Build a zoo pair: preset", choices=["micro", "ci", "demo", "gpu"],
+                                       value="ci", elem_id="admin-zoo-preset")
+                z_name = gr.Textbox(label="Name (default: <preset>-s<seed>)", max_length=64)
+                z_seed = gr.Number(label="Seed", value=0, precision=0)
+                z_build = gr.Button("Build and register", elem_id="admin-zoo-build")
         with gr.Accordion("Shadow pairs, mapper training and the benchmark", open=True):
             job_pair = gr.Dropdown(label="Model pair", choices=[], elem_id="admin-job-pair")
             gr.Markdown("**Shadow-pair generation**: for each task × bootstrap subset × seed, fine-tune the pair's "
@@ -206,6 +212,11 @@ def build_admin_tab(svc: Service, demo):
             raise ValueError("no unregistered zoo folder to register")
         return status(True, svc.register_zoo_pair(svc.who(request), folder, name))
 
+    @guarded(pair_msg)
+    def on_zoo_build(preset, name, seed, request: gr.Request):
+        params = {"preset": preset, "name": (name or "").strip() or None, "seed": int(seed or 0)}
+        return submit_provider_job(svc, request, "zoo", params)
+
     def on_recipe(pid, request: gr.Request):
         who = svc.who(request)
         if not who.is_admin or pid in (None, ""):
@@ -257,6 +268,7 @@ def build_admin_tab(svc: Service, demo):
     chain(enable.click(on_enable, toggle_user, user_msg, api_name=False))
     chain(disable.click(on_disable, toggle_user, user_msg, api_name=False))
     chain(register.click(on_register, [zoo_folder, pair_name], pair_msg, api_name="admin_register_pair"))
+    chain(z_build.click(on_zoo_build, [z_preset, z_name, z_seed], pair_msg, api_name="admin_build_zoo"))
     recipe_pair.change(on_recipe, recipe_pair, recipe, api_name=False)
     shadow.click(on_shadow, [job_pair, sh_tasks, sh_subsets, sh_size, sh_steps, sh_seeds, sh_extra], job_msg,
                  api_name="admin_shadow")
