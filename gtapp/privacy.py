@@ -64,43 +64,33 @@ def _check(noise_multiplier: float, sample_rate: float, steps: int, delta: float
         raise ValueError(f"delta must be in (0, 1), got {delta!r}")
 
 
-def _rdp_epsilon(history: Sequence[tuple[float, float, int]], delta: float) -> float:
-    from opacus.accountants import RDPAccountant
+def _accountant_epsilon(history: Sequence[tuple[float, float, int]], delta: float, accountant: str) -> float:
+    """ε of a composed history of (noise multiplier, sample rate, steps) from Opacus's RDP or PRV
+    accountant."""
+    from opacus.accountants import PRVAccountant, RDPAccountant
 
     history = [(float(z), float(q), int(t)) for z, q, t in history if int(t) > 0]
     if not history:
         return 0.0
     if any(z == 0 for z, _, _ in history):
         return math.inf
-    acc = RDPAccountant()
+    acc = RDPAccountant() if accountant == "rdp" else PRVAccountant()
     acc.history = history
-    with warnings.catch_warnings():
-        # Opacus warns when the optimum is at an end of the order grid; our grid is wide.
-        warnings.simplefilter("ignore")
-        eps, _ = acc.get_privacy_spent(delta=delta, alphas=list(ALPHAS))
+    if accountant == "rdp":
+        with warnings.catch_warnings():
+            # Opacus warns when the optimum is at an end of the order grid; our grid is wide.
+            warnings.simplefilter("ignore")
+            eps, _ = acc.get_privacy_spent(delta=delta, alphas=list(ALPHAS))
+    else:
+        # eps_error: absolute error bound of the PRV estimate; we report its upper bound.
+        eps = acc.get_epsilon(delta=delta, eps_error=0.01)
     return float(max(eps, 0.0))
 
 
-def _prv_epsilon(history: Sequence[tuple[float, float, int]], delta: float) -> float:
-    from opacus.accountants import PRVAccountant
-
-    history = [(float(z), float(q), int(t)) for z, q, t in history if int(t) > 0]
-    if not history:
-        return 0.0
-    if any(z == 0 for z, _, _ in history):
-        return math.inf
-    acc = PRVAccountant()
-    acc.history = history
-    # eps_error: absolute error bound of the PRV estimate; we report its upper bound.
-    return float(max(acc.get_epsilon(delta=delta, eps_error=0.01), 0.0))
-
-
 def _epsilon_of(history, delta: float, accountant: str) -> float:
-    if accountant == "rdp":
-        return _rdp_epsilon(history, delta)
-    if accountant == "prv":
-        return _prv_epsilon(history, delta)
-    raise ValueError(f"unknown accountant '{accountant}'; choose one of {ACCOUNTANTS}")
+    if accountant not in ACCOUNTANTS:
+        raise ValueError(f"unknown accountant '{accountant}'; choose one of {ACCOUNTANTS}")
+    return _accountant_epsilon(history, delta, accountant)
 
 
 def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float,

@@ -16,6 +16,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """The models in tests are tiny: on a 2-core machine a second torch thread only contends
+    (measured 5-10x slower steps with two threads while other work ran)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def micro_zoo(tmp_path_factory) -> Path:
     from gtapp import zoo

@@ -14,14 +14,6 @@ from gtapp.mapper.synthetic import linear_pairs, small_recipes
 from gtapp.perturb import perturb_adapter, perturb_update
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_weighted_median():
     x = torch.tensor([[1.0, 5.0], [2.0, -1.0], [10.0, 0.0], [3.0, 2.0]])
     assert torch.allclose(weighted_median(x, torch.full((4,), 0.25)), torch.tensor([2.5, 1.0]))

@@ -13,14 +13,6 @@ from gtapp.tasks.base import Example
 from gtapp.tasks.universe import make_task, task_names
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared 2-core box: threads only contend
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def micro(micro_zoo):
     from gtapp.models import load_model, load_tokenizer

@@ -19,14 +19,6 @@ from gtapp.tasks.universe import make_task
 TASK = "math/add-fruit-easy"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared 2-core box: threads only contend
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def micro_pair(micro_zoo) -> ModelPair:
     return ModelPair.from_dir(micro_zoo)

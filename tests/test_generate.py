@@ -9,14 +9,6 @@ from gtapp.recipe import RecipeError, RecipePair, init_fingerprint
 from gtapp.validate import AdapterError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def setup(micro_zoo, tmp_path_factory):
     """A small pair set, a GT mapper version trained on it, and two TinyLM adapters."""
@@ -26,7 +18,6 @@ def setup(micro_zoo, tmp_path_factory):
     from gtapp.shadow import ShadowConfig, generate_pairs
     from gtapp.tasks.universe import make_task, task_names
 
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("gen")
     task = task_names("math")[1]
     cfg = ShadowConfig(tasks=(task,), subsets=3, subset_size=12, steps=4, snapshot_steps=(2,), batch_size=4,

@@ -12,15 +12,6 @@ from gtapp.mapper.transformer import GradientTransformer, GTConfig
 from gtapp.recipe import RecipeError, RecipePair
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny matrices on a shared 2-core machine: one thread is many times faster than two.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_factored_distance_matches_dense_and_update_vector():
     rec = small_recipes().llm
     g = torch.Generator().manual_seed(0)

@@ -41,17 +41,8 @@ class Counting:
         return self.fn(model_path, recipe, examples, config, out_dir, progress)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def pair_set(micro_zoo, tmp_path_factory):
-    torch.set_num_threads(1)
     counter = Counting()
     out = tmp_path_factory.mktemp("pairs") / "set"
     ps = generate_pairs(micro_zoo, _config(), out, finetune_fn=counter)
