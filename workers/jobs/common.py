@@ -1,0 +1,139 @@
+"""Helpers and choices shared by several job kinds (parameter checks, model pairs, progress)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from workers.jobs.registry import REGISTRY
+
+MAPPER_KINDS = ("gt", "ridge", "mean")
+MAPPER_METHOD = {"gt": "gt", "ridge": "ridge", "mean": "mean_shadow"}  # Evaluation.method, as the benchmark names them
+ORGANISATIONS = ("average_then_map", "map_then_average")
+COMBINE_METHODS = ("mean", "median", "clip")
+WEIGHTINGS = ("data_size", "equal")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_device(p: dict) -> None:
+    if p["device"] not in ("auto", "cpu", "cuda") and not str(p["device"]).startswith("cuda:"):
+        raise ValueError("device must be auto, cpu, cuda or cuda:N")
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _int_list(p: dict, name: str, lo: int, hi: int, allow_empty: bool = False) -> list[int]:
+    v = p[name]
+    if (not isinstance(v, list) or (not v and not allow_empty)
+            or not all(_is_int(x) and lo <= x <= hi for x in v)):
+        raise ValueError(f"{name} must be a {'' if allow_empty else 'non-empty '}list of integers in {lo}..{hi}, "
+                         f"got {v!r}")
+    if len(set(v)) != len(v):
+        raise ValueError(f"{name} has duplicates: {v}")
+    return v
+
+
+def _check_task_names(names, what: str = "task") -> None:
+    from gtapp.tasks.universe import task_names  # no torch
+
+    known = set(task_names())
+    unknown = [t for t in names if t not in known]
+    if unknown:
+        raise ValueError(f"unknown {what} name(s) {unknown}: generated task names look like "
+                         f"{sorted(known)[:2]} (`gtapp tasks list` shows all {len(known)})")
+
+
+def _merge_config(p: dict, kind: str) -> bool:
+    """``config``: the kind's parameters as one object (the dashboard's JSON box), merged
+    into the flat parameters (its values win) and checked as if given flat; the stored
+    parameters are then the flat ones. Returns True when it merged (and so validated)."""
+    cfg = p.get("config")
+    if cfg is None:
+        return False
+    if not isinstance(cfg, dict):
+        raise ValueError(f"config of '{kind}' must be an object holding some of its parameters")
+    spec = REGISTRY[kind]
+    unknown = sorted(set(cfg) - set(spec.defaults) - {"config"})
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in config of '{kind}'; accepted: "
+                         f"{sorted(set(spec.defaults) - {'config'})}")
+    merged = spec.check_params({**p, **cfg, "config": None})
+    p.clear()
+    p.update(merged)
+    return True
+
+
+def _jsonable(obj):
+    """JSON data: NaN/inf as null (PostgreSQL's JSON has no NaN), tensors and numpy values as
+    lists/numbers, anything else as its string."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "tolist"):
+        return _jsonable(obj.tolist())
+    return str(obj)
+
+
+def _load_pair(ctx, pair_id: int) -> dict:
+    from storage.models import ModelPair
+
+    with ctx.session() as s:
+        pair = s.get(ModelPair, pair_id)
+        if pair is None:
+            raise ValueError(f"model pair {pair_id} not found")
+        return {"id": pair.id, "name": pair.name, "tiny_path": pair.tiny_path, "llm_path": pair.llm_path,
+                "recipe": dict(pair.recipe), "fingerprint": pair.recipe_fingerprint}
+
+
+def _pair_folder(pair: dict, dest) -> Path:
+    """A folder gtapp takes as ``zoo_dir`` (tiny/, llm/, recipe.json) for a registered model
+    pair: the folder it was registered from while that still holds these two models and this
+    recipe; else ``dest``, with links to the two model folders and the registered recipe (the
+    recipe in the database is the contract)."""
+    tiny, llm = Path(pair["tiny_path"]), Path(pair["llm_path"])
+    root = tiny.parent
+    if tiny.name == "tiny" and llm == root / "llm" and (root / "recipe.json").is_file():
+        try:
+            if json.loads((root / "recipe.json").read_text()) == pair["recipe"]:
+                return root
+        except (OSError, ValueError):
+            pass
+    for which, path in (("tiny", tiny), ("llm", llm)):
+        if not path.is_dir():
+            raise ValueError(f"model pair '{pair['name']}': its {which} model {str(path)!r} is not a folder on "
+                             f"this worker (hub ids are not supported by this job; register a local folder)")
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for which, path in (("tiny", tiny), ("llm", llm)):
+        link = dest / which
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(path.resolve(), target_is_directory=True)
+    (dest / "recipe.json").write_text(json.dumps(pair["recipe"], indent=2))
+    return dest
+
+
+def _scaled_progress(ctx, lo: float, hi: float):
+    """A ProgressFn mapping a step's 0..1 onto lo..hi of the job."""
+    def fn(p) -> None:
+        ctx.progress(lo + (hi - lo) * p.fraction, p.stage, None, getattr(p, "message", ""))
+    return fn

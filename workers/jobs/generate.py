@@ -1,0 +1,241 @@
+"""Generate: an organisation's TinyLM adapter(s) -> the mapper -> a stock peft LLM adapter"""
+
+from __future__ import annotations
+
+from workers.jobs.common import (
+    COMBINE_METHODS,
+    MAPPER_METHOD,
+    ORGANISATIONS,
+    WEIGHTINGS,
+    _check_device,
+    _check_task_names,
+    _is_int,
+    _is_num,
+    _jsonable,
+    _load_pair,
+    _merge_config,
+    _pair_folder,
+    _resolve_device,
+    _scaled_progress,
+)
+from workers.jobs.evaluate import EVAL_METRICS
+from workers.jobs.registry import job
+
+
+def _check_generate(p: dict) -> None:
+    cfg = p.get("config")
+    if isinstance(cfg, dict) and "evaluate" in cfg:  # the dashboard's form: {"weights", "evaluate": {...}}
+        cfg, ev = dict(cfg), cfg["evaluate"]
+        del cfg["evaluate"]
+        if ev is not None:
+            if not isinstance(ev, dict) or set(ev) - {"task", "dataset_id", "metric", "n_test", "limit"}:
+                raise ValueError("config.evaluate must be {\"task\": name} or {\"dataset_id\": id} "
+                                 "(optionally with metric, n_test, limit)")
+            cfg.update({("evaluate_task" if k == "task" else k): v for k, v in ev.items()})
+        p["config"] = cfg
+    if _merge_config(p, "generate"):
+        return
+    ids = p["adapter_ids"]
+    if not isinstance(ids, list) or not ids:
+        raise ValueError("choose at least one TinyLM adapter: adapter_ids is empty")
+    if not all(_is_int(a) for a in ids):
+        raise ValueError(f"adapter_ids must be adapter ids (integers), got {ids!r}")
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"adapter_ids has duplicates: {ids}")
+    if len(ids) > 64:
+        raise ValueError("at most 64 adapters can be combined in one job")
+    w = p["weights"]
+    if w is not None:
+        if not isinstance(w, list) or not all(_is_num(x) and x >= 0 for x in w):
+            raise ValueError("weights must be a list of non-negative numbers, one per adapter")
+        if len(w) != len(ids):
+            raise ValueError(f"{len(w)} weights for {len(ids)} adapters: give one weight per adapter, in order")
+        if sum(w) <= 0:
+            raise ValueError("at least one weight must be positive")
+    for key, allowed in (("organisation", ORGANISATIONS), ("method", COMBINE_METHODS), ("weighting", WEIGHTINGS),
+                         ("metric", EVAL_METRICS)):
+        if p[key] not in allowed:
+            raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {p[key]!r}")
+    for key in ("mapper_id", "pair_id", "dataset_id"):
+        if p[key] is not None and not _is_int(p[key]):
+            raise ValueError(f"{key} must be an integer")
+    if p["evaluate_task"] is not None:
+        if p["dataset_id"] is not None:
+            raise ValueError("evaluate on a task (evaluate_task) or on your dataset (dataset_id), not both")
+        if not isinstance(p["evaluate_task"], str):
+            raise ValueError("evaluate_task must be a generated task name")
+        _check_task_names([p["evaluate_task"]], "evaluation task")
+    if not 1 <= p["n_test"] <= 100_000:
+        raise ValueError("n_test must be in 1..100000")
+    if p["limit"] is not None and (not _is_int(p["limit"]) or p["limit"] < 1):
+        raise ValueError("limit must be a positive integer")
+    if p["name"] is not None and (not isinstance(p["name"], str) or not 0 < len(p["name"]) <= 200):
+        raise ValueError("name must be a string of 1..200 characters")
+    _check_device(p)
+
+
+@job("generate", queue="gpu", requires=("gtapp.generate",), validate=_check_generate,
+     defaults={"adapter_ids": [], "mapper_id": None, "pair_id": None, "weights": None,
+               "organisation": "average_then_map", "method": "mean", "weighting": "data_size", "merged": False,
+               "evaluate_task": None, "dataset_id": None, "metric": "exact_match", "n_test": 128, "limit": None,
+               "name": None, "device": "auto", "config": None})
+def generate(params: dict, ctx) -> dict:
+    """Map your TinyLM adapter(s) to an LLM adapter (stock peft) with a mapper version
+    (`mapper_id`; default: the model pair's promoted one). Several adapters are combined
+    (`organisation`, `method`, `weights` or by data size). Each input's out-of-distribution
+    score and every contributor's privacy spend are recorded; `merged` also stores the merged
+    LLM; `evaluate_task` (or your `dataset_id`) also scores the new adapter. Produces an
+    adapter (and an evaluation)."""
+    import shutil
+
+    from gtapp.generate import generate as run_generate
+    from gtapp.mapper import load_mapper
+    from storage.catalog import promoted_mapper, read_examples
+    from storage.models import Adapter, Dataset, Evaluation, MapperVersion
+
+    ctx.progress(0.0, "preparing")
+    with ctx.session() as s:
+        adapters = []
+        for aid in params["adapter_ids"]:
+            a = s.get(Adapter, aid)
+            if a is None or a.org_id != ctx.org_id:
+                raise ValueError(f"adapter {aid} not found")
+            if a.model != "tiny":
+                raise ValueError(f"adapter {aid} ('{a.name}') is an LLM adapter: generate maps TinyLM adapters")
+            record = (a.meta or {}).get("record") or {}
+            adapters.append({"id": a.id, "name": a.name, "artifact": a.artifact, "pair_id": a.model_pair_id,
+                             "origin": a.origin, "dataset_id": a.dataset_id,
+                             "epsilon": record.get("epsilon"),
+                             "delta": record.get("delta")})
+        if params["mapper_id"] is not None:
+            mv = s.get(MapperVersion, params["mapper_id"])
+            if mv is None:
+                raise ValueError(f"mapper {params['mapper_id']} not found")
+        else:
+            pair_ids = sorted({a["pair_id"] for a in adapters})
+            pid = params["pair_id"] if params["pair_id"] is not None else pair_ids[0]
+            if params["pair_id"] is None and len(pair_ids) > 1:
+                raise ValueError(f"the adapters belong to different model pairs {pair_ids}: one mapper maps one pair")
+            mv = promoted_mapper(s, pid)
+            if mv is None:
+                raise ValueError(f"model pair {pid} has no promoted mapper version yet: an admin trains and promotes "
+                                 f"one (or give mapper_id)")
+        if params["pair_id"] is not None and mv.model_pair_id != params["pair_id"]:
+            raise ValueError(f"mapper {mv.id} maps model pair {mv.model_pair_id}, not {params['pair_id']}")
+        wrong = [a["id"] for a in adapters if a["pair_id"] != mv.model_pair_id]
+        if wrong:
+            raise ValueError(f"adapter(s) {wrong} are not TinyLM adapters of model pair {mv.model_pair_id}, which "
+                             f"mapper version {mv.version} (id {mv.id}) maps")
+        mapper_info = {"mapper_id": mv.id, "version": mv.version, "kind": mv.kind, "promoted": mv.promoted,
+                       "version_hash": (mv.metrics or {}).get("version_hash")}
+        mapper_artifact, pair_id = mv.artifact, mv.model_pair_id
+        ds_examples = ds_name = None
+        if params["dataset_id"] is not None:
+            ds = s.get(Dataset, params["dataset_id"])
+            if ds is None or ds.org_id != ctx.org_id:
+                raise ValueError(f"dataset {params['dataset_id']} not found")
+            ds_examples, ds_name = ds.artifact, ds.name
+    pair = _load_pair(ctx, pair_id)
+    zoo_dir = _pair_folder(pair, ctx.work_dir / "zoo")
+    device = _resolve_device(params["device"])
+    mapper = load_mapper(ctx.store.materialize(mapper_artifact, ctx.work_dir / "mapper"), device=device)
+    tiny_dirs = [str(ctx.store.materialize(a["artifact"], ctx.work_dir / "tiny" / str(a["id"]))) for a in adapters]
+    evaluating = params["evaluate_task"] is not None or params["dataset_id"] is not None
+    ctx.log(f"generate: {len(adapters)} TinyLM adapter(s) {[a['id'] for a in adapters]} with mapper v"
+            f"{mapper_info['version']} ({mapper_info['kind']}, id {mapper_info['mapper_id']}) of pair '{pair['name']}'")
+    out = ctx.work_dir / "llm_adapter"
+    result = run_generate(mapper, tiny_dirs, out, weights=params["weights"], zoo=zoo_dir, merged=params["merged"],
+                          organisation=params["organisation"], method=params["method"],
+                          weighting=params["weighting"], names=[f"{a['name']} (adapter {a['id']})" for a in adapters],
+                          progress=_scaled_progress(ctx, 0.02, 0.6 if evaluating else 0.9))
+    ctx.check_cancel()
+    for w in result.warnings:
+        ctx.log("warning: " + w)
+    merged_sha = None
+    if result.merged_dir is not None:  # stored on its own: the adapter artifact stays a small peft folder
+        merged = ctx.work_dir / "merged"
+        shutil.move(str(result.merged_dir), merged)
+        ctx.progress(0.6 if evaluating else 0.9, "storing the merged LLM")
+        merged_sha = ctx.store.put_tree(merged)
+    record = _jsonable(result.record)
+    rows = record.get("contributors") or []
+    contributors = []
+    for i, a in enumerate(adapters):
+        r = rows[i] if i < len(rows) else {}
+        eps = a["epsilon"] if a["epsilon"] is not None else (r.get("epsilon") if r.get("dp") else None)
+        delta = a["delta"] if a["delta"] is not None else r.get("delta")
+        contributors.append({"adapter_id": a["id"], "name": a["name"], "origin": a["origin"],
+                             "dataset_id": a["dataset_id"], "weight": r.get("weight"), "examples": r.get("examples"),
+                             "dp": eps is not None, "epsilon": eps, "delta": delta if eps is not None else None,
+                             "ood": r.get("ood")})
+    all_dp = all(c["dp"] for c in contributors)
+    privacy = {"all_dp": all_dp,
+               "epsilon": max(c["epsilon"] for c in contributors) if all_dp else None,
+               "delta": max((c["delta"] or 0.0) for c in contributors) if all_dp else None,
+               "per_contributor": [{k: c[k] for k in ("adapter_id", "name", "dp", "epsilon", "delta")}
+                                   for c in contributors],
+               "note": "each contributor's (epsilon, delta) covers its own dataset; mapping and combining are "
+                       "post-processing and keep it; a contributor without DP has no guarantee"}
+    ood = [o.get("score") if isinstance(o, dict) else None for o in (record.get("ood") or [])]
+    ctx.progress(0.6 if evaluating else 0.9, "storing the LLM adapter")
+    sha = ctx.store.put_tree(out)
+
+    evaluation = None
+    if evaluating:
+        from gtapp import evaluate as ev
+        from gtapp.tasks.base import Example, Task
+
+        if params["evaluate_task"] is not None:
+            from gtapp.tasks import make_task
+
+            task = make_task(params["evaluate_task"], seed=params["seed"], n_train=1, n_test=params["n_test"])
+        else:
+            examples = [Example(d["prompt"], d["answer"], tuple(d.get("references", ())))
+                        for d in read_examples(ctx.store, ds_examples)]
+            task = Task(name=f"dataset:{ds_name}", family="user", metric=params["metric"], train=[], test=examples)
+        ctx.progress(0.65, f"evaluating on {task.name}")
+        evaluation = _jsonable(ev.evaluate_paths(pair["llm_path"], task, adapter_dir=out, split="test",
+                                                 limit=params["limit"], batch_size=32, device=device))
+        ctx.check_cancel()
+        evaluation.pop("adapter", None)  # this attempt's scratch folder: gone once the job ends
+        evaluation["task"] = task.name
+        ctx.log(f"generated adapter on {task.name}: {evaluation['metric']} = {evaluation['value']:.4f} "
+                f"(n={evaluation['n']})")
+    name = params["name"] or f"llm-gen-job{ctx.job_id}"
+    method = MAPPER_METHOD.get(mapper_info["kind"], mapper_info["kind"])
+    meta = {"record": {"epsilon": privacy["epsilon"], "delta": privacy["delta"], "dp": all_dp,
+                       "rank": mapper.recipes.llm.rank},  # what adapter lists read (as for fine-tuned ones)
+            "mapper": mapper_info, "contributors": contributors, "privacy": privacy, "ood": ood,
+            "warnings": list(result.warnings), "combine": record.get("combine"), "timing": record.get("timing"),
+            "merged_artifact": merged_sha, "evaluation": evaluation}
+
+    def register(s, job_row) -> dict:
+        a = Adapter(org_id=job_row.org_id, user_id=job_row.user_id, model_pair_id=pair_id, model="llm",
+                    origin="generated", name=name, artifact=sha, job_id=job_row.id, meta=meta)
+        s.add(a)
+        s.flush()
+        out_ids = {"adapter_id": a.id}
+        if evaluation is not None:
+            e = Evaluation(org_id=job_row.org_id, job_id=job_row.id, model_pair_id=pair_id, adapter_id=a.id,
+                           method=method, task=evaluation["task"], metric=evaluation["metric"],
+                           value=float(evaluation["value"]), seed=params["seed"], epsilon=privacy["epsilon"],
+                           n_clients=len(adapters),
+                           meta={**evaluation, "protocol": "dashboard",
+                                 "mapper": f"v{mapper_info['version']} {mapper_info['kind']}",
+                                 "mapper_id": mapper_info["mapper_id"], "ood": ood,
+                                 "contributors": [c["adapter_id"] for c in contributors]})
+            s.add(e)
+            s.flush()
+            out_ids["evaluation_id"] = e.id
+        return out_ids
+
+    ctx.on_success(register)
+    outputs = {"adapter_artifact": sha, "mapper_id": mapper_info["mapper_id"], "ood": ood,
+               "warnings": list(result.warnings), "epsilon": privacy["epsilon"],
+               "weights": [c["weight"] for c in contributors]}
+    if merged_sha:
+        outputs["merged_artifact"] = merged_sha
+    if evaluation is not None:
+        outputs.update({"task": evaluation["task"], "metric": evaluation["metric"], "value": evaluation["value"],
+                        "n": evaluation["n"]})
+    return outputs
