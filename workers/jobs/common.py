@@ -137,3 +137,24 @@ def _scaled_progress(ctx, lo: float, hi: float):
     def fn(p) -> None:
         ctx.progress(lo + (hi - lo) * p.fraction, p.stage, None, getattr(p, "message", ""))
     return fn
+
+
+def _dataset_examples(ctx, artifact: str) -> list:
+    """A stored dataset (artifact of JSON rows) as gtapp Examples."""
+    from gtapp.tasks.base import Example
+    from storage.catalog import read_examples
+
+    return [Example(d["prompt"], d["answer"], tuple(d.get("references", ())))
+            for d in read_examples(ctx.store, artifact)]
+
+
+def _eval_task(ctx, task_name, seed: int, n_test: int, ds_artifact, ds_name, metric: str):
+    """What an evaluation scores: a generated task's test split, or a stored dataset as test set."""
+    if task_name is not None:
+        from gtapp.tasks import make_task
+
+        return make_task(task_name, seed=seed, n_train=1, n_test=n_test)
+    from gtapp.tasks.base import Task
+
+    return Task(name=f"dataset:{ds_name}", family="user", metric=metric, train=[],
+                test=_dataset_examples(ctx, ds_artifact))

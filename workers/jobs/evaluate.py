@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from workers.jobs.common import _eval_task
 from workers.jobs.registry import job
 
 EVAL_METRICS = ("exact_match", "numeric_exact_match", "letter_exact_match", "rouge_l", "perplexity")
@@ -35,8 +36,6 @@ def evaluate(params: dict, ctx) -> dict:
     on a generated task (`task`, test split from `seed`) or on your dataset (`dataset_id`,
     scored with `metric`). Records an evaluation."""
     from gtapp import evaluate as ev
-    from gtapp.tasks.base import Example, Task
-    from storage.catalog import read_examples
     from storage.models import Adapter, Dataset, Evaluation, ModelPair
 
     ctx.progress(0.0, "preparing")
@@ -61,14 +60,7 @@ def evaluate(params: dict, ctx) -> dict:
             if ds is None or ds.org_id != ctx.org_id:
                 raise ValueError(f"dataset {params['dataset_id']} not found")
             ds_artifact, ds_name = ds.artifact, ds.name
-    if params["task"] is not None:
-        from gtapp.tasks import make_task
-
-        task = make_task(params["task"], seed=params["seed"], n_train=1, n_test=params["n_test"])
-    else:
-        examples = [Example(d["prompt"], d["answer"], tuple(d.get("references", ())))
-                    for d in read_examples(ctx.store, ds_artifact)]
-        task = Task(name=f"dataset:{ds_name}", family="user", metric=params["metric"], train=[], test=examples)
+    task = _eval_task(ctx, params["task"], params["seed"], params["n_test"], ds_artifact, ds_name, params["metric"])
     adapter_dir = None
     if adapter_artifact is not None:
         adapter_dir = ctx.store.materialize(adapter_artifact, ctx.work_dir / "adapter")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from workers.jobs.common import _dataset_examples
 from workers.jobs.registry import job
 
 
@@ -77,8 +78,6 @@ def finetune(params: dict, ctx) -> dict:
     the dataset's privacy ledger. Produces an adapter."""
     from gtapp import finetune as ft
     from gtapp.recipe import LoraRecipe
-    from gtapp.tasks.base import Example
-    from storage.catalog import read_examples
     from storage.models import Adapter, Dataset, ModelPair
 
     with ctx.session() as s:
@@ -91,8 +90,7 @@ def finetune(params: dict, ctx) -> dict:
         model_path = pair.tiny_path if params["model"] == "tiny" else pair.llm_path
         recipe_d, ds_artifact, ds_name, ds_delta = pair.recipe[params["model"]], ds.artifact, ds.name, ds.delta
     recipe = LoraRecipe.from_dict(recipe_d, where=f"pair {params['pair_id']} recipe")
-    examples = [Example(d["prompt"], d["answer"], tuple(d.get("references", ())))
-                for d in read_examples(ctx.store, ds_artifact)]
+    examples = _dataset_examples(ctx, ds_artifact)
     ctx.log(f"finetune {params['model']} of pair {params['pair_id']} on dataset '{ds_name}' "
             f"({len(examples)} examples), seed {params['seed']}")
     dp = None

@@ -9,6 +9,7 @@ from workers.jobs.common import (
     WEIGHTINGS,
     _check_device,
     _check_task_names,
+    _eval_task,
     _is_int,
     _is_num,
     _jsonable,
@@ -90,7 +91,7 @@ def generate(params: dict, ctx) -> dict:
 
     from gtapp.generate import generate as run_generate
     from gtapp.mapper import load_mapper
-    from storage.catalog import promoted_mapper, read_examples
+    from storage.catalog import promoted_mapper
     from storage.models import Adapter, Dataset, Evaluation, MapperVersion
 
     ctx.progress(0.0, "preparing")
@@ -183,16 +184,9 @@ def generate(params: dict, ctx) -> dict:
     evaluation = None
     if evaluating:
         from gtapp import evaluate as ev
-        from gtapp.tasks.base import Example, Task
 
-        if params["evaluate_task"] is not None:
-            from gtapp.tasks import make_task
-
-            task = make_task(params["evaluate_task"], seed=params["seed"], n_train=1, n_test=params["n_test"])
-        else:
-            examples = [Example(d["prompt"], d["answer"], tuple(d.get("references", ())))
-                        for d in read_examples(ctx.store, ds_examples)]
-            task = Task(name=f"dataset:{ds_name}", family="user", metric=params["metric"], train=[], test=examples)
+        task = _eval_task(ctx, params["evaluate_task"], params["seed"], params["n_test"], ds_examples, ds_name,
+                          params["metric"])
         ctx.progress(0.65, f"evaluating on {task.name}")
         evaluation = _jsonable(ev.evaluate_paths(pair["llm_path"], task, adapter_dir=out, split="test",
                                                  limit=params["limit"], batch_size=32, device=device))
