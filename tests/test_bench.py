@@ -83,3 +83,39 @@ def test_real_dataset_as_a_cross_task_private_task(micro_zoo, shared_datasets, t
     assert all(math.isfinite(r["answer_nll"]) for r in rows)
     oracle = next(r for r in rows if r["method"] == "oracle")
     assert oracle["gap_recovery_nll"] == pytest.approx(1.0)
+
+
+def _results_file(path, seed, preset="ci", n_public=128):
+    """A results file as `gtapp bench --seeds SEED --out` writes it (rows for one task)."""
+    values = {"base_llm": 0.2, "oracle": 0.6 + 0.1 * seed, "gt": 0.5, "ridge": 0.4, "mean_shadow": 0.3}
+    rows = [{"protocol": "in_distribution", "task": "t", "method": m, "dp_epsilon": None, "clients": 1, "seed": seed,
+             "metric": "exact_match", "value": v, "answer_nll": 1.0, "wall_s": 1.0, "peak_mem_mb": 10.0}
+            for m, v in values.items()]
+    path.write_text(json.dumps({"preset": {"name": preset, "seeds": [seed], "n_public": n_public}, "seeds": [seed],
+                                "rows": rows, "timings": {"total_s": 100.0}, "versions": {"torch": "x"}}))
+    return path
+
+
+def test_merge_combines_seeds_and_refuses_mismatches(tmp_path, capsys):
+    from gtapp.bench.benchmark import merge_results
+    from gtapp.cli import main
+
+    a, b = _results_file(tmp_path / "a.json", 0), _results_file(tmp_path / "b.json", 1)
+    assert main(["bench", "--merge", str(a), str(b), "--out", str(tmp_path / "m.json")]) == 0
+    assert "Targets:" in capsys.readouterr().out
+    merged = json.loads((tmp_path / "m.json").read_text())
+    assert merged["seeds"] == [0, 1] and merged["preset"]["seeds"] == [0, 1] and len(merged["rows"]) == 10
+    gt = next(s for s in merged["summary"] if s["method"] == "gt")
+    # gap recovery per seed: (0.5-0.2)/(0.6-0.2) = 0.75 and (0.5-0.2)/(0.7-0.2) = 0.6
+    assert gt["seeds"] == 2 and gt["gap_recovery_mean"] == pytest.approx(0.675)
+    assert gt["gap_recovery_ci95"][0] < 0.6 and gt["gap_recovery_ci95"][1] > 0.75
+    assert merged["timings"]["total_s"] == 200.0 and [m["seeds"] for m in merged["merged_from"]] == [[0], [1]]
+
+    with pytest.raises(ValueError, match="also in an earlier file"):
+        merge_results([a, _results_file(tmp_path / "c.json", 0)], tmp_path / "x.json")
+    with pytest.raises(ValueError, match="differs in: n_public"):
+        merge_results([a, _results_file(tmp_path / "d.json", 2, n_public=64)], tmp_path / "x.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a readable results JSON"):
+        merge_results([a, tmp_path / "bad.json"], tmp_path / "x.json")
+    assert not (tmp_path / "x.json").exists()

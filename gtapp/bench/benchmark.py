@@ -79,19 +79,78 @@ def run_benchmark(preset: str | BenchPreset = "ci", out: str | Path = "results.j
             "versions": versions(), "machine": machine(),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = out.with_suffix(out.suffix + ".tmp")
-        tmp_out.write_text(json.dumps(result, indent=2, default=_json_default))
-        tmp_out.replace(out)
-        if plot:
-            from gtapp.bench.plots import all_figures
-
-            for name, fig in all_figures(rows).items():
-                fig.write_html(out.with_name(f"{out.stem}_{name}.html"), include_plotlyjs="cdn")
+        _write(result, out, plot)
         return result
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def merge_results(paths: list[str | Path], out: str | Path, *, plot: bool = False) -> dict:
+    """Combine results files of the same preset run separately (e.g. one seed per machine)
+    into one, as if run together: rows concatenated, gap recovery, summaries (mean and 95 %
+    interval over all seeds), targets and the cost table recomputed. Refuses files of
+    different presets or configs, and a (protocol, task, method, ε, clients, seed) row that
+    appears twice. Records each input file's seeds, versions, machine and timings."""
+    parts = []
+    for path in paths:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: not a readable results JSON ({e}); pass files written by `gtapp bench --out`")
+        if not isinstance(data, dict) or not isinstance(data.get("rows"), list) or "preset" not in data:
+            raise ValueError(f"{path}: no 'rows' list and 'preset'; pass files written by `gtapp bench --out`")
+        parts.append((path, data))
+    if len(parts) < 2:
+        raise ValueError("merge needs at least two results files")
+    ref_path, ref = parts[0]
+    ref_preset = {k: v for k, v in ref["preset"].items() if k != "seeds"}
+    rows, seen = [], set()
+    for path, data in parts:
+        preset = {k: v for k, v in data["preset"].items() if k != "seeds"}
+        if preset != ref_preset:
+            diff = sorted(k for k in set(preset) | set(ref_preset) if preset.get(k) != ref_preset.get(k))
+            raise ValueError(f"{path} was run with another preset/config than {ref_path} (differs in: "
+                             f"{', '.join(diff)}); only runs of the same preset can be merged")
+        for r in data["rows"]:
+            key = (r["protocol"], r["task"], r["method"], r["dp_epsilon"], r["clients"], r["seed"])
+            if key in seen:
+                raise ValueError(f"{path}: row {key} is also in an earlier file; merge files of different seeds")
+            seen.add(key)
+            rows.append(dict(r))
+    protocol.add_gap_recovery(rows)
+    summary = report.summarise(rows)
+    seeds = sorted({s for _, d in parts for s in d.get("seeds", [])})
+    timings: dict = {}
+    for _, d in parts:
+        for k, v in d.get("timings", {}).items():
+            if isinstance(v, (int, float)):
+                timings[k] = timings.get(k, 0.0) + v
+    result = {
+        "preset": {**ref["preset"], "seeds": seeds}, "seeds": seeds, "zoo": ref.get("zoo"),
+        "rows": rows, "summary": summary, "targets": report.targets(summary, rows), "cost": report.cost_table(rows),
+        "timings": timings, "versions": ref.get("versions"), "machine": ref.get("machine"),
+        "merged_from": [{"path": str(p), "seeds": d.get("seeds"), "versions": d.get("versions"),
+                         "machine": d.get("machine"), "timings": d.get("timings"), "created_at": d.get("created_at")}
+                        for p, d in parts],
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    _write(result, Path(out), plot)
+    return result
+
+
+def _write(result: dict, out: Path, plot: bool) -> None:
+    """Write the results JSON atomically, and the charts next to it if asked."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_suffix(out.suffix + ".tmp")
+    tmp_out.write_text(json.dumps(result, indent=2, default=_json_default))
+    tmp_out.replace(out)
+    if plot:
+        from gtapp.bench.plots import all_figures
+
+        for name, fig in all_figures(result["rows"]).items():
+            fig.write_html(out.with_name(f"{out.stem}_{name}.html"), include_plotlyjs="cdn")
 
 
 def _real_datasets(p: BenchPreset, zoo_dir: Path, work: Path, specs: dict[str, str], progress, log) -> list[dict]:

@@ -16,6 +16,9 @@ def register(sub) -> None:
     p.add_argument("--private-dataset", action="append", default=[], metavar="NAME=PATH",
                    help="a real dataset as a cross-task private task, e.g. gsm8k=../shared/datasets/gsm8k")
     p.add_argument("--plot", action="store_true", help="also write the Plotly charts as HTML next to --out")
+    p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="RESULTS_JSON",
+                   help="instead of running, combine results files of the same preset run separately "
+                        "(e.g. --seeds 0 on one machine, --seeds 1 on another) into --out")
     p.set_defaults(func=_run)
 
 
@@ -23,8 +26,6 @@ def _run(args) -> int:
     import warnings
 
     from transformers.utils import logging as hf_logging
-
-    from gtapp.bench import report
 
     hf_logging.disable_progress_bar()  # our own progress line is the output
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
@@ -38,13 +39,25 @@ def _run(args) -> int:
         name, path = item.split("=", 1)
         specs[name] = path
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
+    if args.merge:
+        from gtapp.bench.benchmark import merge_results
+
+        result = merge_results(args.merge, args.out, plot=args.plot)
+        _print(result, args.out)
+        return 0
     result = run_benchmark(args.preset, args.out, zoo_dir=args.zoo, work=args.work, seeds=seeds,
                            private_datasets=specs or None, plot=args.plot, progress=print_progress)
+    _print(result, args.out)
+    return 0
+
+
+def _print(result: dict, out) -> None:
+    from gtapp.bench import report
+
     print()
     print(report.format_table(result["summary"]))
     print("\nCost (TinyLM fine-tune + generation vs LLM fine-tune):")
     print(report.format_cost(result["cost"]))
     print("\nTargets:")
     print(report.format_targets(result["targets"]))
-    print(f"\nwrote {args.out} ({len(result['rows'])} rows, {result['timings']['total_s']:.0f}s)")
-    return 0
+    print(f"\nwrote {out} ({len(result['rows'])} rows, {result['timings'].get('total_s', float('nan')):.0f}s)")
