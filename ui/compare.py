@@ -30,11 +30,25 @@ def source_choices(svc: Service, who, has_session: bool = False) -> list[tuple[s
     return out
 
 
-def load_rows(svc: Service, who, key: str, session_rows: Optional[list]) -> list[dict]:
+def owned(who, rows: Sequence[dict]) -> dict:
+    """A ``gr.State`` value holding ``who``'s rows. Gradio keeps State on the server keyed by the
+    page's session hash, which the browser chooses; so each value names its owner, and
+    :func:`rows_of` hands it back only to that user."""
+    return {"owner": who.user_id, "rows": list(rows)}
+
+
+def rows_of(who, value: Any) -> list[dict]:
+    """The rows of a State value made by :func:`owned` for ``who``; nothing for anyone else's."""
+    if isinstance(value, dict) and value.get("owner") == who.user_id:
+        return list(value.get("rows") or [])
+    return []
+
+
+def load_rows(svc: Service, who, key: str, session_rows: Any) -> list[dict]:
     if key in (None, "", EVALS):
         return svc.evaluation_rows(who)
     if key == SESSION:
-        return list(session_rows or [])
+        return rows_of(who, session_rows)
     return svc.benchmark_rows(who, key)
 
 
@@ -116,18 +130,21 @@ def build_compare_tab(svc: Service, demo):
             share = gr.Checkbox(label="Keep it for every user (admins)", value=False, elem_id="cmp-share")
             up_btn = gr.Button("Load results", elem_id="cmp-load")
             up_msg = gr.Markdown(elem_id="cmp-upload-status")
-        rows_state = gr.State([])  # rows of the selected source (server-side)
-        session_rows = gr.State([])  # a results JSON loaded for this session only
+        # server-side, per page session; both hold owned(who, rows), read back with rows_of(who, ...)
+        rows_state = gr.State(None)  # rows of the selected source
+        session_rows = gr.State(None)  # a results JSON loaded for this session only
 
     filters = [protocol, tasks, mapper, seed]
 
-    def render(rows, p, t, m, s, source_key, request: gr.Request):
-        shown = filter_rows(rows or [], p, t, m, s)
-        token = svc_exports_put(svc, svc.who(request), "results.csv", to_csv(shown))
+    def render(state, p, t, m, s, source_key, request: gr.Request):
+        who = svc.who(request)
+        rows = rows_of(who, state)
+        shown = filter_rows(rows, p, t, m, s)
+        token = svc_exports_put(svc, who, "results.csv", to_csv(shown))
         link = (f"<a id='cmp-csv-link' href='download/export/{token}' download>Download these {len(shown)} rows "
                 f"as CSV</a>")
         labels = {EVALS: "evaluations", SESSION: "this session's JSON"}
-        return (summary_line(rows or [], shown, labels.get(source_key, "benchmark results")), *figures(shown),
+        return (summary_line(rows, shown, labels.get(source_key, "benchmark results")), *figures(shown),
                 table(shown, TABLE_COLUMNS), link)
 
     render_outputs = [info, *plots, tbl, csv_link]
@@ -146,14 +163,14 @@ def build_compare_tab(svc: Service, demo):
 
         def keep(v, options):
             return v if v in options else ALL
-        return (rows, gr.Dropdown(choices=[ALL] + ch["protocol"], value=keep(p, ch["protocol"])),
+        return (owned(who, rows), gr.Dropdown(choices=[ALL] + ch["protocol"], value=keep(p, ch["protocol"])),
                 gr.Dropdown(choices=ch["task"], value=[x for x in (t or []) if x in ch["task"]]),
                 gr.Dropdown(choices=[ALL] + ch["mapper"], value=keep(m, ch["mapper"])),
                 gr.Dropdown(choices=[ALL] + ch["seed"], value=keep(s, ch["seed"])))
 
     def load(current, srows, request: gr.Request):
         who = svc.who(request)
-        ch = source_choices(svc, who, bool(srows))
+        ch = source_choices(svc, who, bool(rows_of(who, srows)))
         keys = [k for _, k in ch]
         return gr.Dropdown(choices=ch, value=current if current in keys else EVALS)
 
@@ -177,7 +194,7 @@ def build_compare_tab(svc: Service, demo):
         ch = source_choices(svc, who, True)
         extra = f" ({skipped} rows without task/method/value skipped)" if skipped else ""
         return (status(True, f"{len(rows)} result rows loaded for this session{extra}"),
-                gr.Dropdown(choices=ch, value=SESSION), rows)
+                gr.Dropdown(choices=ch, value=SESSION), owned(who, rows))
 
     def chain(event):
         return event.then(select_source, [source, session_rows, *filters], [rows_state, *filters], api_name=False) \
