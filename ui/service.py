@@ -28,6 +28,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -438,6 +439,38 @@ class Service:
                 except OSError:
                     pass
 
+    def _copy_dataset_upload(self, upload: str, dest: Path, label: str) -> None:
+        """Copy an uploaded dataset file to ``dest``: only a regular file (not a link, device or
+        pipe, which could point at server files or never end), and never more than the upload
+        limit, however big the file claims to be or grows while it is read."""
+        limit = self.max_upload_bytes
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        try:
+            if os.path.islink(upload):
+                raise UploadError(f"{label}: the upload is a link, not a file; upload the file itself")
+            fd = os.open(upload, flags)
+        except OSError:
+            raise UploadError(f"{label}: the upload could not be read; upload it again") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise UploadError(f"{label}: the upload is not a regular file; upload the file itself")
+            if st.st_size > limit:
+                raise UploadError(f"{label} is {st.st_size / MiB:.1f} MiB; uploads are limited to "
+                                  f"{self.settings.max_upload_mb} MiB")
+            src = os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+        with src, open(dest, "xb") as out:
+            total = 0
+            while chunk := src.read(MiB):
+                total += len(chunk)
+                if total > limit:
+                    raise UploadError(f"{label} is over {self.settings.max_upload_mb} MiB; uploads are "
+                                      f"limited to {self.settings.max_upload_mb} MiB")
+                out.write(chunk)
+
     def ingest_dataset(self, who: Principal, upload: str, display_name: str, fmt: str = USER_FORMAT,
                        metric: str = "exact_match", name: Optional[str] = None, epsilon_budget: Any = None,
                        delta: Any = 1e-5) -> dict:
@@ -447,7 +480,6 @@ class Service:
         if not upload:
             raise UploadError("choose a dataset file first")
         fname = safe_filename(display_name, "dataset.jsonl")
-        self._check_upload_size(upload, fname)
         eps = None if epsilon_budget in (None, "", 0, 0.0) else _num(epsilon_budget)
         if epsilon_budget not in (None, "", 0, 0.0) and (eps is None or eps <= 0):
             raise UploadError("the privacy budget ε must be a positive number (or empty for none)")
@@ -457,7 +489,7 @@ class Service:
         tmp = self.upload_tmp()
         try:
             local = tmp / fname
-            shutil.copyfile(upload, local)
+            self._copy_dataset_upload(upload, local, fname)
             try:
                 if fmt in (None, "", USER_FORMAT):
                     if metric not in USER_METRICS:

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from gtapp.datasets._io import DatasetError, require_object, require_str, type_name
+from gtapp.datasets._io import DatasetError, require_object, require_str, shorten, show_names, type_name
 from gtapp.metrics import normalize_number
 from gtapp.tasks.base import Example, extract_letter, extract_number, first_line
 
@@ -81,7 +81,7 @@ def parse_gsm8k(where: str, rec: Any, key: str | None = None) -> list[Example]:
     rationale, final = a.rsplit("####", 1)
     final = final.strip().replace(",", "").lstrip("$")
     if not is_number(final):
-        raise DatasetError(f"{where}: expected a number after '####' in 'answer'; got {final[:40]!r}")
+        raise DatasetError(f"{where}: expected a number after '####' in 'answer'; got {shorten(final, 40)}")
     return [Example(prompt=f"Question: {q.strip()}\nAnswer:", answer=final,
                     meta={"rationale": rationale.strip()})]
 
@@ -98,14 +98,14 @@ def parse_aqua(where: str, rec: Any, key: str | None = None) -> list[Example]:
     for i, o in enumerate(opts):
         m = _OPTION.match(o) if isinstance(o, str) else None
         if not m:
-            raise DatasetError(f"{where}: expected options[{i}] to look like 'A)12'; got {o!r:.60}")
+            raise DatasetError(f"{where}: expected options[{i}] to look like 'A)12'; got {shorten(o)}")
         pairs.append((m.group(1).upper(), one_line(m.group(2))))
     labels = [p[0] for p in pairs]
     if len(set(labels)) != len(labels):
         raise DatasetError(f"{where}: expected distinct option letters; got {', '.join(labels)}")
     correct = require_str(where, rec, "correct").strip().upper()
     if correct not in labels:
-        raise DatasetError(f"{where}: expected 'correct' to be one of {', '.join(labels)}; got {correct!r}")
+        raise DatasetError(f"{where}: expected 'correct' to be one of {', '.join(labels)}; got {shorten(correct)}")
     rationale = rec.get("rationale")
     prompt = f"Question: {q.strip()}\nOptions:\n{_options_block(pairs)}\nAnswer:"
     return [Example(prompt=prompt, answer=correct,
@@ -143,10 +143,11 @@ def parse_csqa(where: str, rec: Any, key: str | None = None) -> list[Example]:
         pairs.append((label, one_line(text)))
     labels = [p[0] for p in pairs]
     if len(set(labels)) != len(labels):
-        raise DatasetError(f"{where}: expected distinct choice labels; got {', '.join(labels)}")
+        raise DatasetError(f"{where}: expected distinct choice labels; got {show_names(labels, noun='labels')}")
     ans = require_str(where, rec, "answerKey").strip().upper()
     if ans not in labels:
-        raise DatasetError(f"{where}: expected 'answerKey' to be one of {', '.join(labels)}; got {ans!r}")
+        raise DatasetError(f"{where}: expected 'answerKey' to be one of {show_names(labels, noun='labels')}; "
+                           f"got {shorten(ans)}")
     prompt = f"Question: {stem.strip()}\nOptions:\n{_options_block(pairs)}\nAnswer:"
     return [Example(prompt=prompt, answer=ans,
                     meta={"id": rec.get("id", ""), "options": dict(pairs),

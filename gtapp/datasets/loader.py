@@ -107,7 +107,8 @@ def read_examples(spec: DatasetSpec, path: str | os.PathLike, limits: Limits,
                 raise DatasetError(f"{p}: more than {limits.max_rows:,} examples (at {where}); "
                                    "raise max_rows to load it")
     if not examples:
-        raise DatasetError(f"{p}: no usable examples ({skipped} records skipped as empty or invalid)")
+        raise DatasetError(f"{p}: no usable examples ({skipped} records skipped as empty or invalid); "
+                           f"expected records like {spec.schema}")
     return examples, skipped
 
 
@@ -141,7 +142,8 @@ def load(name: str, train_path: str | os.PathLike | None = None,
          test_path: str | os.PathLike | None = None, *, path: str | os.PathLike | None = None,
          limit: int | None = None, seed: int = 0, test_fraction: float = DEFAULT_TEST_FRACTION,
          hub: bool = False, max_rows: int | None = None, max_row_chars: int | None = None,
-         skip_invalid: bool = False, datasets_dir: str | os.PathLike | None = None) -> Task:
+         skip_invalid: bool = False, datasets_dir: str | os.PathLike | None = None,
+         max_file_bytes: int | None = None) -> Task:
     """Load a registered dataset from its original files.
 
     ``path`` is a folder holding the published file names (``REGISTRY[name].train_files`` /
@@ -152,7 +154,7 @@ def load(name: str, train_path: str | os.PathLike | None = None,
     ``datasets_dir/<name>`` is used if it exists (the deployment's settings pass it), else the hub copy when ``hub=True``.
     """
     spec = resolve_name(name)
-    limits = Limits.make(max_rows=max_rows, max_row_chars=max_row_chars)
+    limits = Limits.make(max_rows=max_rows, max_row_chars=max_row_chars, max_file_bytes=max_file_bytes)
     if train_path is None and test_path is None and path is None:
         root = datasets_dir
         if root and (Path(root) / spec.name).is_dir():
@@ -176,17 +178,24 @@ def load(name: str, train_path: str | os.PathLike | None = None,
     if problems:
         source["invalid"] = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
     return build_task(spec.name, spec, train, test, source, limit=limit, seed=seed,
-                      test_fraction=test_fraction)
+                      test_fraction=test_fraction, origin=str(tr if train else te))
 
 
 def build_task(name: str, spec: DatasetSpec, train: list[Example], test: list[Example],
-               source: dict, *, limit: int | None, seed: int, test_fraction: float) -> Task:
-    """Split if one side is missing, apply ``limit`` and wrap into a Task."""
+               source: dict, *, limit: int | None, seed: int, test_fraction: float,
+               origin: str = "") -> Task:
+    """Split if one side is missing, apply ``limit`` and wrap into a Task. ``origin`` (the file
+    that is split) prefixes a message about too few examples to split."""
     group = "group" if spec.name == "drop" else None
     if not train or not test:
         only = train or test
         which = "train" if train else "test"
-        train, test = split_examples(only, seed=seed, test_fraction=test_fraction, group_key=group)
+        try:
+            train, test = split_examples(only, seed=seed, test_fraction=test_fraction, group_key=group)
+        except DatasetError as e:
+            if not origin or len(only) >= 2:
+                raise
+            raise DatasetError(f"{origin}: {e}; add more rows, or give a separate test file") from None
         source["split"] = f"seeded split of the {which} file (seed={seed}, test_fraction={test_fraction})"
     else:
         source["split"] = "files"

@@ -27,10 +27,13 @@ def _references(where: str, row: dict) -> tuple[str, ...]:
         return ()
     if isinstance(refs, str):  # CSV: several references separated by '|'
         return tuple(r.strip() for r in refs.split("|") if r.strip())
-    if not isinstance(refs, list) or not all(isinstance(r, (str, int, float)) and not isinstance(r, bool)
-                                             for r in refs):
+    if not isinstance(refs, list):
         raise DatasetError(f"{where}: expected 'references' to be a list of strings; got a "
                            f"{type_name(refs)}")
+    for i, r in enumerate(refs):
+        if not isinstance(r, (str, int, float)) or isinstance(r, bool):
+            raise DatasetError(f"{where}: expected 'references' to be a list of strings; references[{i}] "
+                               f"is a {type_name(r)}")
     return tuple(str(r) for r in refs if str(r).strip())
 
 
@@ -45,7 +48,7 @@ def load_user_dataset(path: str | os.PathLike, seed: int = 0,
                       test_fraction: float = DEFAULT_TEST_FRACTION, *, test_path: str | os.PathLike | None = None,
                       metric: str = "exact_match", name: str | None = None, limit: int | None = None,
                       max_new_tokens: int | None = None, max_rows: int | None = None,
-                      max_row_chars: int | None = None) -> Task:
+                      max_row_chars: int | None = None, max_file_bytes: int | None = None) -> Task:
     """Load a user's own examples: JSONL/JSON rows ``{"prompt", "answer"[, "references"]}`` or a
     CSV/TSV file with a header holding ``prompt`` and ``answer`` (an optional ``references``
     column with alternatives separated by ``|``). Without ``test_path`` the file is split
@@ -54,7 +57,7 @@ def load_user_dataset(path: str | os.PathLike, seed: int = 0,
     """
     if metric not in USER_METRICS:
         raise DatasetError(f"unknown metric {metric!r}; expected one of {', '.join(USER_METRICS)}")
-    limits = Limits.make(max_rows=max_rows, max_row_chars=max_row_chars)
+    limits = Limits.make(max_rows=max_rows, max_row_chars=max_row_chars, max_file_bytes=max_file_bytes)
 
     def read(p: Path) -> list[Example]:
         if not p.exists():
@@ -80,5 +83,5 @@ def load_user_dataset(path: str | os.PathLike, seed: int = 0,
               "test_path": str(Path(test_path).resolve()) if test_path is not None else None,
               "seed": seed, "limit": limit, "skipped": 0}
     return build_task(spec.name, spec, train, test, source, limit=limit, seed=seed,
-                      test_fraction=test_fraction)
+                      test_fraction=test_fraction, origin=str(p))
 
