@@ -92,6 +92,16 @@ class User(Base):
         return self.role == "admin"
 
 
+class RevokedSession(Base):
+    """A signed-out session token (by its nonce), refused by every dashboard process until it
+    would have expired anyway; rows past ``expires_at`` are purged on the next sign-out."""
+
+    __tablename__ = "revoked_sessions"
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
 class Dataset(Base):
     """An organisation's dataset: examples as a JSONL artifact, plus its privacy budget."""
 

@@ -41,7 +41,7 @@ class Sessions:
         self.service = service
         self.settings = service.settings
         self._key = self._load_key()
-        self._revoked: dict[str, float] = {}  # nonce -> expiry (sign-outs, in memory)
+        self._revoked: dict[str, float] = {}  # nonce -> expiry: this process's sign-outs (also in the DB)
         self._cache: dict[str, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
 
@@ -92,7 +92,7 @@ class Sessions:
             uid, expiry = int(uid_s), int(exp_s)
         except ValueError:
             return None
-        if expiry < now or nonce in self._revoked:
+        if expiry < now or nonce in self._revoked or self.service.session_revoked(nonce):
             return None
         tag = self.service.password_tag(uid)
         if tag is None:
@@ -113,11 +113,16 @@ class Sessions:
         return who
 
     def revoke(self, token: Optional[str]) -> None:
+        """Sign-out: the token is refused from now on, by this process at once and by every
+        other dashboard process sharing the database (within the principal cache's few seconds)."""
+        who = self.principal(token)  # only a valid token is recorded: no rows from forged ones
         try:
             _, exp_s, nonce, _ = (token or "").split(".")
             expiry = int(exp_s)
         except ValueError:
             return
+        if who is not None:
+            self.service.revoke_session(who.user_id, nonce, expiry)
         now = time.time()
         with self._lock:
             self._revoked = {n: e for n, e in self._revoked.items() if e > now}

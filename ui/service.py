@@ -38,7 +38,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from storage.accounts import (
     Principal,
@@ -60,6 +60,7 @@ from storage.models import (
     ModelPair,
     Organisation,
     PrivacyLedgerEntry,
+    RevokedSession,
     User,
     utcnow,
 )
@@ -219,6 +220,19 @@ class Service:
             if user is None:
                 return None
             return user.username, user.password_hash or "", bool(user.is_active)
+
+    def revoke_session(self, user_id: int, nonce: str, expires_at: float) -> None:
+        """Record a signed-out session (its nonce) so every dashboard process refuses it until
+        it would have expired (``expires_at``: Unix seconds); drops records already expired."""
+        with self.session() as s:
+            s.execute(delete(RevokedSession).where(RevokedSession.expires_at < utcnow()))
+            if s.get(RevokedSession, nonce) is None and s.get(User, user_id) is not None:
+                s.add(RevokedSession(nonce=nonce, user_id=user_id,
+                                     expires_at=dt.datetime.fromtimestamp(expires_at, dt.timezone.utc)))
+
+    def session_revoked(self, nonce: str) -> bool:
+        with self.session() as s:
+            return s.get(RevokedSession, nonce) is not None
 
     # ------------------------------------------------------------------ accounts (admin)
     def list_users(self, who: Principal) -> list[dict]:

@@ -31,6 +31,19 @@ def test_tokens_sign_expire_and_die_with_the_password(svc, users, sessions, sett
     tok2 = sessions.issue(alice)
     sessions.revoke(tok2)
     assert sessions.principal(tok2) is None
+    # ... and by every other dashboard process on the same database, also after a restart
+    tok5 = sessions.issue(alice)
+    other = Sessions(Service(settings))
+    assert other.principal(tok5).username == "alice"
+    sessions.revoke(tok5)
+    other._cache.clear()  # the other process re-checks after its few-second cache
+    assert other.principal(tok5) is None and Sessions(Service(settings)).principal(tok5) is None
+    assert Sessions(Service(settings)).principal(tok).username == "alice"  # other sessions live on
+    sessions.revoke("1.2.forged.sig")  # a forged token records nothing
+    from storage.models import RevokedSession
+
+    with svc.session() as s:
+        assert {r.nonce for r in s.query(RevokedSession)} == {tok2.split(".")[2], tok5.split(".")[2]}
     # a password change ends every session of the account; so does disabling it
     tok3 = sessions.issue(alice)
     with svc.session() as s:
