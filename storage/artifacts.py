@@ -10,17 +10,24 @@ Layout under ``root``::
         results.json       written last, atomically, only when the job succeeded
         failure.json       written when the job failed or was cancelled
         work/              scratch space of the current attempt (cleared on every attempt)
+            .objects-attempt<n>/   objects attempt n stored, until it succeeds (StagedStore)
 
 Every write goes to a temp file in ``tmp/``, is fsynced, then renamed into place, so a
-reader (or a worker killed mid-write) never sees a half-written object. A folder (e.g. a
-LoRA adapter) is stored as its files plus a JSON *manifest* object listing them; the
+reader (or a worker killed mid-write) never sees a half-written object. A write that runs
+out of disk space discards its temp file and raises :class:`ArtifactStoreFull`. A folder
+(e.g. a LoRA adapter) is stored as its files plus a JSON *manifest* object listing them; the
 manifest's hash names the folder. Look-ups are by hash or job id only: nothing here takes
 a user-supplied path, and every resolved path is checked to lie under the root.
+
+A job writes through a :class:`StagedStore`: its objects wait in its attempt's work folder
+and enter ``objects/`` only when the job succeeds (``publish``), so an attempt that fails,
+is cancelled or is killed leaves no object of its own behind, complete or not.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -39,6 +46,21 @@ CHUNK = 1 << 20
 
 class ArtifactError(ValueError):
     """A bad hash, a missing object, or a path that would escape the store."""
+
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class ArtifactStoreFull(OSError):
+    """The store's disk ran out of space mid-write; the partial object was discarded."""
+
+    def __init__(self, root: Path, written: int, cause: OSError):
+        super().__init__(cause.errno, f"the artifact store at {root} is out of disk space "
+                                      f"({cause.strerror or cause}) after {written / 2**20:.1f} MiB of an object; "
+                                      f"the partial object was discarded and nothing was stored", str(root))
+
+    def __str__(self) -> str:  # OSError's default adds "[Errno 28]" and the file name again
+        return self.strerror
 
 
 def _fsync_dir(path: Path) -> None:
@@ -98,21 +120,27 @@ class ObjectWriter:
     def write(self, data: bytes) -> int:
         self._h.update(data)
         self.size += len(data)
-        return self._fh.write(data)
+        try:
+            return self._fh.write(data)
+        except OSError as e:
+            raise self._failed(e)
+
+    def _failed(self, e: OSError) -> OSError:
+        """Discard the temp file; a full disk becomes ArtifactStoreFull (to raise)."""
+        self.abort()
+        if e.errno in DISK_FULL_ERRNOS:
+            return ArtifactStoreFull(self.store.root, self.size, e)
+        return e
 
     def commit(self) -> str:
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
+        try:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+        except OSError as e:
+            raise self._failed(e)
         sha = self._h.hexdigest()
-        dest = self.store._object_path(sha)
-        if dest.exists():
-            os.unlink(self._tmp)
-        else:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(self._tmp, 0o444)
-            os.replace(self._tmp, dest)
-            _fsync_dir(dest.parent)
+        self.store._place(self._tmp, sha)
         self.sha = sha
         return sha
 
@@ -157,6 +185,18 @@ class ArtifactStore:
     def _object_path(self, sha: str) -> Path:
         self.check_sha(sha)
         return self._confined(self.objects_dir / sha[:2] / sha)
+
+    def _place(self, tmp: str, sha: str) -> None:
+        """Move a complete, fsynced temp file into place as object ``sha`` (or drop it, if
+        the store has that object already)."""
+        dest = self._object_path(sha)
+        if dest.exists():
+            os.unlink(tmp)
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, dest)
+            _fsync_dir(dest.parent)
 
     # --- objects ------------------------------------------------------------------------------
     def writer(self) -> ObjectWriter:
@@ -290,6 +330,83 @@ class ArtifactStore:
             shutil.rmtree(work)
         work.mkdir()
         return work
+
+    def staging_dir(self, job_id: int, attempt: int) -> Path:
+        """Where attempt ``attempt`` of job ``job_id`` keeps the objects it stores until it
+        succeeds (one folder per attempt, inside the attempt's work folder)."""
+        return self.run_dir(job_id) / "work" / f".objects-attempt{int(attempt)}"
+
+    def staged_leftovers(self, job_id: Optional[int] = None) -> list[Path]:
+        """Objects staged by attempts that never published them (of one job, or of all)."""
+        runs = [self.run_dir(job_id)] if job_id is not None else sorted(self.runs_dir.iterdir())
+        return sorted(p for run in runs for p in run.glob("work/.objects-attempt*/*"))
+
+    def drop_staged(self, job_id: int) -> int:
+        """Remove what the job's attempts staged and never published (the job is over);
+        returns how many objects."""
+        n = 0
+        for folder in (self.run_dir(job_id) / "work").glob(".objects-attempt*"):
+            n += sum(1 for p in folder.iterdir() if p.is_file())
+            shutil.rmtree(folder, ignore_errors=True)
+        return n
+
+
+class StagedStore(ArtifactStore):
+    """The store as one job attempt sees it: objects it writes wait in ``staging`` (a folder
+    under the store's root, so on the same disk) and become visible to everyone else only
+    by ``publish()``; until then it reads its own staged objects, then the store's."""
+
+    def __init__(self, root: str | Path, staging: str | Path):
+        super().__init__(root)
+        self.staging = self._confined(Path(staging))
+        self.staging.mkdir(parents=True, exist_ok=True)
+
+    def _staged_path(self, sha: str) -> Path:
+        return self.staging / self.check_sha(sha)
+
+    def _place(self, tmp: str, sha: str) -> None:
+        if self._object_path(sha).exists() or self._staged_path(sha).exists():
+            os.unlink(tmp)
+        else:
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, self._staged_path(sha))
+
+    def has(self, sha: str) -> bool:
+        return self._staged_path(sha).is_file() or super().has(sha)
+
+    def path(self, sha: str) -> Path:
+        staged = self._staged_path(sha)
+        return staged if staged.is_file() else super().path(sha)
+
+    def staged(self) -> list[str]:
+        return sorted(p.name for p in self.staging.iterdir() if _SHA.match(p.name))
+
+    def publish(self) -> list[str]:
+        """Move every staged object into the store (each rename is atomic); returns them."""
+        shas = self.staged()
+        touched = set()
+        for sha in shas:
+            dest = self._object_path(sha)
+            if dest.exists():  # another job stored the same bytes meanwhile
+                os.unlink(self._staged_path(sha))
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._staged_path(sha), dest)
+            touched.add(dest.parent)
+        for folder in touched:
+            _fsync_dir(folder)
+        return shas
+
+    def discard(self) -> int:
+        """Drop every staged object (the attempt failed); frees their space now. Returns how many."""
+        n = 0
+        if not self.staging.is_dir():  # removed with its work folder already
+            return 0
+        for p in list(self.staging.iterdir()):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                n += 1
+        return n
 
 
 def store_from_settings(settings=None) -> ArtifactStore:

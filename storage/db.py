@@ -4,7 +4,8 @@ One engine per database URL per process (re-created after a fork). SQLite runs i
 with a busy timeout so a worker process and the dashboard can share one file; PostgreSQL
 is used through psycopg 3. ``upgrade(url)`` runs Alembic's ``upgrade head`` under a lock
 (an advisory lock on PostgreSQL, a file lock on SQLite), so several processes starting at
-once migrate exactly once.
+once migrate exactly once. PostgreSQL connections are checked before use, so a restarted
+server costs a reconnect, not a failed statement.
 """
 
 from __future__ import annotations
@@ -57,7 +58,11 @@ def _new_engine(url: str) -> Engine:
         def _begin_immediate(conn):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    # pool_pre_ping: a pooled connection that died with a server restart is replaced on checkout
+    # instead of failing the next statement. connect_timeout (seconds): an unreachable server
+    # fails a connect in bounded time, so callers can retry (workers.runner.retry_db).
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
+                         connect_args={"connect_timeout": 10})
 
 
 def get_engine(url: Optional[str] = None, settings: Optional[Settings] = None) -> Engine:

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(15.0, gt=0)
     reaper_in_worker: bool = Field(True, description="each worker process runs a reaper thread")
     redispatch_after_s: float = Field(120.0, gt=0, description="re-send a queued job whose message may be lost")
+    redispatch_unclaimed_after_s: float = Field(
+        3600.0, gt=0, description="re-send a queued job that no worker has claimed this many seconds after its "
+                                  "last send (the wait doubles after each re-send): a safety net for a broker "
+                                  "message lost without a broker restart")
+    db_retry_s: float = Field(120.0, ge=0, description="how long a worker retries a database it cannot reach "
+                                                       "before giving up claiming a job or recording its outcome")
 
     # --- uploads / misc ----------------------------------------------------------------------
     max_upload_mb: int = Field(512, gt=0)

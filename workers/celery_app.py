@@ -8,8 +8,9 @@ Start a worker from the repository root (or anywhere gtapp is installed)::
 Reliability settings: late acks plus ``task_reject_on_worker_lost`` (a message is only
 acknowledged once its job has finished, and requeued if the pool process dies), prefetch 1
 (a worker never holds jobs it is not running), a broker visibility timeout longer than the
-longest job (a slow job is never delivered twice), soft and hard time limits. Each worker
-process also runs the reaper (workers/reaper.py), which requeues jobs of dead workers.
+longest job (a slow job is never delivered twice), soft and hard time limits, running jobs
+kept through a broker reconnect. Each worker process also runs the reaper
+(workers/reaper.py), which requeues jobs of dead workers and re-sends messages the broker lost.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ def make_celery(settings: Optional[Settings] = None, with_backend: bool = True) 
         result_backend_transport_options=backend_transport,
         broker_connection_timeout=settings.broker_connect_timeout_s,
         broker_connection_retry_on_startup=True,
+        # A broker restart must not stop running jobs (Celery 6 would cancel them by default):
+        # their state lives in the database, their outcome is recorded there, and a message
+        # the restart lost is re-sent by the reaper.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
@@ -89,6 +94,22 @@ def get_app(settings: Optional[Settings] = None) -> Celery:
 # --- worker process hooks ------------------------------------------------------------------
 
 _reaper = None
+
+
+@signals.worker_init.connect
+def _prepare_before_fork(sender=None, **_):
+    """Open (and migrate) the database in the main process before the pool forks: pool
+    processes then inherit that it is migrated instead of each importing alembic to check,
+    and the reaper's passes skip those slow first-use imports (a replacement pool process
+    forked meanwhile must wait for the pass to end: see workers.reaper._pass_lock)."""
+    settings = getattr(getattr(sender, "app", None), "gtapp_settings", None) or get_settings()
+    try:
+        from storage.db import get_engine
+        from workers import reaper  # noqa: F401 — its fork guard is registered before any fork
+
+        get_engine(settings=settings)
+    except Exception as e:  # the database may come up later: pool processes and the reaper retry
+        log.warning("could not open the database before starting the pool: %s", e)
 
 
 @signals.worker_process_init.connect

@@ -10,10 +10,18 @@ Shared by the Celery task (workers/tasks.py) and the embedded in-process worker
   picks up ``cancel_requested``; the job's progress callback then raises
   ``gtapp.progress.Cancelled``. If the row was taken away (the reaper judged this worker
   dead), the job is stopped and its result discarded.
-* Success: ``results.json`` is written atomically, then one transaction marks the row
-  succeeded, stores ``outputs`` and registers the job's rows (adapters, evaluations...).
-  Failure / cancel: the row gets a readable error, ``failure.json`` is written, nothing
-  produced is registered, and inputs are untouched.
+* Objects the job stores wait in its attempt's work folder (storage.artifacts.StagedStore).
+* Success: the staged objects are published into the store, ``results.json`` is written
+  atomically, then one transaction marks the row succeeded, stores ``outputs`` and registers
+  the job's rows (adapters, evaluations...).
+  Failure / cancel: the row gets a readable error, ``failure.json`` is written, the staged
+  objects are dropped and nothing produced is registered; inputs are untouched. A killed
+  attempt's staged objects go with its work folder when the job is next attempted.
+* Faults: a database that is briefly unreachable (restart, failover) does not fail the job:
+  progress writes are skipped until it is back, and the claim and the outcome are retried
+  for up to ``db_retry_s`` (the heartbeat keeps beating until the outcome is recorded). A
+  log file that cannot be written (disk full) never stops the outcome being recorded; a
+  full disk fails the job with an error that says so.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime as dt
+import errno
 import logging
 import os
 import shutil
@@ -35,7 +44,7 @@ from typing import Any, Callable, Optional
 from sqlalchemy import select, update
 
 from storage import ledger
-from storage.artifacts import ArtifactStore, atomic_write_json
+from storage.artifacts import ArtifactStore, StagedStore, atomic_write_json
 from storage.db import session_scope
 from storage.models import TERMINAL, Job, utcnow
 from storage.settings import Settings, get_settings
@@ -45,6 +54,41 @@ log = logging.getLogger("gtapp.jobs")
 
 class LostOwnership(Exception):
     """The job row no longer belongs to this run (the reaper requeued or failed it)."""
+
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def db_unavailable(e: BaseException) -> bool:
+    """True for errors that mean "the database cannot be reached right now" (server down or
+    restarting, connection dropped), as opposed to errors in what was asked of it."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if isinstance(e, DBAPIError) and e.connection_invalidated:
+        return True
+    return isinstance(e, (OperationalError, InterfaceError))
+
+
+def retry_db(settings: Settings, what: str, fn: Callable[[], Any]) -> Any:
+    """``fn()``, retried while the database is unreachable, for up to ``settings.db_retry_s``
+    seconds (waits 0.2 s, doubling to 2 s); other errors, and the last one, propagate.
+    ``fn`` must be a whole transaction, so a retry redoes all of it."""
+    deadline = time.monotonic() + settings.db_retry_s
+    delay = 0.2
+    while True:
+        try:
+            return fn()
+        except Exception as e:
+            if not db_unavailable(e) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: database unreachable (%s); retrying in %.1fs", what, _first_line(e), delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
 
 def worker_name(prefix: Optional[str] = None) -> str:
@@ -62,17 +106,23 @@ class JobContext:
         self.org_id: int = job.org_id
         self.user_id: Optional[int] = job.user_id
         self.settings = settings
-        self.store = store
         self.worker = worker
         self.run_dir: Path = store.run_dir(job.id)
         self.work_dir: Path = store.fresh_work_dir(job.id)
+        # What this attempt stores is visible to others only once it succeeded (publish). One
+        # folder per attempt: a presumed-dead attempt that still runs never publishes into, or
+        # has its objects published by, the attempt that replaced it.
+        self.store = StagedStore(store.root, store.staging_dir(job.id, job.attempts))
         self.cancel_event = threading.Event()
         self.lost_event = threading.Event()
         self._success_hooks: list[Callable[[Any, Job], Optional[dict]]] = []
         self._privacy: Optional[tuple[Optional[float], dict]] = None
         self._tail: collections.deque[str] = collections.deque(maxlen=settings.log_tail_lines)
         self._tail_dirty = False
-        self._log_fh = open(self.run_dir / "log.txt", "a", buffering=1, encoding="utf-8")
+        self._log_fh: Optional[Any] = open(self.run_dir / "log.txt", "a", buffering=1, encoding="utf-8")
+        self._log_broken = False
+        self._closed = False
+        self._db_down_since: Optional[float] = None
         self._last_write = 0.0
         self._last_stage: Optional[str] = None
         self.last_fraction = 0.0
@@ -80,11 +130,31 @@ class JobContext:
 
     # --- for job functions ------------------------------------------------------------------
     def log(self, message: str) -> None:
+        """A line in the run folder's log.txt and in the row's log tail. Never raises: a log
+        that cannot be written (disk full) must not stop the job's outcome being recorded."""
         line = f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%S')}Z {message}"
         with self._lock:
-            self._log_fh.write(line + "\n")
             self._tail.append(line[:500])
             self._tail_dirty = True
+            self._append_log_file(line)
+
+    def _append_log_file(self, line: str) -> None:
+        """Append to log.txt (re-opened after a failed write: space may have been freed since)."""
+        if self._closed:  # a late line from the heartbeat thread: the tail has it
+            return
+        try:
+            if self._log_fh is None:
+                self._log_fh = open(self.run_dir / "log.txt", "a", buffering=1, encoding="utf-8")
+            self._log_fh.write(line + "\n")
+            self._log_broken = False
+        except (OSError, ValueError) as e:
+            with contextlib.suppress(Exception):
+                self._log_fh.close()
+            self._log_fh = None
+            if not self._log_broken:  # once per outage, not once per line
+                log.warning("job %s: cannot write its log file (%s); the log tail in the database goes on",
+                            self.job_id, e)
+            self._log_broken = True
 
     def session(self):
         return session_scope(settings=self.settings)
@@ -109,7 +179,14 @@ class JobContext:
         if message:
             self.log(message)
         self._last_stage, self._last_write = stage, now
-        self._write(progress=fraction, stage=stage[:200], eta_s=eta_s)
+        try:
+            self._write(progress=fraction, stage=stage[:200], eta_s=eta_s)
+        except Exception as e:
+            if not db_unavailable(e):
+                raise
+            # The job goes on: the next write (or the heartbeat) catches up once the database
+            # is back, and the reaper tolerates heartbeat_stale_s of silence.
+            self.database_unreachable(e)
 
     def progress_fn(self, p) -> None:
         """A gtapp.progress.ProgressFn."""
@@ -139,14 +216,29 @@ class JobContext:
             row = s.execute(update(Job).where(Job.id == self.job_id, Job.status == "running",
                                               Job.worker == self.worker)
                             .values(**values).returning(Job.cancel_requested)).first()
+        if self._db_down_since is not None:
+            self.log(f"database reachable again after {time.monotonic() - self._db_down_since:.1f}s")
+            self._db_down_since = None
         if row is None:
             self.lost_event.set()
         elif row[0]:
             self.cancel_event.set()
 
+    def database_unreachable(self, e: BaseException) -> None:
+        """Note (once per outage) that a write to the job's row failed for want of a database."""
+        with self._lock:
+            first = self._db_down_since is None
+            if first:
+                self._db_down_since = time.monotonic()
+        if first:
+            self.log(f"database unreachable ({_first_line(e)}); the job goes on and its state is written "
+                     f"once the database is back")
+
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._log_fh.close()
+        with self._lock:
+            self._closed = True
+            with contextlib.suppress(Exception):
+                self._log_fh.close()
 
 
 class Heartbeat(threading.Thread):
@@ -159,7 +251,9 @@ class Heartbeat(threading.Thread):
             try:
                 self.ctx._write()
             except Exception as e:  # DB hiccup: try again next beat; the reaper tolerates a few misses
-                log.warning("heartbeat of job %s failed: %s", self.ctx.job_id, e)
+                log.warning("heartbeat of job %s failed: %s", self.ctx.job_id, _first_line(e))
+                if db_unavailable(e):
+                    self.ctx.database_unreachable(e)
             if self.ctx.lost_event.is_set():
                 return
 
@@ -169,32 +263,46 @@ def _error_text(e: BaseException) -> str:
     if name == "SoftTimeLimitExceeded":
         return "time limit exceeded: the job ran longer than its soft time limit and was stopped"
     msg = str(e).strip() or repr(e)
+    if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
+        return f"disk full: {msg} [{name}]. Free space there, then retry the job."[:4000]
     return f"{name}: {msg}"[:4000]
 
 
 def _claim(job_id: int, worker: str, settings: Settings) -> Optional[Job]:
-    now = utcnow()
-    with session_scope(settings=settings) as s:
-        res = s.execute(update(Job).where(Job.id == job_id, Job.status == "queued")
-                        .values(status="running", attempts=Job.attempts + 1, worker=worker, started_at=now,
-                                heartbeat_at=now, stage="starting", progress=0.0, eta_s=None, error=None,
-                                run_dir=f"runs/{job_id}"))
-        if res.rowcount != 1:
-            return None
-        job = s.get(Job, job_id)
-        s.expunge(job)
-    return job
+    """CAS queued -> running(by us), retried while the database is unreachable. None when the
+    job is not ours to run (duplicate delivery, running elsewhere, finished)."""
+    def attempt() -> Optional[Job]:
+        now = utcnow()
+        with session_scope(settings=settings) as s:
+            res = s.execute(update(Job).where(Job.id == job_id, Job.status == "queued")
+                            .values(status="running", attempts=Job.attempts + 1, worker=worker, started_at=now,
+                                    heartbeat_at=now, stage="starting", progress=0.0, eta_s=None, error=None,
+                                    run_dir=f"runs/{job_id}"))
+            job = s.get(Job, job_id)
+            # A retry after a commit whose reply was lost finds the row already ours (worker
+            # names are unique per run).
+            if job is None or (res.rowcount != 1 and not (job.status == "running" and job.worker == worker)):
+                return None
+            s.expunge(job)
+        return job
+
+    return retry_db(settings, f"claiming job {job_id}", attempt)
 
 
 def _finish(job_id: int, worker: str, settings: Settings, status: str, **values) -> bool:
-    """CAS running(by us) -> terminal. Returns False if the row was no longer ours."""
-    with session_scope(settings=settings) as s:
-        res = s.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.worker == worker)
-                        .values(status=status, finished_at=utcnow(), heartbeat_at=utcnow(), **values))
-        if res.rowcount != 1:
-            return False
-        ledger.settle(s, job_id, status, note=values.get("error") or "")
-    return True
+    """CAS running(by us) -> terminal, retried while the database is unreachable. Returns
+    False if the row was no longer ours."""
+    def attempt() -> bool:
+        with session_scope(settings=settings) as s:
+            res = s.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.worker == worker)
+                            .values(status=status, finished_at=utcnow(), heartbeat_at=utcnow(), **values))
+            if res.rowcount != 1:  # ours already, if a retried commit went through after all
+                row = s.get(Job, job_id)
+                return row is not None and row.status == status and row.worker == worker
+            ledger.settle(s, job_id, status, note=values.get("error") or "")
+        return True
+
+    return retry_db(settings, f"recording the outcome of job {job_id}", attempt)
 
 
 def run_job(job_id: int, worker: Optional[str] = None, settings: Optional[Settings] = None,
@@ -227,24 +335,27 @@ def run_job(job_id: int, worker: Optional[str] = None, settings: Optional[Settin
         _finish(job_id, worker, settings, "failed", error=error, eta_s=None)
         return "failed"
     ctx.log(f"=== attempt {job.attempts}/{job.max_attempts} of job {job.id} ({job.kind}) on {worker} ===")
+    # The heartbeat beats until the outcome is recorded: recording may wait for a database
+    # that is coming back, and the reaper must not take the job away meanwhile.
     heartbeat = Heartbeat(ctx, settings.heartbeat_interval_s)
     heartbeat.start()
     t0 = time.monotonic()
     try:
-        if expected_kind is not None and expected_kind != job.kind:
-            raise RuntimeError(f"job {job.id} is a '{job.kind}' job but was routed to the '{expected_kind}' task")
-        spec = get_spec(job.kind)
-        ok, why = spec.available()
-        if not ok:
-            raise JobNotAvailable(why)
-        outputs = spec.fn(dict(job.params or {}), ctx) or {}
-        ctx.check_cancel()
-    except BaseException as e:  # noqa: BLE001 — every outcome must be recorded
-        heartbeat.stop_event.set()
-        return _record_failure(ctx, e, t0)
+        try:
+            if expected_kind is not None and expected_kind != job.kind:
+                raise RuntimeError(f"job {job.id} is a '{job.kind}' job but was routed to the "
+                                   f"'{expected_kind}' task")
+            spec = get_spec(job.kind)
+            ok, why = spec.available()
+            if not ok:
+                raise JobNotAvailable(why)
+            outputs = spec.fn(dict(job.params or {}), ctx) or {}
+            ctx.check_cancel()
+        except BaseException as e:  # noqa: BLE001 — every outcome must be recorded
+            return _record_failure(ctx, e, t0)
+        return _record_success(ctx, outputs, t0)
     finally:
         heartbeat.stop_event.set()
-    return _record_success(ctx, outputs, t0)
 
 
 def _record_failure(ctx: JobContext, e: BaseException, t0: float) -> str:
@@ -253,6 +364,7 @@ def _record_failure(ctx: JobContext, e: BaseException, t0: float) -> str:
     try:
         if isinstance(e, LostOwnership):
             ctx.log(f"stopped: {e}")
+            ctx.store.discard()
             return "lost"
         if not isinstance(e, Exception) and not isinstance(e, Cancelled):
             # KeyboardInterrupt / SystemExit: the worker is going away. Leave the row running;
@@ -268,9 +380,15 @@ def _record_failure(ctx: JobContext, e: BaseException, t0: float) -> str:
                     ctx.log("  " + sub)
         else:
             ctx.log("cancelled")
-        atomic_write_json(ctx.run_dir / "failure.json", {
-            "job_id": ctx.job_id, "status": status, "error": error, "attempt": ctx.attempt,
-            "wall_s": round(time.monotonic() - t0, 3), "finished_at": utcnow()})
+        dropped = ctx.store.discard()
+        if dropped:
+            ctx.log(f"dropped {dropped} object(s) this attempt had stored")
+        try:
+            atomic_write_json(ctx.run_dir / "failure.json", {
+                "job_id": ctx.job_id, "status": status, "error": error, "attempt": ctx.attempt,
+                "wall_s": round(time.monotonic() - t0, 3), "finished_at": utcnow()})
+        except OSError as write_error:  # e.g. the disk is full: the row is what counts
+            log.warning("job %s: could not write failure.json: %s", ctx.job_id, write_error)
         done = _finish(ctx.job_id, ctx.worker, ctx.settings, status, error=error, eta_s=None,
                        progress=ctx.last_fraction, log_tail=ctx._tail_text())
         if not done:
@@ -285,26 +403,12 @@ def _record_success(ctx: JobContext, outputs: dict, t0: float) -> str:
     results = ctx.run_dir / "results.json"
     try:
         wall = round(time.monotonic() - t0, 3)
+        ctx.store.publish()  # before the row names them: a reader never meets a missing object
         ctx.log(f"succeeded in {wall}s")
         atomic_write_json(results, {"job_id": ctx.job_id, "kind": ctx.kind, "status": "succeeded",
                                     "params": ctx.params, "seed": ctx.seed, "attempt": ctx.attempt,
                                     "wall_s": wall, "outputs": outputs, "finished_at": utcnow()})
-        with session_scope(settings=ctx.settings) as s:
-            job = s.scalars(select(Job).where(Job.id == ctx.job_id, Job.status == "running",
-                                              Job.worker == ctx.worker)).one_or_none()
-            if job is None:
-                raise LostOwnership("row taken over before the result was recorded")
-            final = dict(outputs)
-            for hook in ctx._success_hooks:
-                final.update(hook(s, job) or {})
-            job.status, job.progress, job.stage, job.eta_s = "succeeded", 1.0, "done", 0.0
-            job.outputs, job.finished_at, job.heartbeat_at = final, utcnow(), utcnow()
-            job.log_tail = ctx._tail_text()
-            s.flush()
-            if ctx._privacy is not None:
-                ledger.settle(s, ctx.job_id, "succeeded", epsilon=ctx._privacy[0], mechanism=ctx._privacy[1])
-            else:
-                ledger.settle(s, ctx.job_id, "succeeded")
+        retry_db(ctx.settings, f"recording the result of job {ctx.job_id}", lambda: _commit_success(ctx, outputs))
         shutil.rmtree(ctx.work_dir, ignore_errors=True)  # everything kept is in the store by now
         return "succeeded"
     except LostOwnership as e:
@@ -317,6 +421,29 @@ def _record_success(ctx: JobContext, outputs: dict, t0: float) -> str:
         return _record_failure(ctx, e, t0)
     finally:
         ctx.close()
+
+
+def _commit_success(ctx: JobContext, outputs: dict) -> None:
+    """The one transaction that marks the row succeeded and registers what the job made."""
+    with session_scope(settings=ctx.settings) as s:
+        job = s.scalars(select(Job).where(Job.id == ctx.job_id, Job.status == "running",
+                                          Job.worker == ctx.worker)).one_or_none()
+        if job is None:
+            row = s.get(Job, ctx.job_id)
+            if row is not None and row.status == "succeeded" and row.worker == ctx.worker:
+                return  # a retry after a commit whose reply was lost: recorded already
+            raise LostOwnership("row taken over before the result was recorded")
+        final = dict(outputs)
+        for hook in ctx._success_hooks:
+            final.update(hook(s, job) or {})
+        job.status, job.progress, job.stage, job.eta_s = "succeeded", 1.0, "done", 0.0
+        job.outputs, job.finished_at, job.heartbeat_at = final, utcnow(), utcnow()
+        job.log_tail = ctx._tail_text()
+        s.flush()
+        if ctx._privacy is not None:
+            ledger.settle(s, ctx.job_id, "succeeded", epsilon=ctx._privacy[0], mechanism=ctx._privacy[1])
+        else:
+            ledger.settle(s, ctx.job_id, "succeeded")
 
 
 def _gtapp_version() -> str:
