@@ -3,7 +3,8 @@ polling for a while against one job worker, through the same HTTP calls a browse
 
 Each session (a thread with its own cookie and Gradio session hash):
 
-* signs in (``POST /login``),
+* arrives (spread over ``--ramp-s``; 0 means all at once, the worst case) and signs in
+  (``POST /login``),
 * loads the page: ``GET /``, ``GET /config`` and every event the page fires on load, each
   with the ``.then`` chain after it, as the browser does,
 * then, until the time is up: polls the Jobs table (its ``gr.Timer`` event) every
@@ -218,6 +219,7 @@ def write_dataset(path: Path, n: int, tag: str) -> Path:
 def session_loop(i: int, base: str, user: str, password: str, args, rec: Recorder, stop_at: float, root: Path,
                  job_ids: list, lock: threading.Lock) -> None:
     s = Session(base, rec)
+    time.sleep(i * args.ramp_s / max(args.sessions, 1))  # sessions arrive spread over --ramp-s
     try:
         s.login(user, password)
         s.load_page()
@@ -364,7 +366,8 @@ def run(args) -> dict:
         if proc is not None:
             stop_dashboard(proc)
     calls = {k: summary(v) for k, v in sorted(rec.lat.items())}
-    return {"sessions": args.sessions, "duration_s": args.duration, "load_s": load_s, "orgs": args.orgs,
+    return {"sessions": args.sessions, "duration_s": args.duration, "ramp_s": args.ramp_s, "load_s": load_s,
+            "orgs": args.orgs,
             "poll_s": args.poll_s, "upload_every_s": args.upload_every_s, "reload_every_s": args.reload_every_s,
             "finetune_steps": args.finetune_steps, "workers": 1 if args.url is None else None,
             "calls": calls, "total_calls": sum(v["n"] for v in calls.values()),
@@ -376,7 +379,7 @@ def run(args) -> dict:
 
 
 def table(r: dict) -> str:
-    lines = [f"{r['sessions']} sessions for {r['duration_s']:g} s against {r['url']}",
+    lines = [f"{r['sessions']} sessions for {r['duration_s']:g} s (arriving over {r['ramp_s']:g} s) against {r['url']}",
              f"{'call':32s} {'n':>6s} {'p50 ms':>9s} {'p95 ms':>9s} {'max ms':>9s}"]
     for k, v in r["calls"].items():
         lines.append(f"{k:32s} {v['n']:6d} {v['p50_ms']:9.1f} {v['p95_ms']:9.1f} {v['max_ms']:9.1f}")
@@ -391,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sessions", type=int, default=20)
     ap.add_argument("--duration", type=float, default=120.0, help="seconds of load")
+    ap.add_argument("--ramp-s", type=float, default=0.0,
+                    help="sessions start spread over this many seconds (0: all at once, the worst case)")
     ap.add_argument("--orgs", type=int, default=4, help="the sessions' users are spread over this many organisations")
     ap.add_argument("--poll-s", type=float, default=1.0, help="pause between a session's calls (the Jobs tab polls every 1 s)")
     ap.add_argument("--upload-every-s", type=float, default=30.0)
