@@ -119,3 +119,13 @@ def test_merge_combines_seeds_and_refuses_mismatches(tmp_path, capsys):
     with pytest.raises(ValueError, match="not a readable results JSON"):
         merge_results([a, tmp_path / "bad.json"], tmp_path / "x.json")
     assert not (tmp_path / "x.json").exists()
+
+
+def test_dp_target_is_a_ratio_of_mean_gap_recoveries():
+    def line(task, eps, gap):
+        return {"protocol": "in_distribution", "task": task, "method": "gt", "dp_epsilon": eps, "clients": 1,
+                "gap_recovery_mean": gap, "gap_recovery_nll_mean": float("nan")}
+    # per-task ratios would be 0.9/1.0 and 0.3/0.05 = 6 (mean 3.45); the figures' ratio is 1.2/1.05
+    summary = [line("a", None, 1.0), line("a", 8.0, 0.9), line("b", None, 0.05), line("b", 8.0, 0.3)]
+    dp = next(t for t in report.targets(summary, []) if "eps=8" in t["target"])
+    assert dp["measured"] == pytest.approx(1.2 / 1.05) and dp["met"] and "over 2 tasks" in dp["detail"]

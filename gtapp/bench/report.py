@@ -92,14 +92,20 @@ def targets(summary: list[dict], rows: list[dict]) -> list[dict]:
     cross_gaps = [_gap(s) for s in cross if s is not None and _gap(s) == _gap(s)]
     cavg = statistics.fmean(cross_gaps) if cross_gaps else float("nan")
     res.append({"target": "cross-task gap recovery >= 0.50", "measured": cavg, "met": cavg >= 0.5})
-    ratios = []
+    # ratio of the mean gap recoveries (over tasks that have both), not the mean of per-task
+    # ratios: a task whose non-DP gap recovery is near 0 would make its ratio meaningless
+    plain, dp8 = [], []
     for protocol in ("in_distribution", "cross_task"):
         for t in tasks(protocol):
             a, b = _lookup(summary, protocol, t, "gt"), _lookup(summary, protocol, t, "gt", 8.0)
-            if a and b and _gap(a) == _gap(a) and _gap(b) == _gap(b) and _gap(a) > 0:
-                ratios.append(_gap(b) / _gap(a))
-    r = statistics.fmean(ratios) if ratios else float("nan")
-    res.append({"target": "gap recovery at eps=8 >= 75 % of the non-DP figure", "measured": r, "met": r >= 0.75})
+            if a and b and _gap(a) == _gap(a) and _gap(b) == _gap(b):
+                plain.append(_gap(a))
+                dp8.append(_gap(b))
+    mean_plain = statistics.fmean(plain) if plain else float("nan")
+    r = statistics.fmean(dp8) / mean_plain if plain and mean_plain > 0 else float("nan")
+    res.append({"target": "gap recovery at eps=8 >= 75 % of the non-DP figure", "measured": r, "met": r >= 0.75,
+                "detail": f"mean gap recovery {statistics.fmean(dp8) if dp8 else float('nan'):.3f} at eps=8 vs "
+                          f"{mean_plain:.3f} without DP over {len(plain)} tasks"})
     cost = cost_table(rows)
     share = statistics.fmean(c["tiny_plus_generate_share"] for c in cost) if cost else float("nan")
     res.append({"target": "TinyLM fine-tune + generation <= 40 % of the LLM fine-tune's wall time",
