@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench.jobs_load import summary  # noqa: E402
+from workers.testing import free_port  # noqa: E402
 
 
 class EventFailed(RuntimeError):
@@ -252,12 +252,6 @@ def session_loop(i: int, base: str, user: str, password: str, args, rec: Recorde
         rec.error("session start", f"{user}: {e}")
     finally:
         s.sign_out()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_dashboard(root: Path, admin_password: str) -> tuple[subprocess.Popen, str]:
