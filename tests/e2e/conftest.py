@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from needs import missing
 
 from workers.testing import REPO_ROOT, free_port
 
@@ -28,20 +29,14 @@ SCREENSHOTS = REPO_ROOT / "test-artifacts" / "screenshots"
 ADMIN_PASSWORD = "admin-password-e2e"
 
 
-def _missing(what: str):
-    if os.environ.get("CI") == "true" or os.environ.get("GTAPP_TEST_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"{what} is required here but missing")
-    pytest.skip(f"{what} missing")
-
-
 @pytest.fixture(scope="session")
 def browser():
     if not os.path.exists(CHROMIUM):
-        _missing(f"{CHROMIUM} (apt-get install -y chromium)")
+        missing(f"{CHROMIUM} (apt-get install -y chromium)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _missing("the playwright package (requirements-dev.txt)")
+        missing("the playwright package (requirements-dev.txt)")
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield b

@@ -4,9 +4,8 @@ settings for each backend. Services that are down make these tests skip, except 
 
 from __future__ import annotations
 
-import os
-
 import pytest
+from needs import missing
 
 from storage.settings import Settings
 from workers.testing import postgres_reachable, temp_postgres_database
@@ -14,16 +13,10 @@ from workers.testing import postgres_reachable, temp_postgres_database
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-def _service_missing(what: str):
-    if os.environ.get("CI") == "true" or os.environ.get("GTAPP_TEST_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"{what} is required here but not reachable")
-    pytest.skip(f"{what} not reachable")
-
-
 @pytest.fixture(scope="session")
 def pg_url():
     if not postgres_reachable(PG_ADMIN):
-        _service_missing("PostgreSQL at 127.0.0.1:5432")
+        missing("PostgreSQL at 127.0.0.1:5432")
     with temp_postgres_database(PG_ADMIN, prefix="gtapp_storage") as url:
         yield url
 

@@ -8,13 +8,13 @@ GTAPP_TEST_REQUIRE_SERVICES=1) they fail instead."""
 
 from __future__ import annotations
 
-import os
 import random
 import uuid
 
 import pytest
 
 from jobs_helpers import make_settings
+from needs import missing
 from workers.testing import (
     CeleryWorker,
     MountNotPermitted,
@@ -30,16 +30,10 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS = "redis://127.0.0.1:6379"
 
 
-def _service_missing(what: str):
-    if os.environ.get("CI") == "true" or os.environ.get("GTAPP_TEST_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"{what} is required here but not reachable")
-    pytest.skip(f"{what} not reachable")
-
-
 @pytest.fixture(scope="session")
 def broker_url() -> str:
     if not redis_reachable(REDIS):
-        _service_missing("Redis at 127.0.0.1:6379")
+        missing("Redis at 127.0.0.1:6379")
     return f"{REDIS}/{random.randint(1, 15)}"
 
 
@@ -59,7 +53,7 @@ def key_prefix(broker_url):
 @pytest.fixture(scope="session")
 def pg_url():
     if not postgres_reachable(PG_ADMIN):
-        _service_missing("PostgreSQL at 127.0.0.1:5432")
+        missing("PostgreSQL at 127.0.0.1:5432")
     with temp_postgres_database(PG_ADMIN, prefix="gtapp_workers") as url:
         yield url
 
@@ -97,7 +91,7 @@ def celery_backend(request):
 
 def _own_database():
     if not postgres_reachable(PG_ADMIN):
-        _service_missing("PostgreSQL at 127.0.0.1:5432")
+        missing("PostgreSQL at 127.0.0.1:5432")
     return temp_postgres_database(PG_ADMIN, prefix="gtapp_faults")
 
 
@@ -119,7 +113,7 @@ def module_pg_url():
 def private_redis(tmp_path):
     """A private redis-server without persistence, on a free port: the test may restart it."""
     if not RedisServer.available():
-        _service_missing("the redis-server binary")
+        missing("the redis-server binary")
     with RedisServer(tmp_path / "redis") as server:
         yield server
 
@@ -128,7 +122,7 @@ def private_redis(tmp_path):
 def private_postgres():
     """A private PostgreSQL cluster (initdb + pg_ctl) on a free port: the test may restart it."""
     if not PostgresServer.available():
-        _service_missing("PostgreSQL server binaries (initdb, pg_ctl)")
+        missing("PostgreSQL server binaries (initdb, pg_ctl)")
     with PostgresServer() as server:
         yield server
 
