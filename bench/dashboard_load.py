@@ -206,7 +206,7 @@ class Session:
         return str(out[0])
 
     def sign_out(self) -> None:
-        self.http.get("logout")
+        self.http.post("logout")
         self.http.close()
 
 

@@ -102,6 +102,17 @@ class RevokedSession(Base):
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
 
 
+class SignInFailure(Base):
+    """A failed sign-in (wrong password, unknown or disabled user), kept for the throttle
+    (``storage.throttle``) and as a record; a successful sign-in clears its username's."""
+
+    __tablename__ = "sign_in_failures"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), index=True)
+    address: Mapped[str] = mapped_column(String(64), index=True)
+    at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
 class Dataset(Base):
     """An organisation's dataset: examples as a JSONL artifact, plus its privacy budget."""
 

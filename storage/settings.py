@@ -62,6 +62,9 @@ class Settings(BaseSettings):
 
     # --- uploads / misc ----------------------------------------------------------------------
     max_upload_mb: int = Field(512, gt=0)
+    max_concurrent_uploads: int = Field(2, ge=1, le=64, description="uploads one sign-in may send at once")
+    max_concurrent_validations: int = Field(1, ge=1, le=64, description="adapter validations (a child process "
+                                                                        "each) one user may run at once")
     log_tail_lines: int = Field(40, ge=1)
 
     # --- accounts ---------------------------------------------------------------------------
@@ -71,12 +74,21 @@ class Settings(BaseSettings):
         None, description="unset: the first admin cannot log in until a password is set")
     cli_user: Optional[str] = Field(None, description="username the CLI acts as; default: the first admin")
     secret_key: Optional[str] = Field(None, description="dashboard session signing key")
+    signin_window_s: float = Field(900.0, gt=0, description="failed sign-ins older than this are forgotten")
+    signin_free_failures: int = Field(5, ge=1, description="failed sign-ins per username before delays start")
+    signin_free_failures_per_address: int = Field(20, ge=1, description="failed sign-ins per client address "
+                                                                       "before delays start")
+    signin_lock_base_s: float = Field(2.0, gt=0, description="the first delay; it doubles with each further failure")
+    signin_lock_max_s: float = Field(900.0, gt=0, description="the longest a username or address is locked")
 
     # --- dashboard (python app.py) ------------------------------------------------------------
     dashboard_host: str = Field("127.0.0.1", description="address the dashboard listens on")
     dashboard_port: int = Field(7860, ge=1, le=65535)
     session_ttl_s: int = Field(12 * 3600, gt=0, description="a dashboard sign-in lasts this long")
     cookie_secure: bool = Field(False, description="send the session cookie over HTTPS only (behind TLS)")
+    allowed_origins: list[str] = Field(default_factory=list, description="other origins (scheme://host:port) "
+                                       "allowed to send state-changing and CORS requests; the dashboard's own "
+                                       "origin always is")
     zoo_dir: Optional[Path] = Field(None, description="folder of zoo model pairs (each with tiny/, llm/, "
                                                       "recipe.json) admins can register; default <data_dir>/zoo")
     register_zoo_on_start: bool = Field(True, description="the dashboard registers every zoo folder under "

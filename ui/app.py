@@ -80,6 +80,7 @@ def create_app(settings: Optional[Settings] = None, bootstrap: bool = True):
     from fastapi import FastAPI
 
     from ui import auth, web
+    from ui.gate import Gate
 
     settings = settings or get_settings()
     svc = Service(settings)
@@ -97,11 +98,16 @@ def create_app(settings: Optional[Settings] = None, bootstrap: bool = True):
         return {"ok": True}
 
     demo = build_blocks(svc)
+    # Gradio uses files in its cache folder in place: make that the dashboard's own upload
+    # folder, so an upload is never copied (and nothing else is ever read as one; ui.gate).
+    for block in (demo, *demo.blocks.values()):
+        block.GRADIO_CACHE = str(svc.uploads.root)
     demo.queue(default_concurrency_limit=4)
     app = gr.mount_gradio_app(app, demo, path="/", auth_dependency=sessions.dependency, css=CSS,
                               max_file_size=f"{settings.max_upload_mb}mb", show_error=True, ssr_mode=False,
                               run_history=False,  # no copies of private results in browser storage
                               footer_links=["api", "settings"],
                               theme=gr.themes.Soft(primary_hue="orange"))
+    app.add_middleware(Gate, sessions=sessions, uploads=svc.uploads, allowed_origins=tuple(settings.allowed_origins))
     app.state.gtapp_service = svc
     return app

@@ -129,6 +129,18 @@ class Sessions:
             self._revoked[nonce] = expiry
             self._cache.pop(token, None)
 
+    def owner(self, token: Optional[str]) -> Optional[str]:
+        """A name for one sign-in (the user and this cookie's nonce, keyed so it cannot be
+        forged or turned back into the cookie): the owner of the uploads and page sessions
+        made under it (``ui.uploads``, ``ui.gate``). Call only for a valid token."""
+        try:
+            uid_s, _, nonce, _ = (token or "").split(".")
+            uid = int(uid_s)
+        except ValueError:
+            return None
+        tag = hmac.new(self._key, f"owner|{uid}|{nonce}".encode(), hashlib.sha256).hexdigest()[:20]
+        return f"{uid}-{tag}"
+
     def dependency(self, request) -> Optional[str]:
         """Gradio's ``auth_dependency``: the username of the request's session, or None."""
         who = self.principal(request.cookies.get(COOKIE))
@@ -165,14 +177,21 @@ LOGIN_PAGE = """<!doctype html>
 """
 
 
+LOGOUT_PAGE = LOGIN_PAGE.split("{error}")[0].replace("{{", "{").replace("}}", "}").replace(
+    "sign in</title>", "sign out</title>") + """
+<form method="post" action="logout"><button type="submit" id="sign-out-confirm">Sign out</button></form>
+<p class="sub"><a href="./">Back to the dashboard</a></p></main></body></html>
+"""
+
+
 def login_page(error: str = "", username: str = "") -> str:
     err = f'<p class="err" id="login-error">{html.escape(error)}</p>' if error else ""
     return LOGIN_PAGE.format(error=err, username=html.escape(username))
 
 
 def install_routes(app, sessions: Sessions) -> None:
-    """``GET/POST /login``, ``GET /logout``, and a redirect of the page itself to /login
-    when there is no valid session (Gradio would answer 401)."""
+    """``GET/POST /login``, ``GET/POST /logout`` (the page redirects to /login without a valid
+    session: ``ui.gate``)."""
     settings = sessions.settings
 
     @app.get("/login", response_class=HTMLResponse)
@@ -180,9 +199,16 @@ def install_routes(app, sessions: Sessions) -> None:
         return HTMLResponse(login_page())
 
     @app.post("/login")
-    def login_submit(username: str = Form(""), password: str = Form("")):
+    def login_submit(request: Request, username: str = Form(""), password: str = Form("")):
+        from storage.throttle import SignInLocked
+
         username = (username or "").strip()[:100]
-        who = sessions.service.authenticate(username, password or "") if username and password else None
+        address = (request.client.host if request.client else "unknown")[:64]
+        try:
+            who = sessions.service.authenticate(username, password or "", address) if username and password else None
+        except SignInLocked as e:
+            return HTMLResponse(login_page(str(e), username), status_code=429,
+                                headers={"Retry-After": str(e.retry_after_s)})
         if who is None:
             return HTMLResponse(login_page("Wrong username or password (or the account is disabled).", username),
                                 status_code=401)
@@ -191,19 +217,18 @@ def install_routes(app, sessions: Sessions) -> None:
                         samesite="lax", secure=bool(settings.cookie_secure), path="/")
         return resp
 
-    @app.get("/logout")
+    @app.get("/logout", response_class=HTMLResponse)
+    def logout_form():
+        """Signing out changes state, so it is a POST (a link or an image on another page cannot
+        sign anyone out); this page holds the button."""
+        return HTMLResponse(LOGOUT_PAGE)
+
+    @app.post("/logout")
     def logout(request: Request):
         sessions.revoke(request.cookies.get(COOKIE))
         resp = RedirectResponse("login", status_code=303)
         resp.delete_cookie(COOKIE, path="/")
         return resp
-
-    @app.middleware("http")
-    async def page_needs_session(request: Request, call_next):
-        if request.method == "GET" and request.url.path in ("/", "") and \
-                sessions.principal(request.cookies.get(COOKIE)) is None:
-            return RedirectResponse("login", status_code=303)
-        return await call_next(request)
 
 
 # ---------------------------------------------------------------------- the Account tab

@@ -186,9 +186,7 @@ def build_compare_tab(svc: Service, demo):
                 ch = source_choices(svc, who, False)
                 return (status(True, f"{entry['rows']} result rows stored as '{entry['name']}' for every user"),
                         gr.Dropdown(choices=ch, value=entry["key"]), gr.skip())
-            svc._check_upload_size(path, safe_filename(name))
-            with open(path, "rb") as fh:
-                rows, skipped = parse_results(fh.read(), safe_filename(name))
+            rows, skipped = parse_results(svc.read_upload(path, safe_filename(name)), safe_filename(name))
         finally:
             svc.discard_upload([path])
         ch = source_choices(svc, who, True)

@@ -20,6 +20,7 @@ and nothing a user typed becomes a path.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import json
@@ -28,7 +29,6 @@ import math
 import os
 import re
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
@@ -65,6 +65,7 @@ from storage.models import (
     utcnow,
 )
 from storage.settings import Settings, get_settings
+from ui.uploads import UploadError, Uploads, copy_upload, open_upload
 from workers.client import JobClient
 
 log = logging.getLogger("gtapp.dashboard")
@@ -85,10 +86,6 @@ RESULT_FIELDS = ("protocol", "task", "method", "mapper", "dp_epsilon", "clients"
 
 class NotFound(LookupError):
     """Missing, or another organisation's (the two read the same)."""
-
-
-class UploadError(ValueError):
-    """An upload was refused; the message says why in words."""
 
 
 def safe_filename(name: Optional[str], default: str = "upload") -> str:
@@ -129,6 +126,12 @@ class Service:
         self.client = JobClient(self.settings)
         self._store: Optional[ArtifactStore] = None
         self._bench_lock = threading.Lock()
+        self._validating: dict[int, int] = {}
+        self._validating_lock = threading.Lock()
+        self._validations = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
+        # the only files handlers open as uploads (ui.uploads; the gate checks whose they are)
+        self.uploads = Uploads(self.dashboard_dir / "incoming", self.max_upload_bytes,
+                               per_owner=self.settings.max_concurrent_uploads)
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -194,9 +197,20 @@ class Service:
         if not who.is_admin:
             raise PermissionError("this needs an admin account")
 
-    def authenticate(self, username: str, password: str) -> Optional[Principal]:
+    def authenticate(self, username: str, password: str, address: str = "unknown") -> Optional[Principal]:
+        """The principal for a right password, else None; raises ``storage.throttle.SignInLocked``
+        (without checking the password) while this username or address must wait."""
+        from storage import throttle
+
         with self.session() as s:
-            return authenticate(s, username, password)
+            throttle.check(s, username, address, self.settings)
+        with self.session() as s:
+            who = authenticate(s, username, password)
+            if who is None:
+                throttle.record_failure(s, username, address, self.settings)
+            else:
+                throttle.clear(s, username)
+            return who
 
     def account(self, who: Principal) -> dict:
         with self.session() as s:
@@ -434,56 +448,43 @@ class Service:
             return f"dataset '{d.name}': privacy budget ε={eps:g} at δ={d.delta:g}"
 
     def _check_upload_size(self, path: str, label: str) -> int:
+        with open_upload(path, self.uploads, self.max_upload_bytes, label) as fh:
+            return os.fstat(fh.fileno()).st_size
+
+    @contextlib.contextmanager
+    def _validation_slot(self, who: Principal):
+        """Adapter validation runs a child process (torch, the whole file read): at most
+        ``max_concurrent_validations`` per user, and one per CPU core in all (the rest wait),
+        so one member's parallel uploads cannot starve everyone else's."""
+        cap = self.settings.max_concurrent_validations
+        with self._validating_lock:
+            if self._validating.get(who.user_id, 0) >= cap:
+                raise UploadError(f"{cap} adapter validation(s) of yours are already running; upload this one "
+                                  "when they have finished")
+            self._validating[who.user_id] = self._validating.get(who.user_id, 0) + 1
         try:
-            size = os.path.getsize(path)
-        except OSError:
-            raise UploadError(f"{label}: the upload could not be read; upload it again") from None
-        if size > self.max_upload_bytes:
-            raise UploadError(f"{label} is {size / MiB:.1f} MiB; uploads are limited to "
+            if not self._validations.acquire(timeout=VALIDATE_TIMEOUT_S):
+                raise UploadError("the server is busy validating other uploads; try again in a minute")
+            try:
+                yield
+            finally:
+                self._validations.release()
+        finally:
+            with self._validating_lock:
+                self._validating[who.user_id] -= 1
+
+    def discard_upload(self, paths: Iterable[Optional[str]]) -> None:
+        """Delete used uploads (so nothing of them is left to serve)."""
+        self.uploads.discard([p for p in paths if p])
+
+    def read_upload(self, path: str, label: str) -> bytes:
+        """The bytes of an upload of this dashboard's (see ``ui.uploads.open_upload``)."""
+        with open_upload(path, self.uploads, self.max_upload_bytes, label) as fh:
+            data = fh.read(self.max_upload_bytes + 1)
+        if len(data) > self.max_upload_bytes:
+            raise UploadError(f"{label} is over {self.settings.max_upload_mb} MiB; uploads are limited to "
                               f"{self.settings.max_upload_mb} MiB")
-        return size
-
-    @staticmethod
-    def discard_upload(paths: Iterable[Optional[str]]) -> None:
-        """Delete Gradio's temporary copies of an upload (so nothing is served from there)."""
-        for p in paths:
-            if p:
-                try:
-                    os.unlink(p)
-                except OSError:
-                    pass
-
-    def _copy_dataset_upload(self, upload: str, dest: Path, label: str) -> None:
-        """Copy an uploaded dataset file to ``dest``: only a regular file (not a link, device or
-        pipe, which could point at server files or never end), and never more than the upload
-        limit, however big the file claims to be or grows while it is read."""
-        limit = self.max_upload_bytes
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-        try:
-            if os.path.islink(upload):
-                raise UploadError(f"{label}: the upload is a link, not a file; upload the file itself")
-            fd = os.open(upload, flags)
-        except OSError:
-            raise UploadError(f"{label}: the upload could not be read; upload it again") from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise UploadError(f"{label}: the upload is not a regular file; upload the file itself")
-            if st.st_size > limit:
-                raise UploadError(f"{label} is {st.st_size / MiB:.1f} MiB; uploads are limited to "
-                                  f"{self.settings.max_upload_mb} MiB")
-            src = os.fdopen(fd, "rb")
-        except BaseException:
-            os.close(fd)
-            raise
-        with src, open(dest, "xb") as out:
-            total = 0
-            while chunk := src.read(MiB):
-                total += len(chunk)
-                if total > limit:
-                    raise UploadError(f"{label} is over {self.settings.max_upload_mb} MiB; uploads are "
-                                      f"limited to {self.settings.max_upload_mb} MiB")
-                out.write(chunk)
+        return data
 
     def ingest_dataset(self, who: Principal, upload: str, display_name: str, fmt: str = USER_FORMAT,
                        metric: str = "exact_match", name: Optional[str] = None, epsilon_budget: Any = None,
@@ -503,7 +504,7 @@ class Service:
         tmp = self.upload_tmp()
         try:
             local = tmp / fname
-            self._copy_dataset_upload(upload, local, fname)
+            copy_upload(upload, local, self.uploads, self.max_upload_bytes, fname)
             try:
                 if fmt in (None, "", USER_FORMAT):
                     if metric not in USER_METRICS:
@@ -627,11 +628,12 @@ class Service:
             inbox.mkdir()
             local = []
             for (p, _), n in zip(uploads, names):
-                shutil.copyfile(p, inbox / n)
+                copy_upload(p, inbox / n, self.uploads, self.max_upload_bytes, n)
                 local.append(str(inbox / n))
             zipped = len(local) == 1 and names[0].lower().endswith(".zip")
             source: Any = local[0] if zipped else local
-            result = validate_in_child(recipe, source, str(tmp / "work"))
+            with self._validation_slot(who):
+                result = validate_in_child(recipe, source, str(tmp / "work"))
             if not result.get("ok"):
                 msg = str(result.get("error") or "the adapter was refused")
                 raise UploadError(msg.replace(str(tmp) + os.sep, "").replace(str(tmp), ""))
@@ -718,8 +720,7 @@ class Service:
         if not upload:
             raise UploadError("choose a results JSON file first")
         fname = safe_filename(display_name, "results.json")
-        self._check_upload_size(upload, fname)
-        data = Path(upload).read_bytes()
+        data = self.read_upload(upload, fname)
         rows, skipped = parse_results(data, fname)
         sha = self.store.put_bytes(data)
         entry = {"id": uuid.uuid4().hex[:12], "name": clean_name(name, "the results' name", Path(fname).stem),

@@ -16,7 +16,7 @@ from storage import db
 from storage.models import Base
 from workers.testing import REPO_ROOT, temp_postgres_database
 
-HEAD = "0003"  # the newest revision in storage/migrations/versions
+HEAD = "0004"  # the newest revision in storage/migrations/versions
 TABLES = {"organisations", "users", "datasets", "model_pairs", "adapters", "update_vectors", "pair_sets",
           "mapper_versions", "jobs", "evaluations", "privacy_ledger", "revoked_sessions", "alembic_version"}
 

@@ -24,7 +24,12 @@ def svc(settings):
     from ui.service import Service
     from workers.client import JobClient
 
+    from ui.uploads import Uploads
+
     s = Service(settings)
+    # the files these tests hand to the upload handlers stand for what the dashboard received:
+    # <tmp>/gradio/<request>/<name> (ui_helpers.staged, and the gradio_* helpers of the tests)
+    s.uploads = Uploads(settings.data_dir.parent / "gradio", s.max_upload_bytes)
     s.bootstrap()
     s.client = JobClient(settings, run_embedded=False)  # unit tests: jobs stay queued, nothing runs
     return s

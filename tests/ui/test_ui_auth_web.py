@@ -102,4 +102,9 @@ def test_http_surface_needs_a_session_and_checks_tenancy(settings, svc, users, p
         out = b_client.get(f"/gradio_api/call/job_detail/{ev}").text
         assert "job 1 not found" in out
 
-        assert a_client.get("/logout", follow_redirects=False).status_code == 303
+        # signing out is a POST: GET /logout only shows the button, and a session survives it
+        r = a_client.get("/logout", follow_redirects=False)
+        assert r.status_code == 200 and 'method="post"' in r.text
+        assert a_client.get("/", follow_redirects=False).status_code == 200
+        assert a_client.post("/logout", follow_redirects=False).status_code == 303
+        assert a_client.get("/", follow_redirects=False).status_code == 303  # back to the sign-in page

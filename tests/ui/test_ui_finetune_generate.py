@@ -4,7 +4,7 @@ over-budget DP job, and generate's honest "not available" while the job kind is 
 from __future__ import annotations
 
 import pytest
-from ui_helpers import write_jsonl
+from ui_helpers import staged, write_jsonl
 
 from ui import finetune, generate
 from ui.common import guarded
@@ -12,7 +12,7 @@ from ui.common import guarded
 
 def _dataset(svc, who, tmp_path, budget=None):
     src = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"p{i}", "answer": f"a{i}"} for i in range(40)])
-    return svc.ingest_dataset(who, str(src), "d.jsonl", epsilon_budget=budget)
+    return svc.ingest_dataset(who, staged(svc, src), "d.jsonl", epsilon_budget=budget)
 
 
 def test_finetune_params_are_checked_in_words():
@@ -46,7 +46,7 @@ def test_over_budget_dp_job_is_refused_saying_why(svc, users, tmp_path, pair_id)
     # a second one that would compose past the budget (RDP composition, tighter than the sum)
     assert "privacy budget exceeded" in run(ds["id"], pair_id, 10, 1e-3, 4, 64, True, 0.95, None, 1.0, "")
     # a dataset without a budget: DP refused with the reason; the organisation can set one
-    ds2 = svc.ingest_dataset(alice, str(tmp_path / "d.jsonl"), "d.jsonl", name="nobudget")
+    ds2 = svc.ingest_dataset(alice, staged(svc, tmp_path / "d.jsonl"), "d.jsonl", name="nobudget")
     assert "no privacy budget set" in run(ds2["id"], pair_id, 10, 1e-3, 4, 64, True, 0.5, None, 1.0, "")
     assert "budget ε=2" in svc.set_budget(alice, ds2["id"], 2)
     with pytest.raises(ValueError, match="raised, not lowered"):

@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     sys.path.insert(0, {tests!r})
-    from ui_helpers import make_settings, req, write_jsonl
+    from ui_helpers import make_settings, req, staged, write_jsonl
     import app, ui.app, ui.admin, ui.auth, ui.charts, ui.common, ui.compare, ui.finetune, ui.generate, ui.jobs
     import ui.service, ui.upload, ui.web
     from storage import accounts
@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent("""
     r = req("alice")
     who = svc.who(r)
     src = write_jsonl(root / "d.jsonl", [{{"prompt": "p%d" % i, "answer": "a"}} for i in range(10)])
-    ds = svc.ingest_dataset(who, str(src), "d.jsonl", epsilon_budget=3)
+    ds = svc.ingest_dataset(who, staged(svc, src), "d.jsonl", epsilon_budget=3)
     svc.list_datasets(who); svc.ledger(who, ds["id"]); svc.list_adapters(who); svc.evaluation_rows(who)
     ui.finetune.show_ledger(svc, ds["id"], r)
     ui.upload.my_uploads(svc, r)

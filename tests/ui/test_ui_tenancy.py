@@ -5,7 +5,7 @@ admins see everything; admin operations refuse members."""
 from __future__ import annotations
 
 import pytest
-from ui_helpers import write_jsonl
+from ui_helpers import staged, write_jsonl
 
 from storage.models import Adapter, Evaluation
 from ui import finetune, jobs
@@ -14,7 +14,7 @@ from ui.service import NotFound
 
 def _dataset(svc, who, tmp_path, name="d", budget=None):
     src = write_jsonl(tmp_path / f"{name}.jsonl", [{"prompt": f"p{i}", "answer": f"a{i}"} for i in range(12)])
-    return svc.ingest_dataset(who, str(src), f"{name}.jsonl", name=name, epsilon_budget=budget)
+    return svc.ingest_dataset(who, staged(svc, src), f"{name}.jsonl", name=name, epsilon_budget=budget)
 
 
 def _adapter(svc, who, pair_id, adapter_dir, model="tiny") -> int:
@@ -68,7 +68,7 @@ def test_admin_operations_refuse_members(svc, users, tmp_path):
     f = tmp_path / "r.json"
     f.write_text('[{"task": "t", "method": "gt", "value": 0.5}]')
     with pytest.raises(PermissionError):
-        svc.store_benchmark(bob, str(f), "r.json")
+        svc.store_benchmark(bob, staged(svc, f), "r.json")
     # and members cannot submit admin job kinds through the job API
     with pytest.raises((PermissionError, Exception)) as e:
         svc.submit(bob, "shadow", {"pair_id": 1})

@@ -8,7 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from ui_helpers import write_jsonl
+from ui_helpers import staged, write_jsonl
 
 from ui import upload
 from ui.service import UploadError
@@ -40,33 +40,33 @@ def test_bad_rows_are_reported_with_their_line_number(svc, users, tmp_path):
     src = tmp_path / "bad.jsonl"
     src.write_text('{"prompt": "a", "answer": "b"}\n{"prompt": "c"}\n')
     with pytest.raises(UploadError, match=r"line 2.*answer") as e:
-        svc.ingest_dataset(svc.who(users["alice"]), str(src), "mine.jsonl")
+        svc.ingest_dataset(svc.who(users["alice"]), staged(svc, src), "mine.jsonl")
     assert str(tmp_path) not in str(e.value)  # no server paths in messages
     src.write_text('{"prompt": "a", "answer": "b"}\nnot json\n')
     with pytest.raises(UploadError, match="line 2"):
-        svc.ingest_dataset(svc.who(users["alice"]), str(src), "mine.jsonl")
+        svc.ingest_dataset(svc.who(users["alice"]), staged(svc, src), "mine.jsonl")
     csv = tmp_path / "x.csv"
     csv.write_text("question,answer\nq,a\n")
     with pytest.raises(UploadError, match="prompt"):
-        svc.ingest_dataset(svc.who(users["alice"]), str(csv), "x.csv")
+        svc.ingest_dataset(svc.who(users["alice"]), staged(svc, csv), "x.csv")
     assert svc.list_datasets(svc.who(users["alice"])) == []
 
 
 def test_known_format_duplicate_name_and_size_limit(svc, users, tmp_path, settings):
     who = svc.who(users["alice"])
-    res = svc.ingest_dataset(who, str(FIXTURES / "aqua_rat" / "train.json"), "train.json", "aqua_rat")
+    res = svc.ingest_dataset(who, staged(svc, FIXTURES / "aqua_rat" / "train.json"), "train.json", "aqua_rat")
     assert res["format"] == "aqua_rat" and res["metric"] == "letter_exact_match" and res["examples"] > 3
     assert res["preview"][0]["answer"] in "ABCDE"
     with pytest.raises(UploadError, match="already has a dataset named 'train'"):
-        svc.ingest_dataset(who, str(FIXTURES / "aqua_rat" / "train.json"), "train.json", "aqua_rat")
+        svc.ingest_dataset(who, staged(svc, FIXTURES / "aqua_rat" / "train.json"), "train.json", "aqua_rat")
     # the other organisation may use the same name
-    assert svc.ingest_dataset(svc.who(users["bob"]), str(FIXTURES / "aqua_rat" / "train.json"), "train.json",
+    assert svc.ingest_dataset(svc.who(users["bob"]), staged(svc, FIXTURES / "aqua_rat" / "train.json"), "train.json",
                               "aqua_rat")["name"] == "train"
     big = tmp_path / "big.jsonl"
     big.write_bytes(b'{"prompt": "p", "answer": "a"}\n' * 40_000)  # ~1.2 MiB
     svc.settings = settings.model_copy(update={"max_upload_mb": 1})
     with pytest.raises(UploadError, match="limited to 1 MiB"):
-        svc.ingest_dataset(who, str(big), "big.jsonl")
+        svc.ingest_dataset(who, staged(svc, big), "big.jsonl")
 
 
 def test_nothing_typed_becomes_a_path(svc, users, tmp_path):
@@ -76,10 +76,10 @@ def test_nothing_typed_becomes_a_path(svc, users, tmp_path):
     assert safe_filename("..\\..\\x.jsonl") == "x.jsonl"
     assert safe_filename(".hidden") == "hidden" and safe_filename("") == "upload"
     src = write_jsonl(tmp_path / "a.jsonl", [{"prompt": "p", "answer": "a"}, {"prompt": "q", "answer": "b"}])
-    res = svc.ingest_dataset(svc.who(users["alice"]), str(src), "../../evil name.jsonl", name="ok")
+    res = svc.ingest_dataset(svc.who(users["alice"]), staged(svc, src), "../../evil name.jsonl", name="ok")
     assert res["id"] and not (tmp_path.parent / "evil name.jsonl").exists()
     with pytest.raises(UploadError, match="slashes"):
-        svc.ingest_dataset(svc.who(users["alice"]), str(src), "a.jsonl", name="a/b")
+        svc.ingest_dataset(svc.who(users["alice"]), staged(svc, src), "a.jsonl", name="a/b")
 
 
 def test_adapter_upload_zip_and_files_and_refusals(svc, users, pair_id, adapter_dir, tmp_path, recipes):
@@ -109,13 +109,13 @@ def test_adapter_upload_zip_and_files_and_refusals(svc, users, pair_id, adapter_
 
     (pk / "adapter_model.safetensors").write_bytes(pickle.dumps({"x": 1}, protocol=4))
     with pytest.raises(UploadError, match="pickle"):
-        svc.ingest_adapter(who, [(str(adapter_dir / "adapter_config.json"), "adapter_config.json"),
-                                 (str(pk / "adapter_model.safetensors"), "adapter_model.safetensors")], pair_id)
+        svc.ingest_adapter(who, [(staged(svc, adapter_dir / "adapter_config.json"), "adapter_config.json"),
+                                 (staged(svc, pk / "adapter_model.safetensors"), "adapter_model.safetensors")], pair_id)
     # a .bin is refused by name; too many files are refused before anything runs
     with pytest.raises(UploadError, match="pickle-based"):
-        svc.ingest_adapter(who, [(str(pk / "adapter_model.safetensors"), "adapter_model.bin")], pair_id)
+        svc.ingest_adapter(who, [(staged(svc, pk / "adapter_model.safetensors"), "adapter_model.bin")], pair_id)
     with pytest.raises(UploadError, match="at most 3 files"):
-        svc.ingest_adapter(who, [(str(zpath), f"f{i}.json") for i in range(4)], pair_id)
+        svc.ingest_adapter(who, [(staged(svc, zpath), f"f{i}.json") for i in range(4)], pair_id)
     assert len(svc.list_adapters(who)) == 1
 
 
@@ -127,6 +127,6 @@ def test_adapter_of_another_recipe_is_refused(svc, users, pair_id, tmp_path):
 
     other = small_recipes(rank=4).tiny
     out = write_peft_adapter(random_factors(other, generator=torch.Generator().manual_seed(1)), other, tmp_path / "o")
-    paths = [(str(out / n), n) for n in ("adapter_config.json", "adapter_model.safetensors")]
+    paths = [(staged(svc, out / n), n) for n in ("adapter_config.json", "adapter_model.safetensors")]
     with pytest.raises(UploadError, match=r"(?i)rank"):
         svc.ingest_adapter(svc.who(users["alice"]), paths, pair_id)

@@ -25,3 +25,14 @@ def req(username: str) -> SimpleNamespace:
 def write_jsonl(path: Path, rows) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def staged(svc, src, name: str | None = None) -> str:
+    """A copy of ``src`` where the dashboard keeps what it received (``svc.uploads``): the only
+    place the upload handlers read files from."""
+    import shutil
+    import uuid
+
+    d = svc.uploads.root / f"staged-{uuid.uuid4().hex[:12]}"
+    d.mkdir(parents=True)
+    return str(shutil.copyfile(src, d / (name or Path(src).name)))
