@@ -62,7 +62,9 @@ def run(n: int, workers: int, broker_url: str, database_url: str | None, steps: 
         raise SystemExit(f"no Redis answers at {broker_url}; start it or pass --broker-url")
     settings = Settings(data_dir=root, database_url=database_url or f"sqlite:///{root / 'bench.db'}",
                         broker_url=broker_url, broker_key_prefix=f"gtapp-bench-{uuid.uuid4().hex[:8]}:",
-                        heartbeat_interval_s=2.0, heartbeat_stale_s=30.0, _env_file=None)
+                        heartbeat_interval_s=2.0, heartbeat_stale_s=30.0, _env_file=None,
+                        # a throughput benchmark: one user submits every job, past the per-user cap
+                        max_active_jobs_per_org=n + 1, max_active_jobs_per_user=n + 1)
     client = JobClient(settings)
     user = f"bench{uuid.uuid4().hex[:6]}"
     with session_scope(settings=settings) as s:

@@ -60,8 +60,11 @@ def check_recipes(mapper_recipes: RecipePair, other: RecipePair, where: str) -> 
 def generate(mapper, tiny_adapters: Sequence, out_dir: str | Path, *, weights: Optional[Sequence[float]] = None,
              zoo: Optional[str | Path] = None, llm_path: Optional[str] = None, merged: bool = False,
              organisation: str = "average_then_map", method: str = "mean", weighting: str = "data_size",
-             names: Optional[Sequence[str]] = None, progress: Optional[ProgressFn] = None) -> GenerateResult:
-    """Map TinyLM adapter folders (or zips, or factor dicts) to an LLM adapter in ``out_dir``."""
+             names: Optional[Sequence[str]] = None, model_name: Optional[str] = None,
+             progress: Optional[ProgressFn] = None) -> GenerateResult:
+    """Map TinyLM adapter folders (or zips, or factor dicts) to an LLM adapter in ``out_dir``.
+    ``model_name``: what the adapter's config and record name as its base model (default: the
+    LLM's path)."""
     from gtapp.combine import Contributor, combine_and_map, contributor_from_adapter
     from gtapp.mapper.base import Mapper, load_mapper
     from gtapp.update import write_peft_adapter
@@ -86,7 +89,7 @@ def generate(mapper, tiny_adapters: Sequence, out_dir: str | Path, *, weights: O
         pair = ModelPair.from_dir(zoo)
         check_recipes(mapper.recipes, pair.recipes, f"model pair {zoo}")
         llm_path = llm_path or pair.llm_path
-    base_name = llm_path or mapper.recipes.llm.base_model
+    base_name = model_name or llm_path or mapper.recipes.llm.base_model
 
     t = time.monotonic()
     contributors = []

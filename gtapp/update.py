@@ -33,8 +33,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gtapp.recipe import LoraRecipe, init_fingerprint, layer_of, module_sort_key, seeded_lora_a
-from gtapp.validate import (PEFT_PREFIX, SIDECAR_NAME, WEIGHTS_NAME, AdapterError, Limits, adapter_key,
-                            load_adapter, recipe_fingerprints)
+from gtapp.validate import (CONFIG_NAME, PEFT_PREFIX, SIDECAR_NAME, WEIGHTS_NAME, AdapterError, Limits,
+                            adapter_key, load_adapter, recipe_fingerprints)
 
 __all__ = [
     "ModuleUpdate", "UpdateVector", "FlatSegment", "flat_layout", "write_peft_adapter", "recipe_fingerprints",
@@ -586,6 +586,23 @@ def _weights(source: Any, names: Mapping[str, str] | None, targets: set[str]) ->
 # ----------------------------------------------------------------------------- peft output
 
 
+def write_peft_config(recipe: LoraRecipe, out_dir: str | Path, base_model_name_or_path: str | None = None,
+                      r: int | None = None, alpha: float | None = None) -> Path:
+    """Write the one ``adapter_config.json`` gtapp ever serves: built from the recipe (plain LoRA
+    on its target modules; rank/alpha as given, default the recipe's), naming the base model
+    ``base_model_name_or_path`` (default the recipe's), with no other field a client chose."""
+    from peft import LoraConfig
+
+    out_dir = Path(out_dir)
+    config = LoraConfig(r=r or recipe.rank, lora_alpha=alpha if alpha is not None else recipe.alpha,
+                        lora_dropout=recipe.dropout, target_modules=sorted(recipe.target_modules), bias="none",
+                        task_type="CAUSAL_LM", init_lora_weights=True,
+                        base_model_name_or_path=base_model_name_or_path or recipe.base_model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(out_dir))
+    return out_dir / CONFIG_NAME
+
+
 def write_peft_adapter(update: UpdateVector | Factors, recipe: LoraRecipe, out_dir: str | Path,
                        base_model_name_or_path: str | None = None) -> Path:
     """Write a stock peft LoRA adapter folder loadable by ``PeftModel.from_pretrained``.
@@ -597,8 +614,6 @@ def write_peft_adapter(update: UpdateVector | Factors, recipe: LoraRecipe, out_d
     ``lora_alpha = r`` so the scale is 1). Also writes ``gtapp_recipe.json`` (fingerprints;
     peft ignores it). Returns ``out_dir``.
     """
-    from peft import LoraConfig
-
     out_dir = Path(out_dir)
     if isinstance(update, UpdateVector):
         items = {m: (mu.a, mu.b, mu.scale) for m, mu in update.modules.items()}
@@ -630,12 +645,7 @@ def write_peft_adapter(update: UpdateVector | Factors, recipe: LoraRecipe, out_d
             raise ValueError(f"{m}: update has non-finite values")
         tensors[adapter_key(m, "lora_A")] = a_out.contiguous()
         tensors[adapter_key(m, "lora_B")] = b_out.contiguous()
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=recipe.dropout,
-                        target_modules=sorted(recipe.target_modules), bias="none", task_type="CAUSAL_LM",
-                        init_lora_weights=True,
-                        base_model_name_or_path=base_model_name_or_path or recipe.base_model)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(str(out_dir))
+    write_peft_config(recipe, out_dir, base_model_name_or_path, r=r, alpha=alpha)
     tmp = out_dir / (WEIGHTS_NAME + ".tmp")
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, out_dir / WEIGHTS_NAME)

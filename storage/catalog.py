@@ -94,3 +94,9 @@ def promote_mapper(session: Session, mapper_id: int) -> MapperVersion:
 def promoted_mapper(session: Session, model_pair_id: int) -> Optional[MapperVersion]:
     return session.scalars(select(MapperVersion).where(MapperVersion.model_pair_id == model_pair_id,
                                                        MapperVersion.promoted.is_(True))).one_or_none()
+
+
+def pair_model_name(pair_name: str, which: str) -> str:
+    """What a served adapter's config names as its base model: the model pair and which of its
+    models, never a server path (the colons keep it from reading as a hub id a loader would fetch)."""
+    return f"gtapp:{pair_name}:{which}"

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="re-send a queued job that no worker has claimed this many seconds after its "
                                   "last send (the wait doubles after each re-send): a safety net for a broker "
                                   "message lost without a broker restart")
+    max_active_jobs_per_org: int = Field(8, ge=1, description="queued + running jobs one organisation may have")
+    max_active_jobs_per_user: int = Field(4, ge=1, description="queued + running jobs one user may have")
+    max_job_steps: int = Field(20_000, ge=1, description="the most training steps a member's job may ask for "
+                                                        "(admins: the job kind's own bound)")
     db_retry_s: float = Field(120.0, ge=0, description="how long a worker retries a database it cannot reach "
                                                        "before giving up claiming a job or recording its outcome")
 

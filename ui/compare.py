@@ -84,12 +84,25 @@ def figures(rows: Sequence[dict]) -> list:
     return [fn(rows) for _, fn in charts.ALL]
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(v: Any) -> Any:
+    """A value as a spreadsheet will read it safely: text that a spreadsheet would run as a
+    formula (it starts with = + - @, a tab or CR) gets a leading apostrophe; numbers stay numbers."""
+    if v is None:
+        return ""
+    if isinstance(v, str) and v.startswith(FORMULA_START):
+        return "'" + v
+    return v
+
+
 def to_csv(rows: Sequence[dict]) -> bytes:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(RESULT_FIELDS), extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in RESULT_FIELDS})
+        w.writerow({k: csv_cell(r.get(k)) for k in RESULT_FIELDS})
     return buf.getvalue().encode()
 
 

@@ -17,8 +17,8 @@ sends.
   folder of this sign-in's own. Every JSON body is read before it is passed on; any file
   object in it (a dict with a ``path``, ``url`` or Gradio's ``FileData`` marker) must name an
   upload of this sign-in (:meth:`ui.uploads.Uploads.owned`), or the request is refused before
-  Gradio or a handler opens anything. Gradio's file routes serve this sign-in's own uploads
-  and nothing else.
+  Gradio or a handler opens anything. The file routes (``/gradio_api/file=...``) serve this
+  sign-in's own uploads, from here, and nothing else.
 
 Why here and not in Gradio: the app is mounted (``gr.mount_gradio_app``), which never sets
 ``blocks.has_launched``, so Gradio's own allowed-path check returns early; and even where it
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from http.cookies import SimpleCookie
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, urlsplit
@@ -141,9 +142,15 @@ class Gate:
             target = path.split("=", 1)[1] if "=" in path else ""
             from urllib.parse import unquote
 
-            if not self.uploads.owned(owner, unquote(target)):
+            target = unquote(target)
+            if not self.uploads.owned(owner, target):
                 raise Refused(404, "not found")
-            return await self.app(scope, receive, send)
+            from starlette.responses import FileResponse
+
+            # served here, not by Gradio's route (which serves whatever is in its cache folder)
+            return await FileResponse(target, filename=os.path.basename(target), content_disposition_type="attachment",
+                                      headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})(
+                scope, receive, send)
 
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         hashes = list(query.get("session_hash", []))

@@ -49,7 +49,7 @@ from storage.accounts import (
     principal,
 )
 from storage.artifacts import ArtifactStore, atomic_write_json
-from storage.catalog import create_dataset, promote_mapper, read_examples, register_pair
+from storage.catalog import create_dataset, pair_model_name, promote_mapper, read_examples, register_pair
 from storage.db import session_scope
 from storage.models import (
     ROLES,
@@ -633,7 +633,7 @@ class Service:
             zipped = len(local) == 1 and names[0].lower().endswith(".zip")
             source: Any = local[0] if zipped else local
             with self._validation_slot(who):
-                result = validate_in_child(recipe, source, str(tmp / "work"))
+                result = validate_in_child(recipe, source, str(tmp / "work"), pair_model_name(pair_name, "tiny"))
             if not result.get("ok"):
                 msg = str(result.get("error") or "the adapter was refused")
                 raise UploadError(msg.replace(str(tmp) + os.sep, "").replace(str(tmp), ""))
@@ -796,14 +796,14 @@ def parse_results(data: bytes, what: str = "results") -> tuple[list[dict], int]:
 # ---------------------------------------------------------------------- adapter validation in a child
 
 
-def validate_in_child(recipe: Optional[dict], source: Any, workdir: str,
+def validate_in_child(recipe: Optional[dict], source: Any, workdir: str, model_name: Optional[str] = None,
                       timeout: float = VALIDATE_TIMEOUT_S) -> dict:
     """Run ``gtapp.validate`` on an uploaded adapter in a child Python process (torch is
     imported there, not in the dashboard). Returns {"ok": True, "summary", "files"} or
     {"ok": False, "error"}."""
     if not isinstance(recipe, dict):
         return {"ok": False, "error": "the model pair has no TinyLM recipe"}
-    request = json.dumps({"recipe": recipe, "source": source, "workdir": workdir})
+    request = json.dumps({"recipe": recipe, "source": source, "workdir": workdir, "model_name": model_name})
     try:
         proc = subprocess.run([sys.executable, "-m", "ui.validate_child"], input=request, capture_output=True,
                               text=True, timeout=timeout, cwd=str(REPO_ROOT))

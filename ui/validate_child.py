@@ -1,9 +1,10 @@
 """Child process that validates one uploaded adapter (``python -m ui.validate_child``).
 
 The dashboard never imports torch; ``gtapp.validate`` does. So the dashboard runs this
-module as a child process: it reads ``{"recipe", "source", "workdir"}`` as JSON on stdin,
+module as a child process: it reads ``{"recipe", "source", "workdir", "model_name"}`` as JSON on stdin,
 runs :func:`gtapp.validate.load_adapter` (which extracts a zip into a fresh folder under
-``workdir``) and prints one JSON line: ``{"ok": true, "summary": ..., "files": {...}}`` or
+``workdir``), writes the adapter's config afresh from the recipe (naming the base model
+``model_name``) and prints one JSON line: ``{"ok": true, "summary": ..., "files": {...}}`` or
 ``{"ok": false, "error": "<what was wrong, in words>"}``.
 """
 
@@ -17,6 +18,7 @@ def main() -> int:
     try:
         req = json.loads(sys.stdin.read())
         recipe_d, source, workdir = req["recipe"], req["source"], req["workdir"]
+        model_name = req.get("model_name")
     except (ValueError, KeyError, TypeError) as e:
         print(json.dumps({"ok": False, "error": f"bad validation request: {e}"}))
         return 2
@@ -24,6 +26,7 @@ def main() -> int:
 
     torch.set_num_threads(1)
     from gtapp.recipe import LoraRecipe, RecipeError
+    from gtapp.update import write_peft_config
     from gtapp.validate import AdapterError, load_adapter
 
     try:
@@ -36,8 +39,13 @@ def main() -> int:
         print(json.dumps({"ok": False, "error": f"missing file: {e.filename and e.filename.rsplit('/', 1)[-1]}"}))
         return 0
     files = va.files
+    # what is stored is a config written here from the recipe, never the uploaded one: no field a
+    # client chose (a server path as base_model_name_or_path, an odd revision) is kept or served
+    from pathlib import Path
+
+    config = write_peft_config(recipe, Path(workdir) / "canonical", model_name)
     out = {"ok": True, "summary": va.summary.to_dict(),
-           "files": {"config": str(files.config), "weights": str(files.weights),
+           "files": {"config": str(config), "weights": str(files.weights),
                      "sidecar": str(files.sidecar) if files.sidecar else None, "kind": files.kind}}
     print(json.dumps(out, default=str))
     return 0

@@ -35,12 +35,16 @@ from storage.settings import Settings, get_settings
 from workers.dispatch import QueueUnavailable, send
 from workers.jobs import REGISTRY, JobNotAvailable, get_spec
 
-__all__ = ["JobClient", "JobView", "JobNotFound", "QueueUnavailable", "JobNotAvailable", "submit", "get", "list",
+__all__ = ["JobClient", "JobView", "JobNotFound", "JobLimit", "QueueUnavailable", "JobNotAvailable", "submit", "get", "list",
            "cancel", "retry", "wait", "kinds", "default_client"]
 
 
 class JobNotFound(LookupError):
     pass
+
+
+class JobLimit(ValueError):
+    """A job was refused because its organisation or user has too many, or it asks too much."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,7 @@ class JobClient:
             if spec.admin_only and not who.is_admin:
                 raise PermissionError(f"job kind '{kind}' is for admins only")
             _check_references(s, clean, who)
+            _check_share(s, clean, who, self.settings)
             job = Job(kind=kind, queue=spec.queue, params=clean, status="queued", progress=0.0, stage="queued",
                       max_attempts=attempts, org_id=who.org_id, user_id=who.user_id, created_at=utcnow())
             s.add(job)
@@ -261,6 +266,27 @@ def _check_references(s, params: dict, who: Principal) -> None:
             if row is None or (owned and row.org_id != who.org_id):
                 label = key.removesuffix("_ids").removesuffix("_id")
                 raise JobNotFound(f"{label} {ref} not found")
+
+
+def _check_share(s, params: dict, who: Principal, settings: Settings) -> None:
+    """One organisation or user cannot fill the queue: caps on queued + running jobs per
+    organisation and per user, and a bound on a member job's training steps (the fair order of
+    what is queued is workers.fairness's)."""
+    from sqlalchemy import func
+
+    active = (Job.status.in_(("queued", "running")))
+    n_org = s.scalar(select(func.count()).select_from(Job).where(active, Job.org_id == who.org_id))
+    if n_org >= settings.max_active_jobs_per_org:
+        raise JobLimit(f"your organisation already has {n_org} jobs queued or running (the limit is "
+                       f"{settings.max_active_jobs_per_org}); wait for one to finish, or cancel one")
+    n_user = s.scalar(select(func.count()).select_from(Job).where(active, Job.user_id == who.user_id))
+    if n_user >= settings.max_active_jobs_per_user:
+        raise JobLimit(f"you already have {n_user} jobs queued or running (the limit is "
+                       f"{settings.max_active_jobs_per_user}); wait for one to finish, or cancel one")
+    steps = params.get("steps")
+    if not who.is_admin and isinstance(steps, int) and steps > settings.max_job_steps:
+        raise JobLimit(f"{steps} training steps asked for; a job may run at most {settings.max_job_steps} "
+                       "steps here (ask an admin for a longer run)")
 
 
 _default: dict[str, JobClient] = {}

@@ -11,11 +11,9 @@ import logging
 import threading
 from typing import Optional
 
-from sqlalchemy import select
-
 from storage.db import session_scope
-from storage.models import Job
 from storage.settings import Settings, get_settings
+from workers.fairness import next_job
 from workers.reaper import ReaperThread
 
 log = logging.getLogger("gtapp.jobs")
@@ -62,7 +60,7 @@ class EmbeddedWorker:
 
     def _next_job(self) -> Optional[int]:
         with session_scope(settings=self.settings) as s:
-            return s.scalar(select(Job.id).where(Job.status == "queued").order_by(Job.id).limit(1))
+            return next_job(s)
 
     def _loop(self) -> None:
         from workers.runner import run_job, worker_name

@@ -18,7 +18,8 @@ from workers.testing import REPO_ROOT, temp_postgres_database
 
 HEAD = "0004"  # the newest revision in storage/migrations/versions
 TABLES = {"organisations", "users", "datasets", "model_pairs", "adapters", "update_vectors", "pair_sets",
-          "mapper_versions", "jobs", "evaluations", "privacy_ledger", "revoked_sessions", "alembic_version"}
+          "mapper_versions", "jobs", "evaluations", "privacy_ledger", "revoked_sessions", "sign_in_failures",
+          "alembic_version"}
 
 
 def _check_schema(url: str) -> None:

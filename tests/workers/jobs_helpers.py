@@ -10,8 +10,11 @@ from storage.db import session_scope
 from storage.settings import Settings
 
 # Fast liveness for tests: heartbeats every 0.5 s, a worker presumed dead after 3 s silent.
+# These tests drive the queue's mechanics with many jobs from one member; the per-organisation and
+# per-user caps are a deployment's policy, tested on their own (tests/workers/test_fair_share.py).
 FAST = dict(heartbeat_interval_s=0.5, heartbeat_stale_s=3.0, reaper_interval_s=0.5, progress_min_interval_s=0.2,
-            embedded_poll_s=0.2, first_admin_password="admin-password")
+            embedded_poll_s=0.2, first_admin_password="admin-password", max_active_jobs_per_org=10_000,
+            max_active_jobs_per_user=10_000)
 
 
 def make_settings(root: Path, database_url: str | None = None, broker_url: str | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from storage.catalog import pair_model_name
 from workers.jobs.common import (
     COMBINE_METHODS,
     MAPPER_METHOD,
@@ -148,6 +149,7 @@ def generate(params: dict, ctx) -> dict:
     result = run_generate(mapper, tiny_dirs, out, weights=params["weights"], zoo=zoo_dir, merged=params["merged"],
                           organisation=params["organisation"], method=params["method"],
                           weighting=params["weighting"], names=[f"{a['name']} (adapter {a['id']})" for a in adapters],
+                          model_name=pair_model_name(pair["name"], "llm"),
                           progress=_scaled_progress(ctx, 0.02, 0.6 if evaluating else 0.9))
     ctx.check_cancel()
     for w in result.warnings:
