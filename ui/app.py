@@ -45,6 +45,7 @@ CSS = """
 def build_blocks(svc: Service):
     from ui.admin import build_admin_tab
     from ui.auth import build_account_tab
+    from ui.common import md_escape
     from ui.compare import build_compare_tab
     from ui.finetune import build_finetune_tab
     from ui.generate import build_generate_tab
@@ -69,7 +70,7 @@ def build_blocks(svc: Service):
         def header(request: gr.Request):
             p = svc.who(request)
             a = svc.account(p)
-            return f"**{a['username']}** · {a['org']} · {a['role']} · [sign out](logout)"
+            return f"**{md_escape(a['username'])}** · {md_escape(a['org'])} · {a['role']} · [sign out](logout)"
 
         demo.load(header, outputs=who, api_name=False)
     return demo

@@ -236,7 +236,7 @@ def install_routes(app, sessions: Sessions) -> None:
 
 def build_account_tab(svc, demo):
     """Who is signed in, their organisation and role; change password; sign out."""
-    from ui.common import guarded, status
+    from ui.common import guarded, md_escape, status
 
     with gr.Tab("Account", id="account"):
         me = gr.Markdown("", elem_id="account-info")
@@ -252,8 +252,9 @@ def build_account_tab(svc, demo):
         who = svc.who(request)
         a = svc.account(who)
         scope = ("you see every organisation's jobs and results, and the Admin tab" if who.is_admin
-                 else f"you see only organisation **{a['org']}**'s datasets, adapters, jobs and results")
-        return f"Signed in as **{a['username']}** — organisation **{a['org']}**, role **{a['role']}**; {scope}."
+                 else f"you see only organisation **{md_escape(a['org'])}**'s datasets, adapters, jobs and results")
+        return (f"Signed in as **{md_escape(a['username'])}** — organisation **{md_escape(a['org'])}**, role "
+                f"**{a['role']}**; {scope}.")
 
     @guarded(msg)
     def change_pw(c, n, r, request: gr.Request):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import html
 import math
+import re
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 from ui.service import user_message
@@ -17,11 +18,46 @@ def status(ok: bool, text: str) -> str:
     return f"{OK_MARK if ok else ERR_MARK} {md_escape(text)}"
 
 
+# what can start or end Markdown inside a line: code, emphasis, links/images, raw HTML and entities,
+# tables, strikethrough, LaTeX ($), escapes; ":" and "@" break http:// and e-mail autolinks
+_MD_SPECIAL = frozenset("\\`*_[]<>()#|!~&$:@")
+
+
 def md_escape(text: str) -> str:
-    text = html.escape(str(text), quote=False)
-    for ch in ("\\", "`", "*", "_", "[", "]", "#", "|"):
-        text = text.replace(ch, "\\" + ch)
-    return text
+    """User text for an inline place in Markdown: every character that could start or end
+    Markdown there backslash-escaped (no link, image, code span, emphasis, table cell, HTML tag
+    or LaTeX can begin or end inside it), a dot before a letter too (``www.x.y`` is not
+    autolinked), list and heading markers at its start, and line breaks turned into spaces (no
+    new block). It renders as the text itself."""
+    text = str(text)
+    out = []
+    for k, ch in enumerate(text):
+        nxt = text[k + 1] if k + 1 < len(text) else ""
+        if ch in _MD_SPECIAL or (ch == "." and nxt.isascii() and nxt.isalpha()):
+            out.append("\\" + ch)
+        elif ch in "\r\n\u2028\u2029\x0b\x0c\x85":
+            out.append(" ")
+        else:
+            out.append(ch)
+    escaped = "".join(out)
+    m = re.match(r"\s*(?:[-+=]|\d+[.)])", escaped)  # a list item or setext underline at the start
+    if m:
+        escaped = escaped[:m.end() - 1] + "\\" + escaped[m.end() - 1:]
+    return escaped
+
+
+def md_code(text: str, lang: str = "") -> str:
+    """Text as a fenced code block, shown verbatim: the fence is longer than any run of
+    backticks inside, so the text cannot close it."""
+    text = str(text)
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{lang}\n{text}\n{fence}"
+
+
+def html_text(text: str) -> str:
+    """User text inside HTML (gr.HTML, a toast): escaped, quotes included."""
+    return html.escape(str(text), quote=True)
 
 
 def guarded(status_output: Any = None, n_outputs: int = 1, status_index: int = 0,

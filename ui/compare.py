@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 
 from ui import charts
-from ui.common import guarded, status, table
+from ui.common import guarded, html_text, status, table
 from ui.service import RESULT_FIELDS, Service, UploadError, parse_results, safe_filename
 
 EVALS = "evals"
@@ -171,7 +171,7 @@ def build_compare_tab(svc: Service, demo):
             from ui.service import user_message
 
             rows = []
-            gr.Warning(user_message(e))
+            gr.Warning(html_text(user_message(e)))
         ch = filter_choices(rows)
 
         def keep(v, options):

@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence
 
 import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 
-from ui.common import guarded, status
+from ui.common import guarded, md_code, md_escape, status
 from ui.service import Service, _num
 
 POLL_S = 2.0
@@ -94,16 +94,16 @@ def job_detail(svc: Service, request, job_id: Any) -> tuple[str, str]:
         return "Enter a job id from the table to see its details.", ""
     v = svc.client.get(int(jid), who)
     who_started = svc.usernames(who).get(v.user_id, "—")
-    lines = [f"**Job {v.id}** · `{v.kind}` · **{v.status}** · {html.escape(v.stage or '')} · "
-             f"{v.progress * 100:.0f}% · started by {html.escape(who_started)} · attempt {v.attempts}/{v.max_attempts}"]
+    lines = [f"**Job {v.id}** · {md_escape(v.kind)} · **{md_escape(v.status)}** · {md_escape(v.stage or '')} · "
+             f"{v.progress * 100:.0f}% · started by {md_escape(who_started)} · attempt {v.attempts}/{v.max_attempts}"]
     if v.status == "running" and v.eta_s is not None:
         lines.append(f"ETA {fmt_duration(v.eta_s)}")
     if v.error:
-        lines.append(f"\n**Error:** {html.escape(v.error)}")
-    lines.append("\n**Parameters** `" + json.dumps(compact(v.params), default=str)[:2000] + "`")
+        lines.append(f"\n**Error:** {md_escape(v.error)}")
+    # user text (a job's name, file names) lives in these: a code block they cannot close
+    lines.append("\n**Parameters**\n" + md_code(json.dumps(compact(v.params), default=str)[:2000], "json"))
     if v.outputs:
-        lines.append("\n**Outputs**\n```json\n" + json.dumps(compact(v.outputs), indent=1, default=str)[:3000]
-                     + "\n```")
+        lines.append("\n**Outputs**\n" + md_code(json.dumps(compact(v.outputs), indent=1, default=str)[:3000], "json"))
     return "\n".join(lines), v.log_tail or ""
 
 
@@ -158,7 +158,7 @@ def build_jobs_tab(svc: Service, demo):
         except Exception as e:  # noqa: BLE001
             from ui.service import user_message
 
-            d, lg = f"✖ {html.escape(user_message(e))}", ""
+            d, lg = status(False, user_message(e)), ""
         return tbl, d, lg
 
     def load(request: gr.Request):

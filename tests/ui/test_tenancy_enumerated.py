@@ -214,6 +214,7 @@ class Page:
         body = self.client.get("/gradio_api/queue/data", params={"session_hash": self.sh}).text
         parts: list = []
         ok = None
+        self.last_outputs, self.last_logs = None, []  # this call's outputs (by position) and toasts
         for line in body.splitlines():
             if not line.startswith("data: "):
                 continue
@@ -222,9 +223,11 @@ class Page:
                 continue
             if msg.get("msg") == "log":
                 parts.append({"log": msg.get("log"), "level": msg.get("level")})
+                self.last_logs.append(str(msg.get("log")))
             elif msg.get("msg") == "process_completed":
                 out = msg.get("output") or {}
                 ok = bool(msg.get("success"))
+                self.last_outputs = out.get("data") if ok else None
                 parts.append(out.get("data") if ok else {"error": out.get("error")})
         assert ok is not None, f"event {fn_index} never completed: {body[-2000:]}"
         return Reply(ok, json.dumps(parts, ensure_ascii=False, default=str))
