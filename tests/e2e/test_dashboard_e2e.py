@@ -324,8 +324,12 @@ def test_generate_an_llm_adapter_and_downloads_load_in_peft(alice_page, tiny_ada
 
     # the generated LLM adapter is a stock peft folder for the pair's LLM
     llm_id = int(re.search(r"LLM adapter (\d+): acme-llm", text).group(1))
-    llm = PeftModel.from_pretrained(load_model(e2e_zoo / "micro" / "llm"), str(download(llm_id)))
+    llm_dir = download(llm_id)
+    llm = PeftModel.from_pretrained(load_model(e2e_zoo / "micro" / "llm"), str(llm_dir))
     assert any("lora_B" in n for n, _ in llm.named_parameters())
+    # its config names the model pair, never a server path
+    config = json.loads((llm_dir / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "gtapp:micro:llm" and config.get("revision") is None, config
     # and the uploaded TinyLM adapter comes back exactly as uploaded
     model = PeftModel.from_pretrained(load_model(tiny_adapter["tiny_path"]), str(download(STATE["adapter_id"])))
     got = {n: m.lora_B["default"].weight for n, m in model.named_modules()

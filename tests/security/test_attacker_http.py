@@ -9,6 +9,7 @@ app's ``/config`` (not from a hand-written list) and sends each hostile path in 
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -412,3 +413,85 @@ def _micro_tiny_adapter(zoo: Path, tmp_path: Path) -> Path:
     out = tmp_path / "tiny_adapter"
     attach_lora(load_model(pair.tiny_path), pair.recipes.tiny).save_pretrained(str(out))
     return out
+
+
+def test_stored_adapter_configs_carry_no_field_the_uploader_chose(live, tmp_path):
+    """Finding 13: ``base_model_name_or_path: "/etc/passwd"`` and odd ``revision`` values were
+    accepted and stored verbatim. The stored (and downloaded) config is written from the recipe
+    and names the model pair."""
+    adapter = _micro_tiny_adapter(Path(live.env["GTAPP_ZOO_DIR"]) / "micro", tmp_path)
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg.update(base_model_name_or_path="/etc/passwd", revision="../../../etc/shadow")
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    bob = member(live, "bob")
+    dep = bob.by_api["upload_adapter"]
+    d = [bob.values.get(i) for i in dep["inputs"]]
+    d[0], d[2] = [upload_bytes(bob, "a.zip", _zip(adapter))], "odd-config"
+    out = str(run_event(bob, dep, d)[0])
+    assert out.startswith("✔"), out
+    adapter_id = int(re.search(r"id (\d+)", out).group(1))
+    r = bob.http.get(f"download/adapter/{adapter_id}")
+    assert r.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+        stored = json.loads(zf.read("adapter_config.json"))
+    assert stored["base_model_name_or_path"] == "gtapp:micro:tiny" and stored.get("revision") is None, stored
+    assert "/etc" not in json.dumps(stored)
+
+
+def test_csv_export_neutralises_formulas(live, tmp_path):
+    """Finding 11: cells beginning =, +, -, @ were exported verbatim into the Compare CSV."""
+    bob = member(live, "bob")
+    rows = [{"protocol": "in_distribution", "task": '=HYPERLINK("http://evil.example","x")', "method": "@SUM(1)",
+             "metric": "+cmd|' /C calc'!A0", "value": -0.5, "seed": 0, "gap_recovery": -0.25}]
+    cfg = bob.http.get("config").json()
+    by_elem = {c["props"].get("elem_id"): c["id"] for c in cfg["components"] if c.get("props", {}).get("elem_id")}
+    dep = next(d for d in bob.deps if by_elem["cmp-upload"] in d["inputs"] and by_elem["cmp-upload-status"]
+               in d["outputs"])
+    data = [bob.values.get(i) for i in dep["inputs"]]
+    data[dep["inputs"].index(by_elem["cmp-upload"])] = upload_bytes(bob, "r.json", json.dumps({"rows": rows}).encode())
+    bob.run(dep, "compare upload", data)
+    link = str(bob.values.get(by_elem["cmp-csv"]))
+    token = re.search(r"download/export/([\w-]+)", link).group(1)
+    text = bob.http.get(f"download/export/{token}").text
+    (row,) = list(csv.DictReader(io.StringIO(text)))
+    assert row["task"].startswith("'=") and row["method"].startswith("'@") and row["metric"].startswith("'+"), row
+    assert row["value"] == "-0.5" and row["gap_recovery"] == "-0.25"  # numbers stay numbers
+
+
+class SlowFile(io.RawIOBase):
+    """A file an upload reads slowly: the request stays in progress for about ``seconds``."""
+
+    def __init__(self, seconds: float, chunks: int = 10):
+        self.left, self.pause = chunks, seconds / chunks
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        if self.left == 0:
+            return 0
+        time.sleep(self.pause)
+        self.left -= 1
+        b[:64] = b"x" * 64
+        return 64
+
+
+def test_one_sign_in_sends_at_most_two_uploads_at_once(live):
+    """Finding 15, the upload side: parallel uploads of one sign-in hold disk and memory; the
+    third at once is refused (429) saying why, while another member's goes through."""
+    bob, alice = member(live, "bob"), member(live, "alice")
+    codes = []
+
+    def slow():
+        r = bob.http.post("gradio_api/upload", files={"files": ("slow.bin", SlowFile(3.0))}, timeout=30)
+        codes.append(r.status_code)
+
+    ts = [threading.Thread(target=slow) for _ in range(2)]
+    [t.start() for t in ts]
+    time.sleep(1.0)  # both are in progress now
+    r = bob.http.post("gradio_api/upload", files={"files": ("third.jsonl", io.BytesIO(jsonl("x")))})
+    assert r.status_code == 429 and "already in progress" in r.text, (r.status_code, r.text)
+    assert alice.http.post("gradio_api/upload", files={"files": ("a.jsonl", io.BytesIO(jsonl("a")))}).status_code == 200
+    [t.join(30) for t in ts]
+    assert codes == [200, 200]
+    assert bob.http.post("gradio_api/upload", files={"files": ("later.jsonl", io.BytesIO(jsonl("x")))}).status_code == 200
