@@ -41,7 +41,7 @@ from gtapp import __version__  # noqa: E402
 from gtapp.mapper import GTMapper  # noqa: E402
 from gtapp.mapper.base import OodReference  # noqa: E402
 from gtapp.mapper.synthetic import ALL_LINEAR, llama_recipe, random_factors  # noqa: E402
-from gtapp.recipe import RecipePair  # noqa: E402
+from gtapp.lora.recipe import RecipePair  # noqa: E402
 from gtapp.shadow import Pair  # noqa: E402
 
 QWEN = {
@@ -148,7 +148,7 @@ def bench_mapper(name: str, recipes: RecipePair, config: dict, device: torch.dev
 def bench_generate_demo(repeats: int) -> dict:
     """The whole generate path on demo shapes (CPU): adapter folder in -> peft folder out."""
     from gtapp.generate import generate
-    from gtapp.update import write_peft_adapter
+    from gtapp.lora.peft_format import write_peft_adapter
 
     recipes = demo_recipes()
     mapper = GTMapper(recipes, {"base": "mean"})

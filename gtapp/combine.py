@@ -32,8 +32,9 @@ from typing import Optional, Sequence
 
 import torch
 
-from gtapp.mapper.space import Factors, UpdateSpace, as_factors
-from gtapp.recipe import LoraRecipe
+from gtapp.lora.factors import Factors, as_factors
+from gtapp.mapper.space import UpdateSpace
+from gtapp.lora.recipe import LoraRecipe
 
 ORGANISATIONS = ("average_then_map", "map_then_average")
 METHODS = ("mean", "median", "clip")
@@ -76,7 +77,7 @@ def _num(x, kind=float):
 def contributor_from_adapter(source: str | Path, recipe: LoraRecipe, name: Optional[str] = None,
                              weight: Optional[float] = None) -> Contributor:
     """Validate an (untrusted) adapter against ``recipe`` and read its finetune.json if present."""
-    from gtapp.validate import load_adapter
+    from gtapp.lora.validate import load_adapter
 
     checked = load_adapter(source, recipe)
     folder = Path(source)
@@ -133,7 +134,7 @@ def combine_factors(updates: Sequence, recipe: LoraRecipe, weights: Optional[Seq
     if not updates:
         raise ValueError("nothing to combine")
     space = UpdateSpace(recipe)
-    fs = [as_factors(u, recipe) for u in updates]
+    fs = [as_factors(u) for u in updates]
     for i, f in enumerate(fs):
         space.check(f, f"update {i}")
     k = len(fs)

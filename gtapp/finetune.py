@@ -43,7 +43,7 @@ from gtapp import __version__
 from gtapp.data import EncodedDataset, data_fingerprint, trim
 from gtapp.evaluate import ADAPTER_CONFIG, ADAPTER_WEIGHTS, sequence_nll
 from gtapp.progress import ProgressFn, Tracker
-from gtapp.recipe import LoraRecipe
+from gtapp.lora.recipe import LoraRecipe
 from gtapp.tasks.base import Example
 
 RECORD_FORMAT = 1
@@ -261,7 +261,8 @@ def finetune(model_path: str, recipe: LoraRecipe, examples: Sequence[Example], c
     ``ValueError`` for bad inputs, ``FileExistsError`` if ``out_dir`` already holds a result
     (unless ``overwrite``). ``keep_model=True`` returns the trained PeftModel in the result.
     """
-    from gtapp.models import attach_lora, lora_factors, load_model, load_tokenizer
+    from gtapp.lora.peft_model import attach_lora, lora_factors
+    from gtapp.models import load_model, load_tokenizer
 
     t0 = time.monotonic()
     examples = list(examples)

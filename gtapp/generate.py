@@ -14,7 +14,7 @@ Steps, each timed:
 5. score how far each input lies from the shadow TinyLM updates (OOD score: nearest shadow
    update's distance over the typical nearest-neighbour distance among shadow updates; above
    gtapp.mapper.OOD_THRESHOLD a warning -- the map was never trained near such inputs);
-6. write the LLM adapter (gtapp.update.write_peft_adapter) and ``generate.json``;
+6. write the LLM adapter (gtapp.lora.peft_format.write_peft_adapter) and ``generate.json``;
 7. optionally the merged LLM (``merge_and_unload`` -> ``save_pretrained``) in ``OUT/merged``.
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from gtapp.progress import ProgressFn, Tracker
-from gtapp.recipe import RecipeError, RecipePair
+from gtapp.lora.recipe import RecipeError, RecipePair
 
 RECORD = "generate.json"
 
@@ -67,7 +67,7 @@ def generate(mapper, tiny_adapters: Sequence, out_dir: str | Path, *, weights: O
     LLM's path)."""
     from gtapp.combine import Contributor, combine_and_map, contributor_from_adapter
     from gtapp.mapper.base import Mapper, load_mapper
-    from gtapp.update import write_peft_adapter
+    from gtapp.lora.peft_format import write_peft_adapter
 
     t_all = time.monotonic()
     timing = {}
@@ -164,7 +164,8 @@ def merge_adapter(llm_path: str | Path, adapter_dir: str | Path, out_dir: str | 
     """Load the LLM, apply the adapter with stock peft, merge it into the weights, save."""
     from peft import PeftModel
 
-    from gtapp.models import check_base, load_model, load_tokenizer
+    from gtapp.lora.peft_model import check_base
+    from gtapp.models import load_model, load_tokenizer
 
     model = load_model(llm_path)
     if recipe is not None:

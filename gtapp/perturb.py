@@ -32,8 +32,9 @@ from typing import Optional
 import torch
 
 from gtapp import privacy
-from gtapp.mapper.space import Factors, UpdateSpace, as_factors
-from gtapp.recipe import LoraRecipe
+from gtapp.lora.factors import Factors, as_factors
+from gtapp.mapper.space import UpdateSpace
+from gtapp.lora.recipe import LoraRecipe
 
 NEIGHBOURING = {"replace": 2.0, "add_remove": 1.0}
 
@@ -75,7 +76,7 @@ def perturb_update(update, recipe: LoraRecipe, clip_norm: float, epsilon: float,
     if not (math.isfinite(clip_norm) and clip_norm > 0):
         raise ValueError(f"clip_norm must be > 0, got {clip_norm}")
     space = UpdateSpace(recipe)
-    f = as_factors(update, recipe)
+    f = as_factors(update)
     space.check(f, "update")
     x = space.stack([f])
     if parts == "b":
@@ -108,8 +109,8 @@ def perturb_adapter(adapter_dir, recipe: LoraRecipe, out_dir, clip_norm: float, 
     import json
     from pathlib import Path
 
-    from gtapp.update import write_peft_adapter
-    from gtapp.validate import load_adapter
+    from gtapp.lora.peft_format import write_peft_adapter
+    from gtapp.lora.validate import load_adapter
 
     checked = load_adapter(adapter_dir, recipe)
     noisy, report = perturb_update(checked.factors, recipe, clip_norm, epsilon, delta, neighbouring, seed, parts)

@@ -42,20 +42,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
-import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from gtapp import __version__
 from gtapp.progress import Progress, ProgressFn, Tracker
-from gtapp.recipe import LoraRecipe, RecipeError, RecipePair
+from gtapp.lora.factors import Factors
+from gtapp.lora.peft_format import read_adapter
+from gtapp.lora.recipe import RecipeError, RecipePair
 
 PAIRSET_FORMAT = 1
 MANIFEST = "pairset.json"
 RECIPE = "recipe.json"
-PEFT_PREFIX = "base_model.model."
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
-Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 # ----------------------------------------------------------------------------- config and plan
@@ -271,18 +269,6 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def _read_adapter(folder: Path, recipe: LoraRecipe) -> Factors:
-    """Factors of an adapter folder our own fine-tune just wrote (trusted; keys checked)."""
-    tensors = load_file(str(Path(folder) / ADAPTER_WEIGHTS))
-    out = {}
-    for m in recipe.modules():
-        ka, kb = f"{PEFT_PREFIX}{m}.lora_A.weight", f"{PEFT_PREFIX}{m}.lora_B.weight"
-        if ka not in tensors or kb not in tensors:
-            raise RecipeError(f"{folder}: adapter lacks {m}")
-        out[m] = (tensors[ka].float(), tensors[kb].float())
-    return out
-
-
 def _sub_progress(progress: Optional[ProgressFn], start: float, end: float, stage: str, prefix: str):
     if progress is None:
         return None
@@ -371,8 +357,8 @@ def generate_pairs(zoo_dir: str | Path, config: ShadowConfig, out_dir: str | Pat
                                     f"run {i + 1}/{len(todo)} {which}")
                 res = finetune_fn(pair.path(which), pair.recipe(which), examples, fcfg, tmp / which, sub)
                 recipe = pair.recipe(which)
-                per_step = {k: _read_adapter(Path(res.snapshots[k]), recipe) for k in snaps}
-                per_step[config.steps] = _read_adapter(Path(res.adapter_dir), recipe)
+                per_step = {k: read_adapter(Path(res.snapshots[k]), recipe) for k in snaps}
+                per_step[config.steps] = read_adapter(Path(res.adapter_dir), recipe)
                 factors[which] = per_step
                 rec = res.record if isinstance(res.record, dict) else {}
                 loss = rec.get("loss") or {}

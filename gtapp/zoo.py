@@ -28,7 +28,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from gtapp import __version__
 from gtapp.progress import ProgressFn, Tracker
-from gtapp.recipe import RecipePair, make_recipe
+from gtapp.lora.recipe import RecipePair, make_recipe
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]
 

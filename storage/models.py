@@ -132,7 +132,7 @@ class Dataset(Base):
 
 
 class ModelPair(Base):
-    """A TinyLM/LLM pair of one family with its recipe (gtapp.recipe.RecipePair as JSON)."""
+    """A TinyLM/LLM pair of one family with its recipe (gtapp.lora.recipe.RecipePair as JSON)."""
 
     __tablename__ = "model_pairs"
     id: Mapped[int] = mapped_column(primary_key=True)

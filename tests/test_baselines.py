@@ -43,7 +43,7 @@ def mean_init_distance(adapter_dir, recipe, init_seed: int) -> float:
     """Mean over modules of ||A - A0|| / ||A0|| for the initial A's of ``init_seed``."""
     from safetensors.torch import load_file
 
-    from gtapp.recipe import seeded_lora_a
+    from gtapp.lora.recipe import seeded_lora_a
 
     weights = load_file(f"{adapter_dir}/adapter_model.safetensors")
     dists = []
@@ -84,7 +84,7 @@ def test_every_baseline_runs_records_costs_and_is_evaluated(setup, results):
     from peft import PeftModel
 
     from gtapp.models import load_model
-    from gtapp.validate import validate_adapter
+    from gtapp.lora.validate import validate_adapter
 
     pair, task, *_ = setup
     assert set(results) == set(METHODS)

@@ -69,7 +69,7 @@ def test_combine_and_map_records_weights_and_privacy(organisation):
 
 
 def test_contributor_from_adapter_reads_finetune_record(tmp_path):
-    from gtapp.update import write_peft_adapter
+    from gtapp.lora.peft_format import write_peft_adapter
 
     rec = small_recipes()
     f = linear_pairs(rec, n_runs=1, steps=(1.0,), seed=3)[0].tiny
@@ -112,8 +112,8 @@ def test_output_perturbation_epsilon_matches_privacy():
 
 
 def test_perturb_adapter_writes_a_valid_adapter(tmp_path):
-    from gtapp.update import write_peft_adapter
-    from gtapp.validate import load_adapter
+    from gtapp.lora.peft_format import write_peft_adapter
+    from gtapp.lora.validate import load_adapter
 
     rec = small_recipes().tiny
     f = linear_pairs(small_recipes(), n_runs=1, steps=(1.0,), seed=1)[0].tiny

@@ -24,7 +24,8 @@ def micro(micro_zoo):
 @pytest.fixture(scope="module")
 def random_adapter(micro_zoo, tmp_path_factory):
     """A peft adapter folder with nonzero B, saved the stock way."""
-    from gtapp.models import ModelPair, attach_lora, load_model
+    from gtapp.lora.peft_model import attach_lora
+    from gtapp.models import ModelPair, load_model
 
     pair = ModelPair.from_dir(micro_zoo)
     pm = attach_lora(load_model(pair.tiny_path), pair.recipes.tiny)

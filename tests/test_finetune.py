@@ -64,8 +64,8 @@ def test_saves_stock_peft_adapter_that_reloads_identically(plain_run, micro_pair
     assert torch.allclose(a, b, atol=1e-6)
     assert not torch.allclose(a, c, atol=1e-6)  # the adapter does something
     # B moved off zero, A kept the recipe's seeded init as its starting point.
-    from gtapp.models import lora_factors
-    from gtapp.recipe import seeded_lora_a
+    from gtapp.lora.peft_model import lora_factors
+    from gtapp.lora.recipe import seeded_lora_a
 
     factors = lora_factors(loaded)
     assert set(factors) == set(micro_pair.recipes.tiny.shapes)
@@ -165,7 +165,8 @@ def test_opacus_per_example_gradients_are_independent_of_the_batch(micro_pair):
 
     from gtapp.data import EncodedDataset
     from gtapp.evaluate import sequence_nll
-    from gtapp.models import attach_lora, load_model, load_tokenizer
+    from gtapp.lora.peft_model import attach_lora
+    from gtapp.models import load_model, load_tokenizer
 
     tok = load_tokenizer(micro_pair.tiny_path)
     pm = attach_lora(load_model(micro_pair.tiny_path), micro_pair.recipes.tiny)

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from gtapp.recipe import RecipeError, RecipePair, init_fingerprint
-from gtapp.validate import AdapterError
+from gtapp.lora.recipe import RecipeError, RecipePair, init_fingerprint
+from gtapp.lora.validate import AdapterError
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +98,8 @@ def test_mismatched_tiny_recipe_is_refused(setup, tmp_path):
 
 def test_out_of_distribution_input_is_flagged(setup, tmp_path):
     from gtapp.generate import generate
-    from gtapp.update import write_peft_adapter
-    from gtapp.validate import load_adapter
+    from gtapp.lora.peft_format import write_peft_adapter
+    from gtapp.lora.validate import load_adapter
 
     tiny = setup["pair"].recipes.tiny
     f = load_adapter(setup["adapters"][0], tiny).factors

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from gtapp.mapper import GTMapper, MeanMapper, RidgeMapper, load_mapper, read_card, split_by_run
-from gtapp.mapper.space import UpdateSpace, product_sqdist, update_metrics
+from gtapp.lora.factors import product_sqdist
+from gtapp.mapper.space import UpdateSpace, update_metrics
 from gtapp.mapper.synthetic import linear_pairs, llama_recipe, random_factors, small_recipes
 from gtapp.mapper.transformer import GradientTransformer, GTConfig
-from gtapp.recipe import RecipeError, RecipePair
+from gtapp.lora.recipe import RecipeError, RecipePair
 
 
 def test_factored_distance_matches_dense_and_update_vector():
@@ -28,7 +29,7 @@ def test_factored_distance_matches_dense_and_update_vector():
         nt += float((b2.double() @ a2.double()).pow(2).sum())
     m = update_metrics(space, x1, x2)
     assert float(m["rel_err"][0]) == pytest.approx((err / nt) ** 0.5, rel=1e-9)
-    from gtapp.update import UpdateVector
+    from gtapp.lora.update import UpdateVector
 
     u1, u2 = UpdateVector.from_factors(f1, rec), UpdateVector.from_factors(f2, rec)
     assert float(m["rel_err"][0]) == pytest.approx(u1.distance(u2) / u2.frobenius_norm(), rel=1e-6)
@@ -103,7 +104,7 @@ def test_mapper_version_roundtrip(tmp_path, kind):
     assert card["recipes"]["tiny"] != card["recipes"]["llm"]
     m2 = load_mapper(tmp_path / "v1")
     after = m2.predict(x)
-    from gtapp.update import UpdateVector
+    from gtapp.lora.update import UpdateVector
 
     via_uv = m2.predict(UpdateVector.from_factors(x, rec.tiny))  # an UpdateVector is accepted too
     assert all(torch.equal(via_uv[k][1], after[k][1]) for k in after)

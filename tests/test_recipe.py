@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from gtapp.models import ModelPair, attach_lora, load_model, lora_factors
-from gtapp.recipe import (LoraRecipe, RecipeError, RecipePair, init_fingerprint, module_sort_key,
-                          seeded_lora_a, weights_fingerprint)
+from gtapp.lora.peft_model import attach_lora, lora_factors
+from gtapp.models import ModelPair, load_model
+from gtapp.lora.recipe import (LoraRecipe, RecipeError, RecipePair, init_fingerprint, module_sort_key, seeded_lora_a, weights_fingerprint)
 
 
 def test_seeded_init_is_deterministic_and_module_specific():

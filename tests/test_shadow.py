@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from gtapp.progress import Cancelled
 from gtapp.shadow import MANIFEST, PairSet, ShadowConfig, generate_pairs, plan

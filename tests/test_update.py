@@ -11,9 +11,12 @@ import torch
 from peft import PeftModel
 
 from gtapp.cli import main as cli_main
-from gtapp.models import ModelPair, attach_lora, load_model
-from gtapp.update import ModuleUpdate, UpdateVector, flat_layout, write_peft_adapter
-from gtapp.validate import PEFT_PREFIX, WEIGHTS_NAME, validate_adapter
+from gtapp.lora.peft_model import attach_lora
+from gtapp.models import ModelPair, load_model
+from gtapp.lora.peft_format import write_peft_adapter
+from gtapp.lora.update import ModuleUpdate, UpdateVector, flat_layout
+from gtapp.lora.peft_format import PEFT_PREFIX, WEIGHTS_NAME
+from gtapp.lora.validate import validate_adapter
 
 TOL = 1e-5
 

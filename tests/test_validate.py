@@ -15,11 +15,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gtapp.models import ModelPair, attach_lora, load_model
-from gtapp.recipe import seeded_lora_a
-from gtapp.validate import (CONFIG_NAME, PEFT_PREFIX, SIDECAR_NAME, WEIGHTS_NAME, AdapterError, AdapterSummary,
-                            Limits, extract_zip, load_adapter, read_safetensors_header, recipe_fingerprints,
-                            validate_adapter)
+from gtapp.lora.peft_model import attach_lora
+from gtapp.models import ModelPair, load_model
+from gtapp.lora.recipe import seeded_lora_a
+from gtapp.lora.peft_format import CONFIG_NAME, PEFT_PREFIX, SIDECAR_NAME, WEIGHTS_NAME
+from gtapp.lora.recipe import recipe_fingerprints
+from gtapp.lora.validate import (AdapterError, AdapterSummary, Limits, extract_zip, load_adapter, read_safetensors_header, validate_adapter)
 
 
 @pytest.fixture(scope="module")
@@ -441,7 +442,7 @@ def test_extract_zip_writes_only_fixed_names_under_dest(good, recipe, tmp_path):
 
 
 def test_fuzzed_headers_raise_only_adapter_error(good, recipe, tmp_path_factory):
-    hypothesis = pytest.importorskip("hypothesis")
+    pytest.importorskip("hypothesis")
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 

@@ -2,7 +2,7 @@
 
 The dashboard never imports torch; ``gtapp.validate`` does. So the dashboard runs this
 module as a child process: it reads ``{"recipe", "source", "workdir", "model_name"}`` as JSON on stdin,
-runs :func:`gtapp.validate.load_adapter` (which extracts a zip into a fresh folder under
+runs :func:`gtapp.lora.validate.load_adapter` (which extracts a zip into a fresh folder under
 ``workdir``), writes the adapter's config afresh from the recipe (naming the base model
 ``model_name``) and prints one JSON line: ``{"ok": true, "summary": ..., "files": {...}}`` or
 ``{"ok": false, "error": "<what was wrong, in words>"}``.
@@ -25,9 +25,9 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    from gtapp.recipe import LoraRecipe, RecipeError
-    from gtapp.update import write_peft_config
-    from gtapp.validate import AdapterError, load_adapter
+    from gtapp.lora.recipe import LoraRecipe, RecipeError
+    from gtapp.lora.peft_format import write_peft_config
+    from gtapp.lora.validate import AdapterError, load_adapter
 
     try:
         recipe = LoraRecipe.from_dict(recipe_d, where="model pair recipe")

@@ -35,9 +35,10 @@ from gtapp.baselines.common import (
     model_step,
 )
 from gtapp.data import IGNORE_INDEX, EncodedDataset, _pad_id, iter_batches, prompt_ids
-from gtapp.models import attach_lora, load_model
+from gtapp.lora.peft_model import attach_lora
+from gtapp.models import load_model
 from gtapp.progress import ProgressFn, Tracker
-from gtapp.recipe import LoraRecipe
+from gtapp.lora.recipe import LoraRecipe
 from gtapp.tasks.base import Example
 
 

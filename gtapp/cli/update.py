@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 def _recipe(args):
-    from gtapp.recipe import RecipePair
+    from gtapp.lora.recipe import RecipePair
 
     source = args.recipe if args.recipe else Path(args.zoo) / "recipe.json"
     pair = RecipePair.load(source)
@@ -39,7 +39,7 @@ def _add_recipe_args(p: argparse.ArgumentParser, default_which: str | None) -> N
 
 
 def cmd_validate(args) -> int:
-    from gtapp.validate import AdapterError, validate_adapter
+    from gtapp.lora.validate import AdapterError, validate_adapter
 
     recipe = _recipe(args)
     try:
@@ -55,8 +55,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from gtapp.update import UpdateVector
-    from gtapp.validate import AdapterError
+    from gtapp.lora.update import UpdateVector
+    from gtapp.lora.validate import AdapterError
 
     recipe = _recipe(args)
     try:
@@ -71,7 +71,7 @@ def cmd_extract(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from gtapp.update import UpdateVector
+    from gtapp.lora.update import UpdateVector
 
     update = UpdateVector.load(args.file)
     s = update.summary()

@@ -31,7 +31,7 @@ def _build(args) -> int:
 
 
 def _info(args) -> int:
-    from gtapp.recipe import RecipePair
+    from gtapp.lora.recipe import RecipePair
 
     info_path = args.dir / "zoo.json"
     if not info_path.exists():

@@ -15,7 +15,8 @@ from gtapp.mapper.base import (OOD_THRESHOLD, Mapper, OodReference, learning_cur
                                mapper_classes, read_card, recipe_fingerprint, split_by_run)
 from gtapp.mapper.mean import MeanMapper
 from gtapp.mapper.ridge import RidgeMapper
-from gtapp.mapper.space import UpdateSpace, as_factors, update_metrics
+from gtapp.lora.factors import as_factors
+from gtapp.mapper.space import UpdateSpace, update_metrics
 from gtapp.mapper.train import GTMapper
 from gtapp.mapper.transformer import GradientTransformer, GTConfig
 

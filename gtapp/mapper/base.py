@@ -38,9 +38,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gtapp import __version__
-from gtapp.mapper.space import Factors, Normaliser, Tensors, UpdateSpace, as_factors, update_metrics
+from gtapp.lora.factors import Factors, as_factors
+from gtapp.mapper.space import Normaliser, Tensors, UpdateSpace, update_metrics
 from gtapp.progress import ProgressFn
-from gtapp.recipe import RecipeError, RecipePair
+from gtapp.lora.recipe import RecipeError, RecipePair
 
 MAPPER_FORMAT = 1
 WEIGHTS = "weights.safetensors"
@@ -51,7 +52,7 @@ OOD_THRESHOLD = 2.0  # nearest-shadow distance / typical nearest-neighbour dista
 
 
 def recipe_fingerprint(recipe) -> str:
-    """The recipe's contract digest (:meth:`gtapp.recipe.LoraRecipe.fingerprint`)."""
+    """The recipe's contract digest (:meth:`gtapp.lora.recipe.LoraRecipe.fingerprint`)."""
     return recipe.fingerprint()
 
 
@@ -297,14 +298,14 @@ class Mapper:
 
     def predict(self, tiny_update) -> Factors:
         """LLM LoRA factors {module: (A, B)} (A = A0 + dA in the LLM recipe's seeded basis)."""
-        f = as_factors(tiny_update, self.recipes.tiny)
+        f = as_factors(tiny_update)
         self.tiny.check(f, "TinyLM update")
         with torch.no_grad():
             out = self.predict_tensors(self.tiny.stack([f]))
         return self.llm.unstack(out)[0]
 
     def predict_many(self, tiny_updates: Sequence) -> list[Factors]:
-        fs = [as_factors(u, self.recipes.tiny) for u in tiny_updates]
+        fs = [as_factors(u) for u in tiny_updates]
         for f in fs:
             self.tiny.check(f, "TinyLM update")
         with torch.no_grad():
@@ -321,7 +322,7 @@ class Mapper:
     def ood_score(self, tiny_update) -> dict:
         if self.ood is None:
             raise RuntimeError("mapper is not fitted")
-        f = as_factors(tiny_update, self.recipes.tiny)
+        f = as_factors(tiny_update)
         self.tiny.check(f, "TinyLM update")
         flat = self.tiny.to_flat(self.norm_in.normalise(self.tiny.stack([f])))[0]
         return self.ood.score(flat)

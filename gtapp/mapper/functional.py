@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from gtapp.recipe import LoraRecipe
+from gtapp.lora.recipe import LoraRecipe
 
 
 class FunctionalLoss:
@@ -23,7 +23,9 @@ class FunctionalLoss:
                  max_length: int = 64, device: str | torch.device = "cpu"):
         from gtapp.data import IGNORE_INDEX, EncodedDataset
         from gtapp.mapper.space import UpdateSpace
-        from gtapp.models import PEFT_PREFIX, attach_lora, load_model, load_tokenizer
+        from gtapp.lora.peft_format import PEFT_PREFIX
+        from gtapp.lora.peft_model import attach_lora
+        from gtapp.models import load_model, load_tokenizer
         from gtapp.tasks.universe import make_task
 
         if not llm_path:

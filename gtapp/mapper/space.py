@@ -8,7 +8,7 @@ A mapper sees an update as ``{module_type: (dA, B)}`` with
 for N updates and the L_t layers holding a module of type t. The update of a layer's
 weight is ``scale * B @ (A0 + dA)`` (peft's LoRA delta). We never materialise that dense
 matrix: squared distances and inner products between two such products come from r x r
-Gram matrices (``product_sqdist``/``product_inner``).
+Gram matrices (``gtapp.lora.factors``).
 
 The flat layout (``to_flat``) is recipe-module order (``recipe.modules()``), each module's
 dA then B, row-major -- the same numbers gtapp.update's UpdateVector flattens, (dA, B).
@@ -20,36 +20,10 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from gtapp.recipe import LoraRecipe, RecipeError, layer_of, module_type, seeded_lora_a
+from gtapp.lora.factors import Factors, product_inner, product_sqdist, product_sqnorm
+from gtapp.lora.recipe import LoraRecipe, RecipeError, layer_of, module_type, seeded_lora_a
 
-Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module -> (A, B) absolute LoRA factors
 Tensors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module type -> (dA [N,L,r,in], B [N,L,out,r])
-
-
-def as_factors(update, recipe: LoraRecipe | None = None) -> Factors:
-    """Absolute LoRA factors {module: (A, B)} from a factors dict or an update object.
-
-    Accepts ``{module: (A, B)}`` or an object exposing modules' ``a``/``b`` (gtapp.update's
-    UpdateVector / ModuleUpdate, whose ``a`` is the absolute A).
-    """
-    if isinstance(update, Mapping):
-        out = {}
-        for m, v in update.items():
-            if hasattr(v, "a") and hasattr(v, "b"):
-                out[m] = (v.a, v.b)
-            else:
-                a, b = v
-                out[m] = (a, b)
-        return out
-    for attr in ("modules", "updates"):
-        mods = getattr(update, attr, None)
-        if isinstance(mods, Mapping):
-            return as_factors(mods, recipe)
-        if isinstance(mods, (list, tuple)) and mods and hasattr(mods[0], "module"):
-            return {u.module: (u.a, u.b) for u in mods}
-    if hasattr(update, "factors") and callable(update.factors):
-        return as_factors(update.factors(), recipe)
-    raise TypeError(f"cannot read LoRA factors from a {type(update).__name__}")
 
 
 class UpdateSpace:
@@ -171,27 +145,6 @@ class UpdateSpace:
 
 
 # --------------------------------------------------------------------- factored maths
-
-def _gram_terms(a1, b1, a2, b2):
-    """<B1 A1, B2 A2>_F for batched factors (..., out, r) x (..., r, in) via r x r Grams."""
-    gb = b1.transpose(-1, -2) @ b2  # [..., r1, r2]
-    ga = a2 @ a1.transpose(-1, -2)  # [..., r2, r1]
-    return (gb * ga.transpose(-1, -2)).sum((-1, -2))
-
-
-def product_inner(a1, b1, a2, b2) -> torch.Tensor:
-    """Frobenius inner product <B1 A1, B2 A2> per leading index, without forming B A."""
-    return _gram_terms(a1, b1, a2, b2)
-
-
-def product_sqnorm(a, b) -> torch.Tensor:
-    return _gram_terms(a, b, a, b)
-
-
-def product_sqdist(a1, b1, a2, b2) -> torch.Tensor:
-    """||B1 A1 - B2 A2||_F^2 per leading index (clamped at 0 against round-off)."""
-    return (product_sqnorm(a1, b1) + product_sqnorm(a2, b2) - 2 * product_inner(a1, b1, a2, b2)).clamp_min(0)
-
 
 def absolute(space: UpdateSpace, tensors: Tensors) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{type: (A = A0 + dA, B)}."""

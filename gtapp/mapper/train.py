@@ -4,7 +4,7 @@ Loss, per pair, in *factored* form (never a dense dW):
 
     L_prod = 1/M * sum_m ||B^_m A^_m - B*_m A*_m||_F^2 / E||B*_m A*_m||^2
 
-over the M LLM LoRA modules, each term from r x r Gram matrices (space.product_sqdist),
+over the M LLM LoRA modules, each term from r x r Gram matrices (gtapp.lora.factors.product_sqdist),
 each module weighted by its mean squared update norm on the training pairs, so every module
 counts alike and L_prod = 1 means "as far as predicting zero". (The LoRA scale cancels.)
 Optionally ``mse_weight`` x the MSE of the normalised factors (dA, B) -- it pins the gauge
@@ -36,7 +36,8 @@ from typing import Optional
 import torch
 
 from gtapp.mapper.base import Mapper
-from gtapp.mapper.space import Tensors, index, product_sqdist
+from gtapp.lora.factors import product_sqdist
+from gtapp.mapper.space import Tensors, index
 from gtapp.mapper.transformer import GradientTransformer, GTConfig
 from gtapp.progress import ProgressFn, Tracker
 

@@ -107,7 +107,8 @@ def tiny_adapter(e2e_zoo, tmp_path_factory) -> dict:
     """A TinyLM adapter of the micro zoo: seeded LoRA init, B perturbed, save_pretrained."""
     import torch
 
-    from gtapp.models import ModelPair, attach_lora, load_model
+    from gtapp.lora.peft_model import attach_lora
+    from gtapp.models import ModelPair, load_model
 
     pair = ModelPair.from_dir(e2e_zoo / "micro")
     peft_model = attach_lora(load_model(pair.tiny_path), pair.recipes.tiny)

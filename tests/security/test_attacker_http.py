@@ -407,7 +407,8 @@ def _zip(folder: Path) -> bytes:
 
 def _micro_tiny_adapter(zoo: Path, tmp_path: Path) -> Path:
     """A TinyLM adapter of the micro pair, as an organisation would train it (peft, seeded init)."""
-    from gtapp.models import ModelPair, attach_lora, load_model
+    from gtapp.lora.peft_model import attach_lora
+    from gtapp.models import ModelPair, load_model
 
     pair = ModelPair.from_dir(zoo)
     out = tmp_path / "tiny_adapter"

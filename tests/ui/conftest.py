@@ -73,7 +73,7 @@ def adapter_dir(tmp_path_factory, recipes) -> Path:
     import torch
 
     from gtapp.mapper.synthetic import random_factors
-    from gtapp.update import write_peft_adapter
+    from gtapp.lora.peft_format import write_peft_adapter
 
     out = tmp_path_factory.mktemp("adapter") / "adapter"
     write_peft_adapter(random_factors(recipes.tiny, generator=torch.Generator().manual_seed(0)), recipes.tiny, out)

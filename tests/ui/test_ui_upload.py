@@ -123,7 +123,7 @@ def test_adapter_of_another_recipe_is_refused(svc, users, pair_id, tmp_path):
     import torch
 
     from gtapp.mapper.synthetic import random_factors, small_recipes
-    from gtapp.update import write_peft_adapter
+    from gtapp.lora.peft_format import write_peft_adapter
 
     other = small_recipes(rank=4).tiny
     out = write_peft_adapter(random_factors(other, generator=torch.Generator().manual_seed(1)), other, tmp_path / "o")

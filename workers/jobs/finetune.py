@@ -77,7 +77,7 @@ def finetune(params: dict, ctx) -> dict:
     with `dp` ({target_epsilon, delta, noise_multiplier, max_grad_norm}) by DP-SGD, charged to
     the dataset's privacy ledger. Produces an adapter."""
     from gtapp import finetune as ft
-    from gtapp.recipe import LoraRecipe
+    from gtapp.lora.recipe import LoraRecipe
     from storage.models import Adapter, Dataset, ModelPair
 
     with ctx.session() as s:

@@ -60,7 +60,7 @@ def train_mapper(params: dict, ctx) -> dict:
     from sqlalchemy import select
 
     from gtapp.mapper import make_mapper, recipe_fingerprint
-    from gtapp.recipe import LoraRecipe
+    from gtapp.lora.recipe import LoraRecipe
     from gtapp.shadow import PairSet as ShadowPairSet
     from storage.models import MapperVersion, PairSet
 

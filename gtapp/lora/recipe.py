@@ -14,7 +14,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 
@@ -234,3 +234,18 @@ def make_recipe(model: torch.nn.Module, base_model: str, target_modules: Iterabl
         alpha=float(alpha), dropout=float(dropout), init_seed=int(init_seed),
         init_fingerprint=init_fingerprint(init_seed, rank, shapes), shapes=shapes,
     )
+
+
+def recipe_fingerprints(recipe: LoraRecipe) -> dict[str, Any]:
+    """What identifies a recipe, JSON-able. ``recipe`` hashes everything but the informational
+    ``base_model`` path (which differs between machines)."""
+    return {
+        "recipe": recipe.fingerprint(),
+        "architecture": recipe.architecture,
+        "base_fingerprint": recipe.base_fingerprint,
+        "init_fingerprint": recipe.init_fingerprint,
+        "init_seed": recipe.init_seed,
+        "rank": recipe.rank,
+        "alpha": recipe.alpha,
+        "target_modules": sorted(recipe.target_modules),
+    }

@@ -17,7 +17,12 @@ runs, which is what :meth:`UpdateVector.to_flat` exposes to simple mappers.
 Files: :meth:`UpdateVector.save` writes ``X.safetensors`` (``<module>.lora_A``, ``<module>.lora_B``
 and, only when the initial A is neither the recipe's seeded one nor zero, ``<module>.lora_A0``)
 plus an ``X.json`` sidecar (format, recipe fingerprints, per-module shapes/rank/scale/init,
-meta). :func:`write_peft_adapter` writes a stock peft adapter folder.
+meta). :meth:`UpdateVector.write_peft` writes a stock peft adapter folder
+(``gtapp.lora.peft_format``, the one writer).
+
+This is the type the pipeline passes: a TinyLM adapter is read into an ``UpdateVector``
+(:meth:`from_adapter`, validated), the mappers take one and return the LLM's, and the
+result is written with :meth:`write_peft`.
 """
 
 from __future__ import annotations
@@ -32,27 +37,15 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from gtapp.recipe import LoraRecipe, init_fingerprint, layer_of, module_sort_key, seeded_lora_a
-from gtapp.validate import (CONFIG_NAME, PEFT_PREFIX, SIDECAR_NAME, WEIGHTS_NAME, AdapterError, Limits,
-                            adapter_key, load_adapter, recipe_fingerprints)
+from gtapp.lora.factors import Factors, product_inner
+from gtapp.lora.peft_format import PEFT_PREFIX, _atomic_write_text, _f32, write_peft_adapter
+from gtapp.lora.recipe import (LoraRecipe, init_fingerprint, layer_of, module_sort_key, recipe_fingerprints,
+                               seeded_lora_a)
+from gtapp.lora.validate import AdapterError, Limits, load_adapter
 
-__all__ = [
-    "ModuleUpdate", "UpdateVector", "FlatSegment", "flat_layout", "write_peft_adapter", "recipe_fingerprints",
-    "AdapterError", "UPDATE_FORMAT",
-]
+__all__ = ["ModuleUpdate", "UpdateVector", "FlatSegment", "flat_layout", "AdapterError", "UPDATE_FORMAT"]
 
 UPDATE_FORMAT = "gtapp.update/1"
-Factors = Mapping[str, tuple[torch.Tensor, torch.Tensor]]  # module -> (A r×in, B out×r)
-
-
-def _f32(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().to("cpu", torch.float32).contiguous()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 # ----------------------------------------------------------------------------- one module
@@ -110,8 +103,8 @@ class ModuleUpdate:
         """⟨ΔW1, ΔW2⟩_F = s1·s2·tr(B1ᵀB2 · A2A1ᵀ)."""
         if self.shape != other.shape:
             raise ValueError(f"{self.module}: shapes differ ({self.shape} vs {other.shape})")
-        b1, a1, b2, a2 = self.b.double(), self.a.double(), other.b.double(), other.a.double()
-        return self.scale * other.scale * float(torch.trace((b1.T @ b2) @ (a2 @ a1.T)))
+        return self.scale * other.scale * float(product_inner(self.a.double(), self.b.double(),
+                                                              other.a.double(), other.b.double()))
 
     def sq_norm(self) -> float:
         return max(0.0, self.inner(self))
@@ -120,12 +113,13 @@ class ModuleUpdate:
         return math.sqrt(self.sq_norm())
 
     def sq_distance(self, other: "ModuleUpdate") -> float:
-        """‖ΔW1 − ΔW2‖²_F from the stacked factors [s1·B1, −s2·B2]·[A1; A2] (a rank-(r1+r2) Gram)."""
+        """‖ΔW1 − ΔW2‖²_F as the squared norm of the stacked product [s1·B1, −s2·B2]·[A1; A2]
+        (one rank-(r1+r2) Gram: no cancellation between separately computed terms)."""
         if self.shape != other.shape:
             raise ValueError(f"{self.module}: shapes differ ({self.shape} vs {other.shape})")
         b = torch.cat([self.scale * self.b.double(), -other.scale * other.b.double()], dim=1)
         a = torch.cat([self.a.double(), other.a.double()], dim=0)
-        return max(0.0, float(torch.trace((b.T @ b) @ (a @ a.T))))
+        return max(0.0, float(product_inner(a, b, a, b)))
 
     # Gauge-free form ----------------------------------------------------------------------
 
@@ -212,7 +206,7 @@ class UpdateVector:
     @classmethod
     def from_factors(cls, factors: Factors, recipe: LoraRecipe, meta: Mapping | None = None) -> "UpdateVector":
         """From final LoRA factors ``{module: (A, B)}`` trained from the recipe's init (e.g.
-        :func:`gtapp.models.lora_factors`). The initial A is the recipe's seeded one."""
+        :func:`gtapp.lora.peft_model.lora_factors`). The initial A is the recipe's seeded one."""
         missing, extra = set(recipe.shapes) - set(factors), set(factors) - set(recipe.shapes)
         if missing or extra:
             raise ValueError(f"factors do not match the recipe's modules (missing {sorted(missing)[:3]}, "
@@ -231,7 +225,7 @@ class UpdateVector:
     @classmethod
     def from_adapter(cls, adapter: str | Path | Sequence[str | Path], recipe: LoraRecipe, *,
                      limits: Limits | None = None, workdir: str | Path | None = None) -> "UpdateVector":
-        """From an (untrusted) peft adapter: validated by :func:`gtapp.validate.load_adapter` first."""
+        """From an (untrusted) peft adapter: validated by :func:`gtapp.lora.validate.load_adapter` first."""
         checked = load_adapter(adapter, recipe, limits=limits, workdir=workdir)
         s = checked.summary
         meta = {"source": "adapter", "sha256": s.sha256, "dtype": s.dtype, "file_sizes": s.file_sizes,
@@ -322,6 +316,14 @@ class UpdateVector:
     def factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``{module: (A, B)}`` (final factors; the module's scale is not folded in)."""
         return {m: (mu.a.clone(), mu.b.clone()) for m, mu in self.modules.items()}
+
+    def scaled_factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+        """``{module: (A, B, scale)}``: what :func:`gtapp.lora.peft_format.write_peft_adapter` writes."""
+        return {m: (mu.a, mu.b, mu.scale) for m, mu in self.modules.items()}
+
+    def write_peft(self, recipe: LoraRecipe, out_dir: str | Path, base_model_name_or_path: str | None = None) -> Path:
+        """This update as a stock peft adapter folder for ``recipe``."""
+        return write_peft_adapter(self, recipe, out_dir, base_model_name_or_path)
 
     def dense(self, module: str) -> torch.Tensor:
         """``ΔW`` of one module (out×in). Materialises it: use only where a dense matrix is needed."""
@@ -581,74 +583,3 @@ def _weights(source: Any, names: Mapping[str, str] | None, targets: set[str]) ->
     from gtapp.models import load_model
 
     return _weights(load_model(str(source)), names, targets)
-
-
-# ----------------------------------------------------------------------------- peft output
-
-
-def write_peft_config(recipe: LoraRecipe, out_dir: str | Path, base_model_name_or_path: str | None = None,
-                      r: int | None = None, alpha: float | None = None) -> Path:
-    """Write the one ``adapter_config.json`` gtapp ever serves: built from the recipe (plain LoRA
-    on its target modules; rank/alpha as given, default the recipe's), naming the base model
-    ``base_model_name_or_path`` (default the recipe's), with no other field a client chose."""
-    from peft import LoraConfig
-
-    out_dir = Path(out_dir)
-    config = LoraConfig(r=r or recipe.rank, lora_alpha=alpha if alpha is not None else recipe.alpha,
-                        lora_dropout=recipe.dropout, target_modules=sorted(recipe.target_modules), bias="none",
-                        task_type="CAUSAL_LM", init_lora_weights=True,
-                        base_model_name_or_path=base_model_name_or_path or recipe.base_model)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(str(out_dir))
-    return out_dir / CONFIG_NAME
-
-
-def write_peft_adapter(update: UpdateVector | Factors, recipe: LoraRecipe, out_dir: str | Path,
-                       base_model_name_or_path: str | None = None) -> Path:
-    """Write a stock peft LoRA adapter folder loadable by ``PeftModel.from_pretrained``.
-
-    ``update``: an :class:`UpdateVector` (each module's own scale is folded into B so that
-    the adapter's ``(lora_alpha / r) · B · A`` equals the update's ΔW) or raw ``{module: (A, B)}``
-    factors taken at the recipe's scale. The adapter's rank is the recipe's when every module
-    has that rank (alpha = the recipe's), else the largest module rank (factors zero-padded,
-    ``lora_alpha = r`` so the scale is 1). Also writes ``gtapp_recipe.json`` (fingerprints;
-    peft ignores it). Returns ``out_dir``.
-    """
-    out_dir = Path(out_dir)
-    if isinstance(update, UpdateVector):
-        items = {m: (mu.a, mu.b, mu.scale) for m, mu in update.modules.items()}
-    else:
-        items = {m: (_f32(a), _f32(b), recipe.scale) for m, (a, b) in update.items()}
-    missing, extra = set(recipe.shapes) - set(items), set(items) - set(recipe.shapes)
-    if missing or extra:
-        raise ValueError(f"update does not cover the recipe's modules (missing {sorted(missing)[:3]}, "
-                         f"extra {sorted(extra)[:3]})")
-    ranks = {a.shape[0] for a, _, _ in items.values()}
-    if ranks == {recipe.rank}:
-        r, alpha = recipe.rank, recipe.alpha
-    else:
-        r = max(ranks)
-        alpha = float(r)
-    target_scale = alpha / r
-    tensors = {}
-    for m in recipe.modules():
-        a, b, scale = items[m]
-        o, i = recipe.shapes[m]
-        if a.shape[1] != i or b.shape[0] != o:
-            raise ValueError(f"{m}: factors give a {b.shape[0]}x{a.shape[1]} update, the recipe's module is {o}x{i}")
-        k = a.shape[0]
-        a_out = torch.zeros(r, i)
-        b_out = torch.zeros(o, r)
-        a_out[:k] = a
-        b_out[:, :k] = b * (scale / target_scale)
-        if not (torch.isfinite(a_out).all() and torch.isfinite(b_out).all()):
-            raise ValueError(f"{m}: update has non-finite values")
-        tensors[adapter_key(m, "lora_A")] = a_out.contiguous()
-        tensors[adapter_key(m, "lora_B")] = b_out.contiguous()
-    write_peft_config(recipe, out_dir, base_model_name_or_path, r=r, alpha=alpha)
-    tmp = out_dir / (WEIGHTS_NAME + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, out_dir / WEIGHTS_NAME)
-    side = {"gtapp_recipe": 1, **recipe_fingerprints(recipe)}
-    _atomic_write_text(out_dir / SIDECAR_NAME, json.dumps(side, indent=2, sort_keys=True))
-    return out_dir
