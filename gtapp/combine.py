@@ -33,8 +33,9 @@ from typing import Optional, Sequence
 import torch
 
 from gtapp.lora.factors import Factors, as_factors
-from gtapp.mapper.space import UpdateSpace
 from gtapp.lora.recipe import LoraRecipe
+from gtapp.lora.update import UpdateVector
+from gtapp.mapper.space import UpdateSpace
 
 ORGANISATIONS = ("average_then_map", "map_then_average")
 METHODS = ("mean", "median", "clip")
@@ -46,7 +47,7 @@ class Contributor:
     """One organisation's TinyLM update and what is known about it."""
 
     name: str
-    factors: Factors
+    update: Factors  # an UpdateVector (read from an adapter), or plain factors
     examples: Optional[int] = None
     epsilon: Optional[float] = None
     delta: Optional[float] = None
@@ -76,18 +77,17 @@ def _num(x, kind=float):
 
 def contributor_from_adapter(source: str | Path, recipe: LoraRecipe, name: Optional[str] = None,
                              weight: Optional[float] = None) -> Contributor:
-    """Validate an (untrusted) adapter against ``recipe`` and read its finetune.json if present."""
-    from gtapp.lora.validate import load_adapter
-
-    checked = load_adapter(source, recipe)
+    """Validate an (untrusted) adapter against ``recipe`` into an UpdateVector, and read its
+    finetune.json if present."""
+    update = UpdateVector.from_adapter(source, recipe)
     folder = Path(source)
     rec = _read_record(folder) if folder.is_dir() else {}
     examples = _num(rec.get("examples"), int)
     eps = _num(rec.get("epsilon"))
     delta = _num(rec.get("delta"))
-    return Contributor(name=name or folder.name, factors=checked.factors, examples=examples, epsilon=eps,
+    return Contributor(name=name or folder.name, update=update, examples=examples, epsilon=eps,
                        delta=delta, dp=bool(rec.get("dp")) and eps is not None, source=str(source), weight=weight,
-                       meta={"sha256": checked.summary.sha256})
+                       meta={"sha256": update.meta["sha256"]})
 
 
 def resolve_weights(contributors: Sequence[Contributor], weighting: str = "data_size") -> tuple[list[float], str]:
@@ -127,8 +127,8 @@ def weighted_median(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def combine_factors(updates: Sequence, recipe: LoraRecipe, weights: Optional[Sequence[float]] = None,
-                    method: str = "mean", clip_factor: float = 1.0) -> tuple[Factors, dict]:
-    """Combine updates of one recipe by ``method``; returns (factors, details)."""
+                    method: str = "mean", clip_factor: float = 1.0) -> tuple[UpdateVector, dict]:
+    """Combine updates of one recipe by ``method``; returns (the combined update, details)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not updates:
@@ -152,12 +152,13 @@ def combine_factors(updates: Sequence, recipe: LoraRecipe, weights: Optional[Seq
         factor = torch.clamp(tau / norms.clamp_min(1e-30), max=1.0)
         out = (w[:, None] * flat * factor[:, None]).sum(0)
         details.update({"clip_norm": tau, "clip_factor": clip_factor, "scaled_by": [float(x) for x in factor]})
-    return space.unstack(space.from_flat(out[None].float()))[0], details
+    combined = space.unstack(space.from_flat(out[None].float()))[0]
+    return UpdateVector.from_factors(combined, recipe, {"source": "combined", "method": method}), details
 
 
 @dataclass
 class CombineResult:
-    factors: Factors  # the LLM update {module: (A, B)}
+    update: UpdateVector  # the LLM's
     record: dict
 
 
@@ -173,13 +174,13 @@ def combine_and_map(mapper, contributors: Sequence[Contributor], organisation: s
         raise ValueError(f"contributor names must be unique, got {names}")
     w, how = resolve_weights(contributors, weighting)
     tiny_recipe = mapper.recipes.tiny
-    ood = [mapper.ood_score(c.factors) if mapper.ood is not None else None for c in contributors]
+    ood = [mapper.ood_score(c.update) if mapper.ood is not None else None for c in contributors]
     if organisation == "average_then_map":
-        tiny, details = combine_factors([c.factors for c in contributors], tiny_recipe, w, method, clip_factor)
+        tiny, details = combine_factors([c.update for c in contributors], tiny_recipe, w, method, clip_factor)
         llm = mapper.predict(tiny)
         combined_ood = mapper.ood_score(tiny) if mapper.ood is not None else None
     else:
-        mapped = mapper.predict_many([c.factors for c in contributors])
+        mapped = mapper.predict_many([c.update for c in contributors])
         llm, details = combine_factors(mapped, mapper.recipes.llm, w, method, clip_factor)
         combined_ood = None
     spent = [c for c in contributors if c.dp]

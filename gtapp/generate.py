@@ -8,13 +8,13 @@ Steps, each timed:
 2. if a zoo / model pair is given, check that its recipes are the mapper's (a mapper is only
    valid for the exact TinyLM and LLM it was trained for);
 3. validate every uploaded TinyLM adapter against the mapper's *tiny* recipe
-   (gtapp.validate: safetensors only, shapes, targets, rank, alpha, seeded init) -- a
+   (gtapp.lora.validate, into an UpdateVector: safetensors only, shapes, targets, rank, alpha, seeded init) -- a
    mismatched recipe is refused with the validator's reason;
 4. map it (several adapters: gtapp.combine, average-then-map or map-then-average);
 5. score how far each input lies from the shadow TinyLM updates (OOD score: nearest shadow
    update's distance over the typical nearest-neighbour distance among shadow updates; above
    gtapp.mapper.OOD_THRESHOLD a warning -- the map was never trained near such inputs);
-6. write the LLM adapter (gtapp.lora.peft_format.write_peft_adapter) and ``generate.json``;
+6. write the LLM adapter (UpdateVector.write_peft, the one peft writer) and ``generate.json``;
 7. optionally the merged LLM (``merge_and_unload`` -> ``save_pretrained``) in ``OUT/merged``.
 """
 
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from gtapp.progress import ProgressFn, Tracker
 from gtapp.lora.recipe import RecipeError, RecipePair
+from gtapp.progress import ProgressFn, Tracker
 
 RECORD = "generate.json"
 
@@ -67,7 +67,6 @@ def generate(mapper, tiny_adapters: Sequence, out_dir: str | Path, *, weights: O
     LLM's path)."""
     from gtapp.combine import Contributor, combine_and_map, contributor_from_adapter
     from gtapp.mapper.base import Mapper, load_mapper
-    from gtapp.lora.peft_format import write_peft_adapter
 
     t_all = time.monotonic()
     timing = {}
@@ -97,7 +96,7 @@ def generate(mapper, tiny_adapters: Sequence, out_dir: str | Path, *, weights: O
         w = None if weights is None else float(weights[i])
         name = names[i] if names else None
         if isinstance(src, dict):
-            contributors.append(Contributor(name=name or f"update{i}", factors=src, weight=w, source="factors"))
+            contributors.append(Contributor(name=name or f"update{i}", update=src, weight=w, source="factors"))
         else:
             c = contributor_from_adapter(src, mapper.recipes.tiny, name=name, weight=w)
             if name is None and any(c.name == o.name for o in contributors):
@@ -109,14 +108,14 @@ def generate(mapper, tiny_adapters: Sequence, out_dir: str | Path, *, weights: O
     t = time.monotonic()
     if len(contributors) == 1 and weights is None:
         c = contributors[0]
-        factors = mapper.predict(c.factors)
-        ood = [mapper.ood_score(c.factors)] if mapper.ood is not None else [None]
+        llm_update = mapper.predict(c.update)
+        ood = [mapper.ood_score(c.update)] if mapper.ood is not None else [None]
         combine = None
         contributors_rec = [{"name": c.name, "weight": 1.0, "examples": c.examples, "dp": c.dp,
                              "epsilon": c.epsilon, "delta": c.delta, "source": c.source, "ood": ood[0]}]
     else:
         res = combine_and_map(mapper, contributors, organisation=organisation, method=method, weighting=weighting)
-        factors = res.factors
+        llm_update = res.update
         ood = [r["ood"] for r in res.record["contributors"]]
         combine = res.record
         contributors_rec = res.record["contributors"]
@@ -134,7 +133,7 @@ def generate(mapper, tiny_adapters: Sequence, out_dir: str | Path, *, weights: O
 
     t = time.monotonic()
     out = Path(out_dir)
-    write_peft_adapter(factors, mapper.recipes.llm, out, base_model_name_or_path=str(base_name))
+    llm_update.write_peft(mapper.recipes.llm, out, base_model_name_or_path=str(base_name))
     timing["write_s"] = time.monotonic() - t
     tracker.update(4, "adapter written")
 

@@ -63,7 +63,7 @@ def test_combine_and_map_records_weights_and_privacy(organisation):
     other = "map_then_average" if organisation == "average_then_map" else "average_then_map"
     res2 = combine_and_map(mapper, contributors, organisation=other)
     llm = UpdateSpace(rec.llm)
-    assert _rel(llm, res.factors, res2.factors) < 1e-3
+    assert _rel(llm, res.update, res2.update) < 1e-3
     res3 = combine_and_map(mapper, contributors, organisation=organisation, method="median", weighting="equal")
     assert res3.record["weighting"] == "equal" and res3.record["method"] == "median"
 
@@ -78,7 +78,7 @@ def test_contributor_from_adapter_reads_finetune_record(tmp_path):
                                                                "delta": 1e-5}))
     c = contributor_from_adapter(tmp_path / "ad", rec.tiny)
     assert (c.examples, c.epsilon, c.delta, c.dp) == (250, 2.5, 1e-5, True)
-    assert all(torch.allclose(c.factors[m][1], f[m][1]) for m in f)
+    assert all(torch.allclose(c.update[m][1], f[m][1]) for m in f)
 
 
 def test_output_perturbation_epsilon_matches_privacy():

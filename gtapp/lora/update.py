@@ -183,12 +183,14 @@ def flat_layout(shapes: Mapping[str, tuple[int, int]], rank: int | Mapping[str, 
 # ----------------------------------------------------------------------------- whole model
 
 
-@dataclass
-class UpdateVector:
+@dataclass(eq=False)
+class UpdateVector(Mapping):
     """A model's update: one :class:`ModuleUpdate` per LoRA module, plus where it came from.
 
     ``recipe_fingerprints`` (see :func:`recipe_fingerprints`) ties it to a recipe; ``meta`` is
-    JSON-able provenance (``source`` = adapter | factors | checkpoints | flat | average | ...).
+    JSON-able provenance (``source`` = adapter | factors | checkpoints | flat | average | mapper ...).
+    It is also a read-only mapping ``module -> (A, B)`` (:data:`gtapp.lora.factors.Factors`), so
+    whatever takes factors takes an update vector.
     """
 
     recipe_fingerprints: dict[str, Any]
@@ -305,6 +307,19 @@ class UpdateVector:
         return cls(recipe_fingerprints(recipe), modules, {"source": "flat", **dict(meta or {})})
 
     # views --------------------------------------------------------------------------------
+
+    def __getitem__(self, module: str) -> tuple[torch.Tensor, torch.Tensor]:
+        mu = self.modules[module]
+        return mu.a, mu.b
+
+    def __iter__(self):
+        return iter(self.modules)
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+    __eq__ = object.__eq__  # identity: tensors have no single truth value
+    __hash__ = object.__hash__
 
     def module_names(self) -> list[str]:
         return list(self.modules)

@@ -3,7 +3,7 @@
     from gtapp.mapper import GTMapper, RidgeMapper, MeanMapper, load_mapper
     mapper = GTMapper(pair_set.recipes, {"steps": 1000})
     card = mapper.fit(pair_set)              # split by shadow run, validated, best kept
-    factors = mapper.predict(tiny_update)    # {llm module: (A, B)}
+    llm_update = mapper.predict(tiny_update)  # UpdateVector of the LLM
     mapper.save("mappers/gt-v1"); load_mapper("mappers/gt-v1")
 
 See base.py (interface, version folders, OOD score), transformer.py (the network),

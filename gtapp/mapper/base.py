@@ -4,7 +4,7 @@ Every mapper (Gradient Transformer, ridge, mean) has the same life cycle:
 
     mapper = GTMapper(recipes, config)        # or RidgeMapper / MeanMapper
     card = mapper.fit(pairs)                  # pairs: a shadow PairSet or a list of Pair
-    llm_factors = mapper.predict(tiny_update) # {module: (A, B)} in the LLM recipe's basis
+    llm_update = mapper.predict(tiny_update)  # UpdateVector of the LLM (a mapping module -> (A, B))
     mapper.save("mappers/v3")                 # a mapper version folder
     mapper = load_mapper("mappers/v3")
 
@@ -38,7 +38,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gtapp import __version__
-from gtapp.lora.factors import Factors, as_factors
+from gtapp.lora.factors import as_factors
+from gtapp.lora.update import UpdateVector
 from gtapp.mapper.space import Normaliser, Tensors, UpdateSpace, update_metrics
 from gtapp.progress import ProgressFn
 from gtapp.lora.recipe import RecipeError, RecipePair
@@ -296,20 +297,18 @@ class Mapper:
         mean = {t: (ma.expand(n, *ma.shape), mb.expand(n, *mb.shape)) for t, (ma, mb) in self.norm_out.mean.items()}
         return update_metrics(self.llm, mean, y)
 
-    def predict(self, tiny_update) -> Factors:
-        """LLM LoRA factors {module: (A, B)} (A = A0 + dA in the LLM recipe's seeded basis)."""
-        f = as_factors(tiny_update)
-        self.tiny.check(f, "TinyLM update")
-        with torch.no_grad():
-            out = self.predict_tensors(self.tiny.stack([f]))
-        return self.llm.unstack(out)[0]
+    def predict(self, tiny_update) -> UpdateVector:
+        """The LLM's update for a TinyLM update (an UpdateVector, or factors {module: (A, B)});
+        its A = A0 + dA in the LLM recipe's seeded basis."""
+        return self.predict_many([tiny_update])[0]
 
-    def predict_many(self, tiny_updates: Sequence) -> list[Factors]:
+    def predict_many(self, tiny_updates: Sequence) -> list[UpdateVector]:
         fs = [as_factors(u) for u in tiny_updates]
         for f in fs:
             self.tiny.check(f, "TinyLM update")
         with torch.no_grad():
-            return self.llm.unstack(self.predict_tensors(self.tiny.stack(fs)))
+            out = self.llm.unstack(self.predict_tensors(self.tiny.stack(fs)))
+        return [UpdateVector.from_factors(f, self.recipes.llm, {"source": "mapper", "mapper": self.kind}) for f in out]
 
     def evaluate(self, pairs: Sequence) -> dict:
         """Relative Frobenius error and cosine of predicted vs true LLM updates, per pair and summarised."""
