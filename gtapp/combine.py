@@ -32,13 +32,15 @@ from typing import Optional, Sequence
 
 import torch
 
+from gtapp import choices
 from gtapp.lora.factors import Factors, as_factors
 from gtapp.lora.recipe import LoraRecipe
 from gtapp.lora.update import UpdateVector
 from gtapp.mapper.space import UpdateSpace
+from gtapp.privacy import contributors_privacy
 
-ORGANISATIONS = ("average_then_map", "map_then_average")
-METHODS = ("mean", "median", "clip")
+ORGANISATIONS = choices.ORGANISATIONS
+METHODS = choices.COMBINE_METHODS
 RECORD_LIMIT = 1 << 20  # bytes of finetune.json we are willing to read from an upload
 
 
@@ -183,7 +185,6 @@ def combine_and_map(mapper, contributors: Sequence[Contributor], organisation: s
         mapped = mapper.predict_many([c.update for c in contributors])
         llm, details = combine_factors(mapped, mapper.recipes.llm, w, method, clip_factor)
         combined_ood = None
-    spent = [c for c in contributors if c.dp]
     rows = []
     for i, c in enumerate(contributors):
         row = {"name": c.name, "weight": w[i], "examples": c.examples, "dp": c.dp,
@@ -198,12 +199,7 @@ def combine_and_map(mapper, contributors: Sequence[Contributor], organisation: s
     record = {
         "organisation": organisation, "method": method, "weighting": how, "contributors": rows,
         "combined_ood": combined_ood, "details": {k: v for k, v in details.items() if k not in ("norms", "scaled_by")},
-        "privacy": {
-            "per_contributor": {c.name: ({"epsilon": c.epsilon, "delta": c.delta} if c.dp else None) for c in contributors},
-            "max_epsilon": max((c.epsilon for c in spent), default=None),
-            "all_dp": len(spent) == len(contributors),
-            "note": "each organisation's (epsilon, delta) covers its own dataset; combining and mapping are "
-                    "post-processing and keep it; contributors without DP have no guarantee",
-        },
+        "privacy": contributors_privacy([{"name": c.name, "epsilon": c.epsilon if c.dp else None, "delta": c.delta}
+                                         for c in contributors]),
     }
     return CombineResult(llm, record)

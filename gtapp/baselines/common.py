@@ -30,7 +30,9 @@ from typing import Self
 
 import torch
 
-METHODS = ("oracle", "public_ft", "tiny_ft", "kd_logit", "weak_to_strong", "proxy_tuning", "datafree_kd")
+from gtapp.choices import BASELINE_METHODS
+
+METHODS = BASELINE_METHODS
 # Which base model a method's result is evaluated with.
 EVAL_MODEL = {"oracle": "llm", "public_ft": "llm", "tiny_ft": "tiny", "kd_logit": "llm",
               "weak_to_strong": "llm", "proxy_tuning": "llm+tiny", "datafree_kd": "llm"}

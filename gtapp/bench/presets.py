@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-ALL_METHODS = ("base_llm", "base_tiny", "tiny_ft", "oracle", "mean_shadow", "public_ft", "ridge", "gt",
-               "kd_logit", "weak_to_strong", "proxy_tuning", "datafree_kd")
+from gtapp.choices import BENCH_METHODS as ALL_METHODS
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from gtapp import choices
 from gtapp.bench.presets import BenchPreset
 from gtapp.progress import Cancelled, Progress, ProgressFn
 from gtapp.tasks.base import Task
@@ -125,7 +126,7 @@ def _generate(ctx: Context, mapper, tiny_adapters: list, out: Path) -> tuple[Pat
     return Path(res.adapter_dir), f["wall_s"], f["peak_mem_mb"], ood
 
 
-MAPPER_METHOD = {"gt": "gt", "ridge": "ridge", "mean": "mean_shadow"}
+MAPPER_METHOD = choices.MAPPER_METHOD
 
 
 def run_private_task(ctx: Context, protocol: str, task: Task, private, public, mappers: dict, seed: int,

@@ -1,0 +1,34 @@
+"""Every named choice gtapp offers, in one torch-free module: what the core accepts, and what
+the dashboard's dropdowns, the job parameter checks and the CLI offer. The core modules
+define their registries from these names (and ``tests/test_choices.py`` checks that each
+list is exactly what the core accepts), so ``ui/`` and ``workers/`` import this instead of
+copying lists to avoid importing torch."""
+
+from __future__ import annotations
+
+# model pairs (gtapp.zoo.PRESETS) and benchmark presets (gtapp.bench.presets.PRESETS)
+ZOO_PRESETS = ("micro", "ci", "demo", "gpu")
+BENCH_PRESETS = ("ci", "demo", "gpu")
+
+# mappers (gtapp.mapper.MAPPERS) and the benchmark's method name of each
+MAPPER_KINDS = ("gt", "ridge", "mean")
+MAPPER_METHOD = {"gt": "gt", "ridge": "ridge", "mean": "mean_shadow"}
+
+# several organisations' updates into one LLM update (gtapp.combine)
+ORGANISATIONS = ("average_then_map", "map_then_average")
+COMBINE_METHODS = ("mean", "median", "clip")
+WEIGHTINGS = ("data_size", "equal")
+
+# datasets: the six published formats (gtapp.datasets.formats.REGISTRY) and the metrics a
+# user's prompt/answer file may be scored with (gtapp.datasets.user.USER_METRICS)
+DATASET_FORMATS = ("gsm8k", "aqua_rat", "commonsenseqa", "drop", "samsum", "dialogsum")
+USER_METRICS = ("exact_match", "numeric_exact_match", "letter_exact_match", "rouge_l")
+EVAL_METRICS = USER_METRICS + ("perplexity",)  # what an evaluation can report
+
+# the baselines (gtapp.baselines.common.METHODS) and every method of the benchmark's tables
+BASELINE_METHODS = ("oracle", "public_ft", "tiny_ft", "kd_logit", "weak_to_strong", "proxy_tuning", "datafree_kd")
+BENCH_METHODS = ("base_llm", "base_tiny", "tiny_ft", "oracle", "mean_shadow", "public_ft", "ridge", "gt",
+                 "kd_logit", "weak_to_strong", "proxy_tuning", "datafree_kd")
+
+# where a job runs its models
+DEVICES = ("auto", "cpu", "cuda")
