@@ -5,13 +5,15 @@ Two mechanisms appear in gtapp:
 * **DP-SGD** (the TinyLM fine-tune, via Opacus): the Poisson-subsampled Gaussian
   mechanism, repeated ``steps`` times with sampling rate ``q`` (expected batch size / N)
   and noise multiplier ``z`` (noise std / clipping norm). Its (ε, δ) comes from the
-  Rényi-DP accountant (Mironov 2017; Mironov, Talwar & Zhang 2019) as implemented by
-  Opacus (``opacus.accountants.RDPAccountant``), converted to (ε, δ) with the conversion
-  of Balle et al. 2020 / Canonne, Kamath & Steinke 2020 (Opacus's ``get_privacy_spent``).
-  gtapp evaluates the RDP curve on a wider grid of orders (:data:`ALPHAS`, up to 1024)
-  than Opacus's default (up to 63), so small ε (down to about 0.1) is not loosened by a
-  too-short order grid. ``accountant="prv"`` uses Opacus's PRV accountant instead
-  (numerically tighter; optional, never the default, because the ledger composes in RDP).
+  Rényi-DP accountant (Mironov 2017; Mironov, Talwar & Zhang 2019) of Google's
+  ``dp-accounting`` library (``dp_accounting.rdp.RdpAccountant``), which converts RDP to
+  (ε, δ) with the bound of Balle et al. 2020 / Canonne, Kamath & Steinke 2020. gtapp
+  evaluates the RDP curve on a wide grid of orders (:data:`ALPHAS`, up to 1024), so small ε
+  (down to about 0.1) is not loosened by a too-short grid. ``accountant="pld"`` uses
+  dp-accounting's privacy-loss-distribution accountant instead (numerically tighter;
+  optional, never the default, because the ledger composes in RDP). The library is
+  torch-free, so the dashboard calibrates and charges a DP job without importing torch;
+  the tests check these numbers against Opacus's own accountants and published values.
 
 * **Output perturbation** (the paper's second DP option): clip the update vector to L2
   norm ``C`` and add N(0, σ² I). Two updates inside the ball of radius ``C`` differ by at
@@ -27,8 +29,12 @@ Units: ε is in nats (the natural-log privacy loss, as everywhere in the DP lite
 (the update's L2 norm), so only their ratio matters. Neighbouring datasets differ by
 adding or removing one example (one sequence), Opacus's and dp-accounting's default.
 
-Composition (:func:`compose`) — the privacy ledger for repeated jobs on one dataset —
-sums RDP curves over a heterogeneous history of mechanisms, then converts once. An
+Composition (:func:`compose`, :func:`compose_entries`) — the privacy ledger for repeated
+jobs on one dataset — sums RDP curves over a heterogeneous history of mechanisms, then
+converts once; entries without a known mechanism fall back to basic composition (the sum
+of the ε's, always a valid bound). Several organisations' contributions to one combined
+adapter (:func:`contributors_privacy`) are not composed: their datasets are disjoint, so
+the result is ε_i-DP with respect to organisation i's data, by post-processing. An
 output-perturbation release enters as ``{"noise_multiplier": sigma/sensitivity,
 "sample_rate": 1.0, "steps": 1}`` (see :func:`gaussian_mechanism`); inside a composition
 it is accounted in RDP, so its share is slightly larger than its stand-alone analytic ε.
@@ -37,8 +43,7 @@ it is accounted in RDP, so its share is slightly larger than its stand-alone ana
 from __future__ import annotations
 
 import math
-import warnings
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -50,7 +55,8 @@ ALPHAS: tuple[float, ...] = tuple(sorted(set(
     + [float(a) for a in range(256, 1025, 64)]
 )))
 
-ACCOUNTANTS = ("rdp", "prv")
+ACCOUNTANTS = ("rdp", "pld")
+MECHANISM_KEYS = ("noise_multiplier", "sample_rate", "steps")
 
 
 def _check(noise_multiplier: float, sample_rate: float, steps: int, delta: float | None = None) -> None:
@@ -65,26 +71,25 @@ def _check(noise_multiplier: float, sample_rate: float, steps: int, delta: float
 
 
 def _accountant_epsilon(history: Sequence[tuple[float, float, int]], delta: float, accountant: str) -> float:
-    """ε of a composed history of (noise multiplier, sample rate, steps) from Opacus's RDP or PRV
-    accountant."""
-    from opacus.accountants import PRVAccountant, RDPAccountant
+    """ε of a composed history of (noise multiplier, sample rate, steps) from dp-accounting's RDP
+    or PLD accountant."""
+    from dp_accounting import dp_event
+    from dp_accounting.pld import pld_privacy_accountant
+    from dp_accounting.rdp import rdp_privacy_accountant
 
     history = [(float(z), float(q), int(t)) for z, q, t in history if int(t) > 0]
     if not history:
         return 0.0
     if any(z == 0 for z, _, _ in history):
         return math.inf
-    acc = RDPAccountant() if accountant == "rdp" else PRVAccountant()
-    acc.history = history
     if accountant == "rdp":
-        with warnings.catch_warnings():
-            # Opacus warns when the optimum is at an end of the order grid; our grid is wide.
-            warnings.simplefilter("ignore")
-            eps, _ = acc.get_privacy_spent(delta=delta, alphas=list(ALPHAS))
+        acc = rdp_privacy_accountant.RdpAccountant(orders=list(ALPHAS))
     else:
-        # eps_error: absolute error bound of the PRV estimate; we report its upper bound.
-        eps = acc.get_epsilon(delta=delta, eps_error=0.01)
-    return float(max(eps, 0.0))
+        acc = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-3)
+    for z, q, t in history:
+        event = dp_event.GaussianDpEvent(z) if q >= 1.0 else dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(z))
+        acc.compose(event, t)
+    return float(max(acc.get_epsilon(delta), 0.0))
 
 
 def _epsilon_of(history, delta: float, accountant: str) -> float:
@@ -178,6 +183,62 @@ def gaussian_mechanism(sigma: float, sensitivity: float) -> dict:
     """A single Gaussian release (output perturbation) as a mechanism for :func:`compose`."""
     _check_gauss(sigma=sigma, sensitivity=sensitivity)
     return {"noise_multiplier": sigma / sensitivity, "sample_rate": 1.0, "steps": 1}
+
+
+class Composed(NamedTuple):
+    epsilon: float
+    accountant: str  # "rdp" | "basic"
+
+
+def _has_mechanism(entry: Mapping[str, Any]) -> bool:
+    mech = entry.get("mechanism") or {}
+    return all(isinstance(mech.get(k), (int, float)) and not isinstance(mech.get(k), bool) for k in MECHANISM_KEYS)
+
+
+def basic_composition(epsilons: Iterable[float]) -> float:
+    """Sequential composition: the ε's add up (a valid bound for any mechanisms, at the sum of δ's)."""
+    return float(sum(float(e) for e in epsilons))
+
+
+def compose_entries(entries: Iterable[Mapping[str, Any]], delta: float) -> Composed:
+    """Total ε of several DP releases on one dataset at ``delta`` (the privacy ledger's number).
+
+    ``entries``: dicts with ``epsilon`` and optionally ``mechanism`` = {noise_multiplier,
+    sample_rate, steps}. RDP composition (:func:`compose`) when every entry has its mechanism
+    (never more than the basic bound); else basic composition.
+    """
+    entries = list(entries)
+    if not entries:
+        return Composed(0.0, "basic")
+    basic = basic_composition(e["epsilon"] for e in entries)
+    if all(_has_mechanism(e) for e in entries):
+        eps = compose([{k: e["mechanism"][k] for k in MECHANISM_KEYS} for e in entries], delta)
+        return Composed(min(eps, basic), "rdp")
+    return Composed(basic, "basic")
+
+
+def contributors_privacy(contributors: Sequence[Mapping[str, Any]]) -> dict:
+    """The privacy of one adapter made from several organisations' updates.
+
+    ``contributors``: dicts with ``name`` and, for a DP contribution, ``epsilon`` and ``delta``
+    (``epsilon`` None: no DP). Each organisation's datasets are disjoint from the others', so the
+    combined adapter is (ε_i, δ_i)-DP with respect to organisation i's data by post-processing;
+    ``epsilon``/``delta`` are the largest over contributors, meaningful only when all are DP.
+    """
+    dp = [c for c in contributors if c.get("epsilon") is not None]
+    all_dp = bool(contributors) and len(dp) == len(contributors)
+    return {
+        "all_dp": all_dp,
+        "epsilon": max((float(c["epsilon"]) for c in dp), default=None) if all_dp else None,
+        "delta": max((float(c.get("delta") or 0.0) for c in dp), default=None) if all_dp else None,
+        "max_epsilon": max((float(c["epsilon"]) for c in dp), default=None),
+        "per_contributor": [{"name": c.get("name"), "dp": c.get("epsilon") is not None, "epsilon": c.get("epsilon"),
+                             "delta": c.get("delta") if c.get("epsilon") is not None else None,
+                             **({"adapter_id": c["adapter_id"]} if "adapter_id" in c else {})}
+                            for c in contributors],
+        "note": "each contributor's (epsilon, delta) covers its own dataset (the datasets are disjoint); mapping "
+                "and combining are post-processing and keep it; a contributor without DP has no guarantee",
+    }
 
 
 # ----------------------------------------------------------------------------- output perturbation

@@ -1,17 +1,15 @@
-"""Privacy accounting against known values and Google's dp-accounting, computed independently here."""
+"""Privacy accounting against known values and against Opacus's own accountants, computed
+independently here (gtapp's runtime accountant is Google's dp-accounting: gtapp.privacy)."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
+from dp_accounting import dp_event
+from dp_accounting.pld import pld_privacy_accountant
 
 from gtapp import privacy as P
-
-dp_accounting = pytest.importorskip("dp_accounting", reason="pip install dp-accounting (test-only dependency)")
-from dp_accounting import dp_event  # noqa: E402
-from dp_accounting.pld import pld_privacy_accountant  # noqa: E402
-from dp_accounting.rdp import rdp_privacy_accountant  # noqa: E402
 
 # (noise multiplier, sample rate, steps, delta)
 GRID = [
@@ -25,18 +23,25 @@ GRID = [
 ]
 
 
-def dpa_rdp_epsilon(history, delta, orders=P.ALPHAS):
-    acc = rdp_privacy_accountant.RdpAccountant(orders=list(orders))
-    for z, q, t in history:
-        acc.compose(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(z)), t)
-    return acc.get_epsilon(delta)
+def opacus_rdp_epsilon(history, delta, orders=P.ALPHAS):
+    """The peer: Opacus's RDP accountant (its own RDP curve and conversion), on our order grid."""
+    import warnings
+
+    from opacus.accountants import RDPAccountant
+
+    acc = RDPAccountant()
+    acc.history = [(float(z), float(q), int(t)) for z, q, t in history]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return acc.get_privacy_spent(delta=delta, alphas=list(orders))[0]
 
 
-def dpa_pld_epsilon(history, delta):
-    acc = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-3)
-    for z, q, t in history:
-        acc.compose(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(z)), t)
-    return acc.get_epsilon(delta)
+def opacus_prv_epsilon(history, delta):
+    from opacus.accountants import PRVAccountant
+
+    acc = PRVAccountant()
+    acc.history = [(float(z), float(q), int(t)) for z, q, t in history]
+    return acc.get_epsilon(delta=delta, eps_error=0.01)
 
 
 def test_abadi_setting():
@@ -48,10 +53,10 @@ def test_abadi_setting():
 
 
 @pytest.mark.parametrize("z,q,steps,delta", GRID)
-def test_epsilon_matches_dp_accounting_rdp(z, q, steps, delta):
+def test_epsilon_matches_opacus_rdp(z, q, steps, delta):
     ours = P.epsilon(z, q, steps, delta)
-    theirs = dpa_rdp_epsilon([(z, q, steps)], delta)
-    print(f"z={z} q={q:.5f} T={steps} delta={delta}: gtapp {ours:.5f} dp-accounting RDP {theirs:.5f}")
+    theirs = opacus_rdp_epsilon([(z, q, steps)], delta)
+    print(f"z={z} q={q:.5f} T={steps} delta={delta}: gtapp {ours:.5f} Opacus RDP {theirs:.5f}")
     assert ours == pytest.approx(theirs, rel=0.01)
 
 
@@ -59,12 +64,12 @@ def test_rdp_is_an_upper_bound_close_to_pld():
     # PLD accounting is (nearly) exact; RDP must never report less, and not wildly more.
     for z, q, steps, delta in [(1.1, 256 / 60_000, 14_100, 1e-5), (0.8, 0.01, 1_000, 1e-5)]:
         rdp = P.epsilon(z, q, steps, delta)
-        pld = dpa_pld_epsilon([(z, q, steps)], delta)
-        prv = P.epsilon(z, q, steps, delta, accountant="prv")
-        print(f"z={z} q={q:.4f} T={steps}: RDP {rdp:.4f}  PRV(upper) {prv:.4f}  dp-accounting PLD {pld:.4f}")
+        pld = P.epsilon(z, q, steps, delta, accountant="pld")
+        prv = opacus_prv_epsilon([(z, q, steps)], delta)
+        print(f"z={z} q={q:.4f} T={steps}: RDP {rdp:.4f}  PLD {pld:.4f}  Opacus PRV(upper) {prv:.4f}")
         assert pld <= rdp * 1.001
         assert rdp < 1.5 * pld
-        assert prv == pytest.approx(pld, rel=0.05)
+        assert pld == pytest.approx(prv, rel=0.05)
 
 
 def test_noise_multiplier_for_hits_target():
@@ -78,9 +83,9 @@ def test_noise_multiplier_for_hits_target():
         assert eps >= 0.995 * target
         assert z < previous  # more budget, less noise
         previous = z
-    # Independently: dp-accounting's RDP accountant at that noise gives the same eps.
+    # Independently: Opacus's RDP accountant at that noise gives the same eps.
     z = P.noise_multiplier_for(1.0, delta, q, steps)
-    assert dpa_rdp_epsilon([(z, q, steps)], delta) == pytest.approx(1.0, rel=0.01)
+    assert opacus_rdp_epsilon([(z, q, steps)], delta) == pytest.approx(1.0, rel=0.01)
 
 
 def test_compose_heterogeneous_history():
@@ -91,8 +96,8 @@ def test_compose_heterogeneous_history():
     # Same mechanism twice = twice the steps.
     assert P.compose([a, a], 1e-5) == pytest.approx(P.epsilon(1.0, 0.01, 2000, 1e-5), rel=1e-9)
     both = P.compose([a, b], 1e-5)
-    theirs = dpa_rdp_epsilon([(1.0, 0.01, 1000), (2.0, 0.05, 100)], 1e-5)
-    print(f"compose(a, b): gtapp {both:.4f} dp-accounting {theirs:.4f}; "
+    theirs = opacus_rdp_epsilon([(1.0, 0.01, 1000), (2.0, 0.05, 100)], 1e-5)
+    print(f"compose(a, b): gtapp {both:.4f} Opacus {theirs:.4f}; "
           f"a alone {P.compose([a], 1e-5):.4f}, b alone {P.compose([b], 1e-5):.4f}")
     assert both == pytest.approx(theirs, rel=0.01)
     assert both > max(P.compose([a], 1e-5), P.compose([b], 1e-5))
@@ -153,3 +158,22 @@ def test_analytic_gaussian_beats_classic_bound_and_scales():
         P.gaussian_sigma_for(0, 1e-5)
     with pytest.raises(ValueError):
         P.gaussian_epsilon(1.0, 1e-5, sensitivity=0)
+
+
+def test_ledger_composition_and_contributors_live_here():
+    mech = {"noise_multiplier": 1.0, "sample_rate": 0.01, "steps": 1000}
+    one = P.epsilon(1.0, 0.01, 1000, 1e-5)
+    assert P.compose_entries([], 1e-5) == P.Composed(0.0, "basic")
+    assert P.compose_entries([{"epsilon": 1.0}, {"epsilon": 0.5}], 1e-5) == P.Composed(1.5, "basic")
+    twice = P.compose_entries([{"epsilon": one, "mechanism": mech}] * 2, 1e-5)
+    assert twice.accountant == "rdp" and twice.epsilon == pytest.approx(P.epsilon(1.0, 0.01, 2000, 1e-5))
+    assert twice.epsilon < 2 * one
+    # one entry without its mechanism: the whole history falls back to the sum (a valid bound)
+    assert P.compose_entries([{"epsilon": one, "mechanism": mech}, {"epsilon": 0.3}], 1e-5) == \
+        P.Composed(pytest.approx(one + 0.3), "basic")
+    rec = P.contributors_privacy([{"name": "a", "epsilon": 1.0, "delta": 1e-5},
+                                  {"name": "b", "epsilon": 4.0, "delta": 1e-6}])
+    assert (rec["all_dp"], rec["epsilon"], rec["delta"], rec["max_epsilon"]) == (True, 4.0, 1e-5, 4.0)
+    rec = P.contributors_privacy([{"name": "a", "epsilon": 1.0, "delta": 1e-5}, {"name": "b", "epsilon": None}])
+    assert (rec["all_dp"], rec["epsilon"], rec["max_epsilon"]) == (False, None, 1.0)
+    assert [c["dp"] for c in rec["per_contributor"]] == [True, False]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from workers.jobs.common import _dataset_examples
+from workers.jobs.common import _check_device, _dataset_examples
 from workers.jobs.registry import job
 
 
@@ -17,8 +17,7 @@ def _check_finetune(p: dict) -> None:
         raise ValueError("model must be 'tiny' or 'llm'")
     if not 1 <= p["steps"] <= 1_000_000 or not 1 <= p["batch_size"] <= 4096 or p["lr"] <= 0:
         raise ValueError("steps must be >= 1, batch_size in 1..4096, lr > 0")
-    if p["device"] not in ("auto", "cpu", "cuda") and not str(p["device"]).startswith("cuda:"):
-        raise ValueError("device must be auto, cpu, cuda or cuda:N")
+    _check_device(p)
     dp = p["dp"]
     if dp is not None:
         if not isinstance(dp, dict):
@@ -54,17 +53,12 @@ def _finetune_privacy(p: dict, session):
         raise ValueError(f"DP-SGD needs batch_size <= number of examples ({p['batch_size']} > {ds.n_examples})")
     mech = {"steps": p["steps"], "sample_rate": q, "max_grad_norm": float(dp.get("max_grad_norm") or 1.0)}
     eps = dp.get("target_epsilon")
-    try:
-        from gtapp import privacy as P
-    except ImportError:
-        P = None
+    from gtapp import privacy as P  # torch-free (dp-accounting): submitting a DP job imports no torch
+
     if dp.get("noise_multiplier") is not None:
         mech["noise_multiplier"] = float(dp["noise_multiplier"])
-        if P is not None:
-            eps = P.epsilon(mech["noise_multiplier"], q, p["steps"], delta)
-        elif eps is None:
-            raise ValueError("dp.target_epsilon is needed to charge the ledger when no accountant is available")
-    elif P is not None:
+        eps = P.epsilon(mech["noise_multiplier"], q, p["steps"], delta)
+    else:
         mech["noise_multiplier"] = P.noise_multiplier_for(float(eps), delta, q, p["steps"])
     return DPRequest(dataset_id=p["dataset_id"], epsilon=float(eps), delta=delta, mechanism=mech)
 
@@ -79,14 +73,13 @@ def finetune(params: dict, ctx) -> dict:
     from gtapp import finetune as ft
     from gtapp.lora.recipe import LoraRecipe
     from storage.models import Adapter, Dataset, ModelPair
+    from storage.tenancy import of_org
 
     with ctx.session() as s:
         pair = s.get(ModelPair, params["pair_id"])
-        ds = s.get(Dataset, params["dataset_id"])
         if pair is None:
             raise ValueError(f"model pair {params['pair_id']} not found")
-        if ds is None or ds.org_id != ctx.org_id:
-            raise ValueError(f"dataset {params['dataset_id']} not found")
+        ds = of_org(s, Dataset, params["dataset_id"], ctx.org_id, "dataset")
         model_path = pair.tiny_path if params["model"] == "tiny" else pair.llm_path
         recipe_d, ds_artifact, ds_name, ds_delta = pair.recipe[params["model"]], ds.artifact, ds.name, ds.delta
     recipe = LoraRecipe.from_dict(recipe_d, where=f"pair {params['pair_id']} recipe")

@@ -92,16 +92,16 @@ def generate(params: dict, ctx) -> dict:
 
     from gtapp.generate import generate as run_generate
     from gtapp.mapper import load_mapper
+    from gtapp.privacy import contributors_privacy
     from storage.catalog import promoted_mapper
     from storage.models import Adapter, Dataset, Evaluation, MapperVersion
+    from storage.tenancy import of_org
 
     ctx.progress(0.0, "preparing")
     with ctx.session() as s:
         adapters = []
         for aid in params["adapter_ids"]:
-            a = s.get(Adapter, aid)
-            if a is None or a.org_id != ctx.org_id:
-                raise ValueError(f"adapter {aid} not found")
+            a = of_org(s, Adapter, aid, ctx.org_id, "adapter")
             if a.model != "tiny":
                 raise ValueError(f"adapter {aid} ('{a.name}') is an LLM adapter: generate maps TinyLM adapters")
             record = (a.meta or {}).get("record") or {}
@@ -133,9 +133,7 @@ def generate(params: dict, ctx) -> dict:
         mapper_artifact, pair_id = mv.artifact, mv.model_pair_id
         ds_examples = ds_name = None
         if params["dataset_id"] is not None:
-            ds = s.get(Dataset, params["dataset_id"])
-            if ds is None or ds.org_id != ctx.org_id:
-                raise ValueError(f"dataset {params['dataset_id']} not found")
+            ds = of_org(s, Dataset, params["dataset_id"], ctx.org_id, "dataset")
             ds_examples, ds_name = ds.artifact, ds.name
     pair = _load_pair(ctx, pair_id)
     zoo_dir = _pair_folder(pair, ctx.work_dir / "zoo")
@@ -171,14 +169,8 @@ def generate(params: dict, ctx) -> dict:
                              "dataset_id": a["dataset_id"], "weight": r.get("weight"), "examples": r.get("examples"),
                              "dp": eps is not None, "epsilon": eps, "delta": delta if eps is not None else None,
                              "ood": r.get("ood")})
-    all_dp = all(c["dp"] for c in contributors)
-    privacy = {"all_dp": all_dp,
-               "epsilon": max(c["epsilon"] for c in contributors) if all_dp else None,
-               "delta": max((c["delta"] or 0.0) for c in contributors) if all_dp else None,
-               "per_contributor": [{k: c[k] for k in ("adapter_id", "name", "dp", "epsilon", "delta")}
-                                   for c in contributors],
-               "note": "each contributor's (epsilon, delta) covers its own dataset; mapping and combining are "
-                       "post-processing and keep it; a contributor without DP has no guarantee"}
+    privacy = contributors_privacy(contributors)
+    all_dp = privacy["all_dp"]
     ood = [o.get("score") if isinstance(o, dict) else None for o in (record.get("ood") or [])]
     ctx.progress(0.6 if evaluating else 0.9, "storing the LLM adapter")
     sha = ctx.store.put_tree(out)
