@@ -102,6 +102,20 @@ class RevokedSession(Base):
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
 
 
+class BenchmarkRecord(Base):
+    """A benchmark results JSON an admin keeps for every user's Compare tab (the rows live in
+    the artifact store)."""
+
+    __tablename__ = "benchmarks"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    artifact: Mapped[str] = mapped_column(String(64))
+    n_rows: Mapped[int] = mapped_column(Integer)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)
+    user_id: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class SignInFailure(Base):
     """A failed sign-in (wrong password, unknown or disabled user), kept for the throttle
     (``storage.throttle``) and as a record; a successful sign-in clears its username's."""
@@ -160,17 +174,6 @@ class Adapter(Base):
     artifact: Mapped[str] = mapped_column(Sha)  # tree manifest hash
     dataset_id: Mapped[Optional[int]] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
     job_id: Mapped[Optional[int]] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
-    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-
-
-class UpdateVector(Base):
-    __tablename__ = "update_vectors"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    org_id: Mapped[int] = mapped_column(ForeignKey("organisations.id", ondelete="RESTRICT"), index=True)
-    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"))
-    model_pair_id: Mapped[int] = mapped_column(ForeignKey("model_pairs.id", ondelete="RESTRICT"))
-    artifact: Mapped[str] = mapped_column(Sha)
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 

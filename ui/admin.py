@@ -12,9 +12,8 @@ import gradio as gr  # module level: handlers' `request: gr.Request` annotations
 
 from ui.common import choices, first, guarded, status, table
 from ui.service import Service, _num
-from workers.jobs import MAPPER_KINDS  # constants only (no torch)
+from gtapp.choices import BENCH_PRESETS, MAPPER_KINDS, ZOO_PRESETS
 
-BENCH_PRESETS = ("ci", "demo", "gpu")
 
 
 def _int_or_none(v: Any):
@@ -120,7 +119,7 @@ def build_admin_tab(svc: Service, demo):
             recipe = gr.JSON(label="Recipe (TinyLM and LLM)", elem_id="admin-recipe")
             zoo_md = gr.Markdown()
             with gr.Row():
-                z_preset = gr.Dropdown(label="Build a zoo pair: preset", choices=["micro", "ci", "demo", "gpu"],
+                z_preset = gr.Dropdown(label="Build a zoo pair: preset", choices=list(ZOO_PRESETS),
                                        value="ci", elem_id="admin-zoo-preset")
                 z_name = gr.Textbox(label="Name (default: <preset>-s<seed>)", max_length=64)
                 z_seed = gr.Number(label="Seed", value=0, precision=0)

@@ -32,6 +32,7 @@ from storage.accounts import Principal, UserRef, ensure_first_admin, principal
 from storage.db import session_scope
 from storage.models import TERMINAL, Job, utcnow
 from storage.settings import Settings, get_settings
+from storage.tenancy import NotFound, owned, visible
 from workers.dispatch import QueueUnavailable, send
 from workers.jobs import REGISTRY, JobNotAvailable, get_spec
 
@@ -39,7 +40,7 @@ __all__ = ["JobClient", "JobView", "JobNotFound", "JobLimit", "QueueUnavailable"
            "cancel", "retry", "wait", "kinds", "default_client"]
 
 
-class JobNotFound(LookupError):
+class JobNotFound(NotFound):
     pass
 
 
@@ -117,10 +118,7 @@ class JobClient:
         return session_scope(settings=self.settings)
 
     def _visible(self, s, job_id: int, who: Principal) -> Job:
-        job = s.get(Job, job_id)
-        if job is None or (not who.is_admin and job.org_id != who.org_id):
-            raise JobNotFound(f"job {job_id} not found")
-        return job
+        return visible(s, Job, job_id, who, "job", error=JobNotFound)
 
     def principal(self, user: UserRef) -> Principal:
         with self._session() as s:
@@ -182,9 +180,8 @@ class JobClient:
              limit: int = 100, offset: int = 0) -> builtins.list[JobView]:
         with self._session() as s:
             who = principal(s, user)
-            q = select(Job).order_by(Job.id.desc()).limit(max(1, min(limit, 1000))).offset(max(offset, 0))
-            if not who.is_admin:
-                q = q.where(Job.org_id == who.org_id)
+            q = owned(select(Job).order_by(Job.id.desc()).limit(max(1, min(limit, 1000))).offset(max(offset, 0)),
+                      Job, who)
             if status:
                 q = q.where(Job.status == status)
             if kind:
@@ -258,13 +255,14 @@ def _check_references(s, params: dict, who: Principal) -> None:
             raise ValueError(f"expected integer ids, got {value!r}")
         return values
 
-    for key, model, owned in (("dataset_id", Dataset, True), ("adapter_id", Adapter, True),
-                              ("adapter_ids", Adapter, True), ("pair_id", ModelPair, False),
-                              ("mapper_id", MapperVersion, False)):
+    for key, model, tenant in (("dataset_id", Dataset, True), ("adapter_id", Adapter, True),
+                               ("adapter_ids", Adapter, True), ("pair_id", ModelPair, False),
+                               ("mapper_id", MapperVersion, False)):
+        label = key.removesuffix("_ids").removesuffix("_id")
         for ref in ids(params.get(key)):
-            row = s.get(model, ref)
-            if row is None or (owned and row.org_id != who.org_id):
-                label = key.removesuffix("_ids").removesuffix("_id")
+            if tenant:
+                visible(s, model, ref, who, label, admins_see_all=False, error=JobNotFound)
+            elif s.get(model, ref) is None:
                 raise JobNotFound(f"{label} {ref} not found")
 
 

@@ -1,4 +1,5 @@
-"""Helpers and choices shared by several job kinds (parameter checks, model pairs, progress)."""
+"""Helpers shared by several job kinds (parameter checks, model pairs, progress); the named
+choices are gtapp.choices'."""
 
 from __future__ import annotations
 
@@ -8,11 +9,7 @@ from pathlib import Path
 
 from workers.jobs.registry import REGISTRY
 
-MAPPER_KINDS = ("gt", "ridge", "mean")
-MAPPER_METHOD = {"gt": "gt", "ridge": "ridge", "mean": "mean_shadow"}  # Evaluation.method, as the benchmark names them
-ORGANISATIONS = ("average_then_map", "map_then_average")
-COMBINE_METHODS = ("mean", "median", "clip")
-WEIGHTINGS = ("data_size", "equal")
+from gtapp.choices import COMBINE_METHODS, DEVICES, MAPPER_KINDS, MAPPER_METHOD, ORGANISATIONS, WEIGHTINGS  # noqa: F401
 
 
 def _is_int(v) -> bool:
@@ -24,7 +21,7 @@ def _is_num(v) -> bool:
 
 
 def _check_device(p: dict) -> None:
-    if p["device"] not in ("auto", "cpu", "cuda") and not str(p["device"]).startswith("cuda:"):
+    if p["device"] not in DEVICES and not str(p["device"]).startswith("cuda:"):
         raise ValueError("device must be auto, cpu, cuda or cuda:N")
 
 

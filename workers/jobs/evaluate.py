@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
+from gtapp.choices import EVAL_METRICS
 from workers.jobs.common import _eval_task
 from workers.jobs.registry import job
-
-EVAL_METRICS = ("exact_match", "numeric_exact_match", "letter_exact_match", "rouge_l", "perplexity")
 
 
 def _check_evaluate(p: dict) -> None:
@@ -37,6 +36,7 @@ def evaluate(params: dict, ctx) -> dict:
     scored with `metric`). Records an evaluation."""
     from gtapp import evaluate as ev
     from storage.models import Adapter, Dataset, Evaluation, ModelPair
+    from storage.tenancy import of_org
 
     ctx.progress(0.0, "preparing")
     with ctx.session() as s:
@@ -46,9 +46,7 @@ def evaluate(params: dict, ctx) -> dict:
         model_path = pair.tiny_path if params["model"] == "tiny" else pair.llm_path
         adapter_artifact, epsilon = None, None
         if params["adapter_id"] is not None:
-            a = s.get(Adapter, params["adapter_id"])
-            if a is None or a.org_id != ctx.org_id:
-                raise ValueError(f"adapter {params['adapter_id']} not found")
+            a = of_org(s, Adapter, params["adapter_id"], ctx.org_id, "adapter")
             if a.model_pair_id != pair.id or a.model != params["model"]:
                 raise ValueError(f"adapter {a.id} is a {a.model} adapter of pair {a.model_pair_id}, not a "
                                  f"{params['model']} adapter of pair {pair.id}")
@@ -56,9 +54,7 @@ def evaluate(params: dict, ctx) -> dict:
             epsilon = ((a.meta or {}).get("record") or {}).get("epsilon")
         ds_artifact = ds_name = None
         if params["dataset_id"] is not None:
-            ds = s.get(Dataset, params["dataset_id"])
-            if ds is None or ds.org_id != ctx.org_id:
-                raise ValueError(f"dataset {params['dataset_id']} not found")
+            ds = of_org(s, Dataset, params["dataset_id"], ctx.org_id, "dataset")
             ds_artifact, ds_name = ds.artifact, ds.name
     task = _eval_task(ctx, params["task"], params["seed"], params["n_test"], ds_artifact, ds_name, params["metric"])
     adapter_dir = None

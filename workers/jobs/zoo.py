@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 
+from gtapp.choices import ZOO_PRESETS
 from workers.jobs.registry import job
 
 ZOO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-ZOO_PRESETS = ("micro", "ci", "demo", "gpu")  # == gtapp.zoo.PRESETS (checked by a test)
 
 
 def _check_zoo(p: dict) -> None:
-    if p["preset"] not in ZOO_PRESETS:  # gtapp.zoo imports torch: its preset names are repeated here
+    if p["preset"] not in ZOO_PRESETS:  # gtapp.zoo imports torch; gtapp.choices does not
         raise ValueError(f"preset must be one of {list(ZOO_PRESETS)}, got {p['preset']!r}")
     if p["name"] is not None and not ZOO_NAME.match(p["name"]):
         raise ValueError("name: letters, digits, '_', '.', '-' (max 64), starting with a letter or digit")

@@ -1,0 +1,139 @@
+"""Results a person compares: the organisation's evaluations and stored benchmark results."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+from sqlalchemy import select
+
+from storage.accounts import Principal
+from storage.models import BenchmarkRecord, Evaluation
+from storage.tenancy import NotFound, owned
+from ui.service.base import ServiceBase, UploadError, _num, clean_name, safe_filename
+
+log = logging.getLogger("gtapp.dashboard")
+
+RESULT_FIELDS = ("protocol", "task", "method", "mapper", "dp_epsilon", "clients", "seed", "metric", "value",
+                 "gap_recovery", "wall_s", "peak_mem_mb")
+
+
+class Results(ServiceBase):
+    def evaluation_rows(self, who: Principal) -> list[dict]:
+        with self.session() as s:
+            q = owned(select(Evaluation).order_by(Evaluation.id), Evaluation, who)
+            rows = []
+            for e in s.scalars(q):
+                meta = e.meta or {}
+                rows.append(normalise_row({
+                    "protocol": meta.get("protocol", "dashboard"), "task": e.task, "method": e.method,
+                    "mapper": meta.get("mapper") or meta.get("mapper_id"), "dp_epsilon": e.epsilon,
+                    "clients": e.n_clients, "seed": e.seed, "metric": e.metric, "value": e.value,
+                    "gap_recovery": meta.get("gap_recovery"), "wall_s": meta.get("wall_s"),
+                    "peak_mem_mb": meta.get("peak_mem_mb")}))
+            return [r for r in rows if r is not None]
+
+    def list_benchmarks(self, who: Principal) -> list[dict]:
+        """Stored benchmark results (provider benchmarks on generated and public tasks: shown
+        to every signed-in user) and the results of ``bench`` jobs ``who`` can see."""
+        with self.session() as s:
+            out = [{"key": f"bench:{b.id}", "label": f"{b.name} ({b.n_rows} rows, {b.created_at:%Y-%m-%d %H:%M})",
+                    "id": b.id, "name": b.name, "sha": b.artifact, "rows": b.n_rows, "skipped": b.skipped}
+                   for b in s.scalars(select(BenchmarkRecord).order_by(BenchmarkRecord.id))]
+        for j in self.client.list(who, kind="bench", status="succeeded", limit=50):
+            for k, v in (j.outputs or {}).items():
+                if isinstance(v, str) and k.endswith("artifact") and re.fullmatch(r"[0-9a-f]{64}", v):
+                    out.append({"key": f"job:{j.id}:{k}", "label": f"bench job {j.id} ({k})", "sha": v,
+                                "name": f"bench job {j.id}"})
+        return out
+
+    def benchmark_rows(self, who: Principal, key: str) -> list[dict]:
+        for b in self.list_benchmarks(who):
+            if b["key"] == key:
+                rows, _ = parse_results(self.store.read_bytes(b["sha"]))
+                return rows
+        raise NotFound("benchmark results not found")
+
+    def store_benchmark(self, who: Principal, upload: str, display_name: str, name: Optional[str] = None) -> dict:
+        """Admins: keep an uploaded results JSON for everyone's Compare tab."""
+        self.require_admin(who)
+        if not upload:
+            raise UploadError("choose a results JSON file first")
+        fname = safe_filename(display_name, "results.json")
+        data = self.read_upload(upload, fname)
+        rows, skipped = parse_results(data, fname)
+        sha = self.store.put_bytes(data)
+        with self.session() as s:
+            b = BenchmarkRecord(name=clean_name(name, "the results' name", Path(fname).stem), artifact=sha,
+                                n_rows=len(rows), skipped=skipped, user_id=who.user_id)
+            s.add(b)
+            s.flush()
+            entry = {"id": b.id, "name": b.name, "sha": sha, "rows": len(rows), "skipped": skipped,
+                     "uploaded_by": who.username, "key": f"bench:{b.id}"}
+        return entry
+
+    def import_legacy_benchmarks(self) -> list[str]:
+        """Results kept by an older version in ``<data>/dashboard/benchmarks.json``: into the
+        database once (the file is renamed ``benchmarks.json.imported``)."""
+        path = self.dashboard_dir / "benchmarks.json"
+        if not path.is_file():
+            return []
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            log.warning("benchmark index %s unreadable; left as it is", path)
+            return []
+        entries = [d for d in data if isinstance(d, dict) and isinstance(d.get("sha"), str)] if isinstance(data, list) else []
+        with self.session() as s:
+            for d in entries:
+                s.add(BenchmarkRecord(name=str(d.get("name") or "results")[:200], artifact=d["sha"],
+                                      n_rows=int(d.get("rows") or 0), skipped=int(d.get("skipped") or 0)))
+        path.rename(path.with_name("benchmarks.json.imported"))
+        return [f"imported {len(entries)} stored benchmark result(s) from {path.name}"]
+
+
+def normalise_row(r: Any) -> Optional[dict]:
+    """One result row with the standard fields (missing ones None), or None if unusable
+    (no task, method or numeric value)."""
+    if not isinstance(r, dict):
+        return None
+    task, method = r.get("task"), r.get("method")
+    value = _num(r.get("value"))
+    if not isinstance(task, str) or not task or not isinstance(method, str) or not method or value is None:
+        return None
+    eps = r.get("dp_epsilon", r.get("epsilon"))
+    clients = r.get("clients", r.get("n_clients"))
+    mapper = r.get("mapper", r.get("mapper_version"))
+    return {"protocol": str(r.get("protocol") or ""), "task": task, "method": method,
+            "mapper": "" if mapper is None else str(mapper), "dp_epsilon": _num(eps),
+            "clients": int(clients) if _num(clients) is not None else None,
+            "seed": int(r["seed"]) if _num(r.get("seed")) is not None else None,
+            "metric": str(r.get("metric") or ""), "value": value, "gap_recovery": _num(r.get("gap_recovery")),
+            "wall_s": _num(r.get("wall_s")), "peak_mem_mb": _num(r.get("peak_mem_mb"))}
+
+
+def parse_results(data: bytes, what: str = "results") -> tuple[list[dict], int]:
+    """Rows of a benchmark results JSON: a list of rows, or an object holding one under
+    ``rows`` / ``results`` / ``table``. Returns (rows, skipped); raises UploadError when
+    nothing usable is there."""
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UploadError(f"{what}: not UTF-8 text") from None
+    except ValueError as e:
+        raise UploadError(f"{what}: not valid JSON ({e})") from None
+    raw = obj
+    if isinstance(obj, dict):
+        raw = next((obj[k] for k in ("rows", "results", "table") if isinstance(obj.get(k), list)), None)
+    if not isinstance(raw, list):
+        raise UploadError(f"{what}: expected a list of result rows, or an object with a 'rows' list "
+                          f"(each row: protocol, task, method, dp_epsilon, clients, seed, metric, value, "
+                          f"gap_recovery, wall_s, peak_mem_mb)")
+    rows = [normalise_row(r) for r in raw]
+    good = [r for r in rows if r is not None]
+    if not good:
+        raise UploadError(f"{what}: none of its {len(raw)} rows has a task, a method and a numeric value")
+    return good, len(raw) - len(good)
