@@ -51,7 +51,7 @@ def run(zoo: Path, pair_dirs: list[Path], variants: list[str], seeds: list[int],
         threads: int | None) -> list[dict]:
     import torch
 
-    from gtapp.mapper.base import make_mapper
+    from gtapp.mapper.registry import make_mapper
     from gtapp.models import ModelPair
     from gtapp.shadow import PairSet
 

@@ -19,11 +19,10 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from gtapp.lora.peft_format import CONFIG_NAME, WEIGHTS_NAME
 from gtapp.data import IGNORE_INDEX, EncodedDataset, _pad_id, iter_batches, prompt_ids
 from gtapp.tasks.base import Example, Task
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 def sequence_nll(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -135,10 +134,10 @@ def check_adapter_dir(adapter_dir: str | Path) -> Path:
     d = Path(adapter_dir)
     if not d.is_dir():
         raise FileNotFoundError(f"adapter folder not found: {d}")
-    if not (d / ADAPTER_CONFIG).is_file():
-        raise ValueError(f"{d}: no {ADAPTER_CONFIG} (not a peft adapter folder)")
-    if not (d / ADAPTER_WEIGHTS).is_file():
-        raise ValueError(f"{d}: no {ADAPTER_WEIGHTS}; only safetensors adapters are loaded (never pickles)")
+    if not (d / CONFIG_NAME).is_file():
+        raise ValueError(f"{d}: no {CONFIG_NAME} (not a peft adapter folder)")
+    if not (d / WEIGHTS_NAME).is_file():
+        raise ValueError(f"{d}: no {WEIGHTS_NAME}; only safetensors adapters are loaded (never pickles)")
     return d
 
 

@@ -41,7 +41,9 @@ import torch
 
 from gtapp import __version__
 from gtapp.data import EncodedDataset, data_fingerprint, trim
-from gtapp.evaluate import ADAPTER_CONFIG, ADAPTER_WEIGHTS, sequence_nll
+from gtapp.devices import resolve_device
+from gtapp.evaluate import sequence_nll
+from gtapp.lora.peft_format import CONFIG_NAME, WEIGHTS_NAME
 from gtapp.progress import ProgressFn, Tracker
 from gtapp.lora.recipe import LoraRecipe
 from gtapp.tasks.base import Example
@@ -146,9 +148,7 @@ def versions() -> dict:
 
 
 def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return torch.device(resolve_device(device))
 
 
 def _lora_parameters(peft_model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -191,11 +191,11 @@ def _check_moved(init: dict, final: dict) -> dict:
 def _save_adapter(peft_model, folder: Path) -> None:
     """Save a stock peft adapter folder (standard keys, safetensors)."""
     peft_model.save_pretrained(str(folder), safe_serialization=True)
-    if not (folder / ADAPTER_WEIGHTS).is_file() or not (folder / ADAPTER_CONFIG).is_file():
-        raise FinetuneError(f"peft did not write {ADAPTER_WEIGHTS} and {ADAPTER_CONFIG} in {folder}")
+    if not (folder / WEIGHTS_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
+        raise FinetuneError(f"peft did not write {WEIGHTS_NAME} and {CONFIG_NAME} in {folder}")
     from safetensors import safe_open
 
-    with safe_open(str(folder / ADAPTER_WEIGHTS), framework="pt") as f:
+    with safe_open(str(folder / WEIGHTS_NAME), framework="pt") as f:
         keys = list(f.keys())
     wrapped = [k for k in keys if "_module." in k]
     if wrapped or not keys:
@@ -210,7 +210,7 @@ def _stage_dir(out_dir: Path) -> Path:
 def _publish(stage: Path, out_dir: Path, overwrite: bool) -> None:
     """Move the staged result into ``out_dir``; finetune.json goes last (it marks completion)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    existing = [p for p in (ADAPTER_WEIGHTS, ADAPTER_CONFIG, RECORD_FILE, "snapshots") if (out_dir / p).exists()]
+    existing = [p for p in (WEIGHTS_NAME, CONFIG_NAME, RECORD_FILE, "snapshots") if (out_dir / p).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{out_dir} already holds a fine-tune result ({', '.join(existing)}); "
                               f"choose another folder or pass overwrite=True")
@@ -273,7 +273,7 @@ def finetune(model_path: str, recipe: LoraRecipe, examples: Sequence[Example], c
     if dp is not None and config.batch_size > n:
         raise ValueError(f"DP-SGD needs batch_size <= number of examples ({config.batch_size} > {n})")
     out_dir = Path(out_dir)
-    if not overwrite and any((out_dir / p).exists() for p in (ADAPTER_WEIGHTS, RECORD_FILE)):
+    if not overwrite and any((out_dir / p).exists() for p in (WEIGHTS_NAME, RECORD_FILE)):
         raise FileExistsError(f"{out_dir} already holds a fine-tune result; choose another folder "
                               f"or pass overwrite=True")
     tracker = Tracker(progress, "finetune", config.steps)

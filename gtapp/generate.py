@@ -66,7 +66,8 @@ def generate(mapper, tiny_adapters: Sequence, out_dir: str | Path, *, weights: O
     ``model_name``: what the adapter's config and record name as its base model (default: the
     LLM's path)."""
     from gtapp.combine import Contributor, combine_and_map, contributor_from_adapter
-    from gtapp.mapper.base import Mapper, load_mapper
+    from gtapp.mapper.base import Mapper
+    from gtapp.mapper.registry import load_mapper
 
     t_all = time.monotonic()
     timing = {}

@@ -74,23 +74,6 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
     return total / len(references)
 
 
-def token_f1(prediction: str, reference: str) -> float:
-    """Bag-of-words F1 between two strings (DROP's F1), 0..1."""
-    pt, rt = normalize_text(prediction).split(), normalize_text(reference).split()
-    if not pt or not rt:
-        return float(pt == rt)
-    common = 0
-    rest = list(rt)
-    for t in pt:
-        if t in rest:
-            rest.remove(t)
-            common += 1
-    if common == 0:
-        return 0.0
-    p, r = common / len(pt), common / len(rt)
-    return 2 * p * r / (p + r)
-
-
 def perplexity(total_nll: float, total_tokens: int) -> float:
     """exp(mean token NLL in nats)."""
     if total_tokens <= 0:

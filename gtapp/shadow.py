@@ -46,6 +46,7 @@ from safetensors.torch import save_file
 
 from gtapp import __version__
 from gtapp.progress import Progress, ProgressFn, Tracker
+from gtapp.files import atomic_write_json
 from gtapp.lora.factors import Factors
 from gtapp.lora.peft_format import read_adapter
 from gtapp.lora.recipe import RecipeError, RecipePair
@@ -263,12 +264,6 @@ def _set_version(manifest: dict) -> str:
     return h.hexdigest()[:16]
 
 
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
 def _sub_progress(progress: Optional[ProgressFn], start: float, end: float, stage: str, prefix: str):
     if progress is None:
         return None
@@ -304,7 +299,7 @@ def open_or_create(out: Path, recipes: RecipePair, config: ShadowConfig, zoo_dir
                 "settings": settings, "zoo": str(zoo_dir), "runs": {},
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "gtapp_version": __version__}
     manifest["version"] = _set_version(manifest)
-    _write_json_atomic(path, manifest)
+    atomic_write_json(path, manifest)
     return manifest
 
 
@@ -384,7 +379,7 @@ def generate_pairs(zoo_dir: str | Path, config: ShadowConfig, out_dir: str | Pat
             }
             manifest["version"] = _set_version(manifest)
             manifest["updated_at"] = manifest["runs"][run.run_id]["finished_at"]
-            _write_json_atomic(out / MANIFEST, manifest)
+            atomic_write_json(out / MANIFEST, manifest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         tracker.update(i + 1, f"finished run {i + 1}/{len(todo)} {run.run_id}")

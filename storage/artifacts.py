@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import IO, Any, Iterator, Optional
 
+from gtapp.files import _fsync_dir, atomic_write_bytes, atomic_write_json  # noqa: F401 (re-exported)
+
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _RELNAME = re.compile(r"^[A-Za-z0-9._\-]+(/[A-Za-z0-9._\-]+)*$")
 MANIFEST_FORMAT = "gtapp-tree/1"
@@ -61,48 +63,6 @@ class ArtifactStoreFull(OSError):
 
     def __str__(self) -> str:  # OSError's default adds "[Errno 28]" and the file name again
         return self.strerror
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via temp file + fsync + rename (same folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "isoformat"):
-        return o.isoformat()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
 
 
 class ObjectWriter:

@@ -14,7 +14,7 @@ def test_every_list_is_what_the_core_accepts():
     from gtapp.bench.presets import ALL_METHODS, PRESETS
     from gtapp.datasets.formats import REGISTRY
     from gtapp.datasets.user import USER_METRICS
-    from gtapp.mapper.base import mapper_classes
+    from gtapp.mapper.registry import mapper_classes
 
     assert tuple(zoo.PRESETS) == choices.ZOO_PRESETS
     assert tuple(sorted(PRESETS)) == tuple(sorted(choices.BENCH_PRESETS))

@@ -56,13 +56,9 @@ def admin_overview(svc: Service, request) -> tuple:
 
 
 def zoo_note(svc: Service, who) -> str:
-    kinds = svc.job_kinds(who)
-    where = svc.settings.zoo_root
-    if "zoo" in kinds and kinds["zoo"]["wired"]:
-        return f"Build a zoo pair with a `zoo` job below; it lands in `{where}` and can then be registered."
-    return (f"Zoo folders are looked for under `{where}` (setting `zoo_dir`). To build one, run "
-            f"`gtapp zoo build --preset micro|ci|demo --out {where}/<name>` on the server; it then appears in the "
-            "list above (this version has no `zoo` job kind).")
+    return (f"Build a zoo pair with a `zoo` job below (or `gtapp zoo build --preset micro|ci|demo --out "
+            f"{svc.settings.zoo_root}/<name>` on the server); it lands under the zoo folder (setting `zoo_dir`) "
+            "and can then be registered.")
 
 
 def _int_list(text: str, what: str) -> list[int]:

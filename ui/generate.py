@@ -1,8 +1,5 @@
 """Generate tab: TinyLM adapter(s) (with weights) + a mapper version -> an LLM adapter (a
-``generate`` job, optionally followed by an evaluation); download adapters.
-
-Until the ``generate`` job kind is wired, submitting shows the job API's own "not
-available" message: nothing is faked."""
+``generate`` job, optionally followed by an evaluation); download adapters."""
 
 from __future__ import annotations
 

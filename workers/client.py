@@ -34,6 +34,7 @@ from storage.models import TERMINAL, Job, utcnow
 from storage.settings import Settings, get_settings
 from storage.tenancy import NotFound, owned, visible
 from workers.dispatch import QueueUnavailable, send
+from workers.embedded import get_embedded
 from workers.jobs import REGISTRY, JobNotAvailable, get_spec
 
 __all__ = ["JobClient", "JobView", "JobNotFound", "JobLimit", "QueueUnavailable", "JobNotAvailable", "submit", "get", "list",
@@ -129,8 +130,6 @@ class JobClient:
         with self._session() as s:
             ensure_first_admin(s, self.settings)
         if self.settings.embedded:
-            from workers.embedded import get_embedded
-
             get_embedded(self.settings)
 
     # --- the API --------------------------------------------------------------------------------
@@ -162,7 +161,9 @@ class JobClient:
                 ledger.reserve(s, request, org_id=who.org_id, job_id=job.id)  # BudgetExceeded rolls back
             job_id = job.id
         try:
-            send(self.settings, job_id, kind, spec.queue, run_here=self.run_embedded)
+            send(self.settings, job_id, kind, spec.queue)
+            if self.settings.embedded and self.run_embedded:
+                get_embedded(self.settings).wake()  # this process runs jobs: start on it now
         except QueueUnavailable as e:
             with self._session() as s:
                 job = s.get(Job, job_id)

@@ -15,6 +15,7 @@ from storage.db import session_scope
 from storage.settings import Settings, get_settings
 from workers.fairness import next_job
 from workers.reaper import ReaperThread
+from workers.runner import run_job, worker_name
 
 log = logging.getLogger("gtapp.jobs")
 
@@ -63,8 +64,6 @@ class EmbeddedWorker:
             return next_job(s)
 
     def _loop(self) -> None:
-        from workers.runner import run_job, worker_name
-
         while not self._stop.is_set():
             try:
                 job_id = self._next_job()

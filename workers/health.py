@@ -29,7 +29,7 @@ def check_deps(settings) -> None:
 
 
 def check_worker(settings, node: str | None = None) -> None:
-    from workers.celery_app import make_celery
+    from workers.celery_config import make_celery
 
     node = node or f"worker@{socket.gethostname()}"
     replies = make_celery(settings, with_backend=False).control.ping(destination=[node], timeout=5.0)

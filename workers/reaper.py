@@ -10,7 +10,7 @@ It also re-sends queued jobs whose broker message is missing (the database is th
 truth; a duplicate message is harmless, as claiming a job is a compare-and-set on its row):
 
 * never sent: the submitting process died between committing the row and sending;
-* sent at or before the broker's current epoch (workers.dispatch.broker_epoch): a Redis
+* sent at or before the broker's current epoch (workers.broker.broker_epoch): a Redis
   restart, a FLUSH or an eviction lost the message (the job whose own send started the
   epoch is re-sent too, once: its message may have gone to the broker before the restart);
 * unclaimed for ``redispatch_unclaimed_after_s`` after its last send (doubling after each
@@ -37,6 +37,8 @@ from storage.artifacts import ArtifactStore, atomic_write_json
 from storage.db import session_scope
 from storage.models import Job, utcnow
 from storage.settings import Settings, get_settings
+from workers.broker import QueueUnavailable, broker_epoch
+from workers.dispatch import send
 
 log = logging.getLogger("gtapp.reaper")
 
@@ -122,8 +124,6 @@ def _lost_messages(settings: Settings, now: dt.datetime) -> list[tuple[int, str,
 def _broker_epoch(settings: Settings) -> Optional[dt.datetime]:
     """Jobs sent at or before this (UTC, broker's clock, as their dispatched_at) may have lost
     their message; None when unknown."""
-    from workers.dispatch import broker_epoch
-
     try:
         clock = broker_epoch(settings)
     except Exception as e:  # broker down: nothing can be re-sent anyway; try on the next pass
@@ -173,10 +173,9 @@ def sweep(settings: Settings, every_s: float = 600.0) -> int:
 
 
 def _resend(settings: Settings, job_id: int, kind: str, queue: str, actions: list[dict]) -> None:
-    from workers.dispatch import QueueUnavailable, send
 
     try:
-        send(settings, job_id, kind, queue, run_here=False)  # embedded: any polling worker takes it
+        send(settings, job_id, kind, queue)  # embedded: any polling worker takes it
     except QueueUnavailable as e:  # stays queued with no message; the next pass tries again
         log.error("%s", e)
         with session_scope(settings=settings) as s:

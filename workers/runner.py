@@ -1,6 +1,6 @@
 """Runs one job: claim its row, run its function with a context, record the outcome.
 
-Shared by the Celery task (workers/tasks.py) and the embedded in-process worker
+Shared by the Celery task (workers/celery_tasks.py) and the embedded in-process worker
 (workers/embedded.py), so both behave the same.
 
 * Claim: a compare-and-set ``queued -> running`` (attempts + 1). A duplicate delivery, a
@@ -46,8 +46,9 @@ from sqlalchemy import select, update
 from storage import ledger
 from storage.artifacts import ArtifactStore, StagedStore, atomic_write_json
 from storage.db import session_scope
-from storage.models import TERMINAL, Job, utcnow
+from storage.models import Job, utcnow
 from storage.settings import Settings, get_settings
+from workers.jobs import JobNotAvailable, get_spec
 
 log = logging.getLogger("gtapp.jobs")
 
@@ -308,7 +309,6 @@ def _finish(job_id: int, worker: str, settings: Settings, status: str, **values)
 def run_job(job_id: int, worker: Optional[str] = None, settings: Optional[Settings] = None,
             expected_kind: Optional[str] = None) -> str:
     """Run job ``job_id`` if it is queued. Returns the final status, or 'skipped' / 'lost'."""
-    from workers.jobs import JobNotAvailable, get_spec
 
     settings = settings or get_settings()
     worker = worker or worker_name()
@@ -452,7 +452,3 @@ def _gtapp_version() -> str:
         return __version__
     except Exception:  # pragma: no cover
         return "unknown"
-
-
-def is_terminal(status: str) -> bool:
-    return status in TERMINAL

@@ -1,4 +1,4 @@
-"""Baselines the Gradient Transformer is compared with (DESIGN.md, "the benchmark").
+"""Baselines the Gradient Transformer is compared with (the product brief's benchmark).
 
 =================  ======================================================  ===============
 method             what                                                    module

@@ -6,6 +6,9 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import gtapp.baselines.distill as distill
+from gtapp.devices import resolve_device
+import gtapp.baselines.sft as sft
 from gtapp.baselines.common import (
     EVAL_MODEL,
     METHODS,
@@ -14,7 +17,8 @@ from gtapp.baselines.common import (
     Budget,
     CostMeter,
 )
-from gtapp.evaluate import ADAPTER_WEIGHTS, evaluate, load_with_adapter
+from gtapp.evaluate import evaluate, load_with_adapter
+from gtapp.lora.peft_format import WEIGHTS_NAME
 from gtapp.models import ModelPair
 from gtapp.progress import ProgressFn
 from gtapp.tasks.base import Example, Task
@@ -62,12 +66,9 @@ def run_baseline(method: str, pair: ModelPair, tiny_adapter_dir: str | Path | No
         raise ValueError(f"{method}: unknown options {sorted(unknown)}; allowed {sorted(OPTIONS[method])}")
     if tiny_adapter_dir is None and method in ("kd_logit", "weak_to_strong", "proxy_tuning", "datafree_kd"):
         raise ValueError(f"{method} needs the fine-tuned TinyLM's adapter (tiny_adapter_dir)")
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     out_dir = Path(out_dir)
-    if not overwrite and (out_dir / ADAPTER_WEIGHTS).exists():
+    if not overwrite and (out_dir / WEIGHTS_NAME).exists():
         raise FileExistsError(f"{out_dir} already holds an adapter; choose another folder or pass overwrite=True")
     out_dir.mkdir(parents=True, exist_ok=True)
     if method == "proxy_tuning":
@@ -88,8 +89,6 @@ def run_baseline(method: str, pair: ModelPair, tiny_adapter_dir: str | Path | No
 
 def _train(method, pair, tiny_adapter_dir, private_examples, public_examples, budget, out_dir, seed,
            progress, task, device, options, overwrite, meter) -> dict:
-    from gtapp.baselines import distill, sft
-
     if method == "oracle":
         return sft.run_sft(pair.llm_path, pair.recipes.llm, private_examples, budget, out_dir, seed, meter,
                            progress, device, overwrite=overwrite)

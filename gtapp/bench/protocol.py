@@ -98,7 +98,7 @@ def _finetune(ctx: Context, which: str, examples, out: Path, seed: int, dp_epsil
 
 
 def _fit_mappers(ctx: Context, pair_set, which: tuple[str, ...]) -> dict:
-    from gtapp.mapper.base import make_mapper
+    from gtapp.mapper.registry import make_mapper
 
     pair = _pair(ctx)
     mappers = {}

@@ -14,15 +14,10 @@ record, and what was expected. Files are only parsed (``json``/``csv``), never e
 
 from gtapp.datasets._io import MAX_ROW_CHARS, MAX_ROWS, DatasetError, Limits  # noqa: F401
 from gtapp.datasets.formats import REGISTRY, DatasetSpec, resolve_name  # noqa: F401
-from gtapp.datasets.loader import available, load, read_examples, split_examples  # noqa: F401
+from gtapp.datasets.hub import load_hub  # noqa: F401  (needs the optional `datasets` library and a network)
+from gtapp.datasets.loader import available, load, read_examples  # noqa: F401
+from gtapp.datasets.split import split_examples  # noqa: F401
 from gtapp.datasets.user import load_user_dataset  # noqa: F401
-
-
-def load_hub(name: str, **kwargs):
-    """Load a registered dataset through the optional ``datasets`` library (needs a network)."""
-    from gtapp.datasets.hub import load_hub as _load_hub
-    return _load_hub(name, **kwargs)
-
 
 __all__ = ["DatasetError", "DatasetSpec", "Limits", "MAX_ROWS", "MAX_ROW_CHARS", "REGISTRY", "available", "load", "load_hub",
            "load_user_dataset", "read_examples", "resolve_name", "split_examples"]

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 from gtapp.datasets._io import DatasetError, Limits, string_chars
 from gtapp.datasets.formats import resolve_name
-from gtapp.datasets.loader import build_task
+from gtapp.datasets.split import build_task
 from gtapp.tasks.base import Example, Task
 
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-import random
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from gtapp.datasets._io import DatasetError, Limits, check_extension, iter_records, read_json_object
 from gtapp.datasets.formats import REGISTRY, DatasetSpec, resolve_name
+from gtapp.datasets.hub import load_hub
+from gtapp.datasets.split import DEFAULT_TEST_FRACTION, build_task
 from gtapp.tasks.base import Example, Task
 
-DEFAULT_TEST_FRACTION = 0.1
 
 
 def available() -> list[str]:
@@ -20,55 +20,6 @@ def available() -> list[str]:
 
 
 # ------------------------------------------------------------------------------- splitting
-
-def split_examples(examples: Sequence[Example], seed: int = 0,
-                   test_fraction: float = DEFAULT_TEST_FRACTION,
-                   group_key: str | None = None) -> tuple[list[Example], list[Example]]:
-    """Deterministic train/test split (original order kept inside each part).
-
-    With ``group_key``, examples sharing ``meta[group_key]`` (e.g. a DROP passage) land on the
-    same side, so no passage is both trained and tested on.
-    """
-    if not 0.0 < test_fraction < 1.0:
-        raise DatasetError(f"test_fraction must be between 0 and 1; got {test_fraction}")
-    n = len(examples)
-    if n < 2:
-        raise DatasetError(f"need at least 2 examples to split into train and test; got {n}")
-    target = min(n - 1, max(1, round(n * test_fraction)))
-    rng = random.Random(f"gtapp-split:{seed}")
-    if group_key:
-        groups: dict[Any, list[int]] = {}
-        for i, e in enumerate(examples):
-            groups.setdefault(e.meta.get(group_key, i), []).append(i)
-        keys = list(groups)
-        if len(keys) >= 2:
-            rng.shuffle(keys)
-            test_idx: set[int] = set()
-            for k in keys[:-1]:  # always leave at least one group for training
-                if len(test_idx) >= target:
-                    break
-                test_idx.update(groups[k])
-        else:
-            test_idx = set(rng.sample(range(n), target))
-    else:
-        test_idx = set(rng.sample(range(n), target))
-    train = [e for i, e in enumerate(examples) if i not in test_idx]
-    test = [e for i, e in enumerate(examples) if i in test_idx]
-    return train, test
-
-
-def subsample(examples: Sequence[Example], limit: int | None, seed: int, tag: str) -> list[Example]:
-    """At most ``limit`` examples, a seeded random subset in original order."""
-    if limit is None or limit >= len(examples):
-        return list(examples)
-    if limit < 0:
-        raise DatasetError(f"limit must be >= 0; got {limit}")
-    rng = random.Random(f"gtapp-limit:{seed}:{tag}")
-    keep = sorted(rng.sample(range(len(examples)), limit))
-    return [examples[i] for i in keep]
-
-
-# ------------------------------------------------------------------------------- reading
 
 def read_examples(spec: DatasetSpec, path: str | os.PathLike, limits: Limits,
                   skip_invalid: bool = False, problems: list[str] | None = None
@@ -160,7 +111,6 @@ def load(name: str, train_path: str | os.PathLike | None = None,
         if root and (Path(root) / spec.name).is_dir():
             path = Path(root) / spec.name
         elif hub:
-            from gtapp.datasets.hub import load_hub
             return load_hub(spec.name, limit=limit, seed=seed, max_rows=max_rows,
                             max_row_chars=max_row_chars)
         else:
@@ -179,29 +129,3 @@ def load(name: str, train_path: str | os.PathLike | None = None,
         source["invalid"] = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
     return build_task(spec.name, spec, train, test, source, limit=limit, seed=seed,
                       test_fraction=test_fraction, origin=str(tr if train else te))
-
-
-def build_task(name: str, spec: DatasetSpec, train: list[Example], test: list[Example],
-               source: dict, *, limit: int | None, seed: int, test_fraction: float,
-               origin: str = "") -> Task:
-    """Split if one side is missing, apply ``limit`` and wrap into a Task. ``origin`` (the file
-    that is split) prefixes a message about too few examples to split."""
-    group = "group" if spec.name == "drop" else None
-    if not train or not test:
-        only = train or test
-        which = "train" if train else "test"
-        try:
-            train, test = split_examples(only, seed=seed, test_fraction=test_fraction, group_key=group)
-        except DatasetError as e:
-            if not origin or len(only) >= 2:
-                raise
-            raise DatasetError(f"{origin}: {e}; add more rows, or give a separate test file") from None
-        source["split"] = f"seeded split of the {which} file (seed={seed}, test_fraction={test_fraction})"
-    else:
-        source["split"] = "files"
-    source["full_sizes"] = {"train": len(train), "test": len(test)}
-    train = subsample(train, limit, seed, "train")
-    test = subsample(test, limit, seed, "test")
-    return Task(name=name, family=spec.family, metric=spec.metric, train=train, test=test,
-                extract=spec.extract, max_new_tokens=spec.max_new_tokens,
-                description=spec.description, source=source)

@@ -9,7 +9,7 @@ from typing import Any
 from gtapp.datasets._io import DatasetError, Limits, check_extension, iter_csv, iter_records, \
     require_object, require_str, type_name
 from gtapp.datasets.formats import DatasetSpec, extract_summary
-from gtapp.datasets.loader import DEFAULT_TEST_FRACTION, build_task
+from gtapp.datasets.split import DEFAULT_TEST_FRACTION, build_task
 from gtapp.tasks.base import Example, Task, extract_letter, extract_number, first_line
 
 USER_EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv")

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
+from gtapp.files import atomic_write_text
 from gtapp.lora.factors import Factors, as_factors
 from gtapp.lora.recipe import LoraRecipe, RecipeError, recipe_fingerprints
 
@@ -74,12 +75,6 @@ def read_adapter(folder: str | Path, recipe: LoraRecipe) -> Factors:
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to("cpu", torch.float32).contiguous()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 
@@ -148,5 +143,5 @@ def write_peft_adapter(update: Any, recipe: LoraRecipe, out_dir: str | Path,
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, out_dir / WEIGHTS_NAME)
     side = {"gtapp_recipe": 1, **recipe_fingerprints(recipe)}
-    _atomic_write_text(out_dir / SIDECAR_NAME, json.dumps(side, indent=2, sort_keys=True))
+    atomic_write_text(out_dir / SIDECAR_NAME, json.dumps(side, indent=2, sort_keys=True))
     return out_dir

@@ -38,7 +38,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gtapp.lora.factors import Factors, product_inner
-from gtapp.lora.peft_format import PEFT_PREFIX, _atomic_write_text, _f32, write_peft_adapter
+from gtapp.files import atomic_write_text
+from gtapp.lora.peft_format import PEFT_PREFIX, _f32, write_peft_adapter
 from gtapp.lora.recipe import (LoraRecipe, init_fingerprint, layer_of, module_sort_key, recipe_fingerprints,
                                seeded_lora_a)
 from gtapp.lora.validate import AdapterError, Limits, load_adapter
@@ -457,7 +458,7 @@ class UpdateVector(Mapping):
         tmp = path.with_name(path.name + ".tmp")
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": UPDATE_FORMAT})
         os.replace(tmp, path)
-        _atomic_write_text(sidecar_path(path), text)
+        atomic_write_text(sidecar_path(path), text)
         return path
 
     @classmethod

@@ -19,7 +19,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
-from gtapp.tasks import world as W
+import gtapp.tasks.world as W
 from gtapp.tasks.base import Example, Task, extract_letter, extract_number, first_line
 
 LETTERS = "ABCDE"

@@ -16,5 +16,5 @@ class Jobs(ServiceBase):
         module (and so torch), which a page load must not do."""
         from workers.jobs import REGISTRY
 
-        return {k: {"kind": k, "admin_only": spec.admin_only, "wired": spec.wired, "queue": spec.queue,
+        return {k: {"kind": k, "admin_only": spec.admin_only, "queue": spec.queue,
                     "allowed": who.is_admin or not spec.admin_only} for k, spec in sorted(REGISTRY.items())}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from workers.jobs.registry import REGISTRY
 
+from gtapp.devices import resolve_device as _resolve_device  # noqa: F401 (used by the job kinds)
 from gtapp.choices import COMBINE_METHODS, DEVICES, MAPPER_KINDS, MAPPER_METHOD, ORGANISATIONS, WEIGHTINGS  # noqa: F401
 
 
@@ -23,14 +24,6 @@ def _is_num(v) -> bool:
 def _check_device(p: dict) -> None:
     if p["device"] not in DEVICES and not str(p["device"]).startswith("cuda:"):
         raise ValueError("device must be auto, cpu, cuda or cuda:N")
-
-
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def _int_list(p: dict, name: str, lo: int, hi: int, allow_empty: bool = False) -> list[int]:

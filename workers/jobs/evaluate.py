@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from gtapp.choices import EVAL_METRICS
-from workers.jobs.common import _eval_task
+from workers.jobs.common import _eval_task, _resolve_device
 from workers.jobs.registry import job
 
 
@@ -60,11 +60,7 @@ def evaluate(params: dict, ctx) -> dict:
     adapter_dir = None
     if adapter_artifact is not None:
         adapter_dir = ctx.store.materialize(adapter_artifact, ctx.work_dir / "adapter")
-    device = params["device"]
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _resolve_device(params["device"])
     ctx.progress(0.05, f"evaluating on {task.name}")
     result = ev.evaluate_paths(model_path, task, adapter_dir=adapter_dir, split="test", limit=params["limit"],
                                batch_size=params["batch_size"], device=device)

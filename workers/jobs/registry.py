@@ -27,7 +27,6 @@ class JobSpec:
     validate: Optional[Callable[[dict], None]] = None  # extra checks; raise ValueError
     privacy: Optional[Callable[[dict, Any], Any]] = None  # (params, session) -> ledger.DPRequest | None
     soft_time_limit_s: Optional[int] = None  # default: settings.job_soft_time_limit_s
-    wired: bool = True  # False: registered, but this version has no job function for it yet
 
     def available(self) -> tuple[bool, str]:
         # find_spec, not import: checking a kind must not import gtapp (and so torch) in the
@@ -40,9 +39,6 @@ class JobSpec:
             if not found:
                 return False, (f"job kind '{self.kind}' is not available in this version of gtapp "
                                f"(module {module} is missing)")
-        if not self.wired:
-            return False, (f"job kind '{self.kind}' is not available in this version of gtapp "
-                           f"(no job function is wired to {', '.join(self.requires)} yet)")
         return True, ""
 
     def check_params(self, params: Optional[dict]) -> dict:

@@ -28,7 +28,7 @@ def _check_train_mapper(p: dict) -> None:
     if not isinstance(cfg, dict):
         raise ValueError("config must be an object of mapper settings")
     # torch: imported already by the kind's availability check
-    from gtapp.mapper.base import mapper_classes
+    from gtapp.mapper.registry import mapper_classes
 
     known = mapper_classes()[p["kind"]].default_config()
     unknown = sorted(set(cfg) - set(known))

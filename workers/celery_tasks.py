@@ -7,15 +7,16 @@ from __future__ import annotations
 
 from celery import Celery
 
+from storage.db import session_scope
 from storage.settings import Settings
+from workers.broker import task_name
+from workers.fairness import next_job
+from workers.jobs import REGISTRY
+from workers.runner import run_job, worker_name
 
 
 def _make_task(kind: str):
     def task(self, job_id: int) -> str:
-        from storage.db import session_scope
-        from workers.fairness import next_job
-        from workers.runner import run_job, worker_name
-
         settings = self.app.gtapp_settings
         worker = worker_name(self.request.hostname or None)
         tried: set[int] = set()
@@ -40,9 +41,6 @@ def _make_task(kind: str):
 
 
 def register_tasks(app: Celery, settings: Settings) -> None:
-    from workers.dispatch import task_name
-    from workers.jobs import REGISTRY
-
     for kind, spec in REGISTRY.items():
         soft = spec.soft_time_limit_s or settings.job_soft_time_limit_s
         hard = soft + (settings.job_hard_time_limit_s - settings.job_soft_time_limit_s)

@@ -1,4 +1,4 @@
-"""GTMapper: training the Gradient Transformer on shadow pairs.
+"""GTMapper: the Gradient Transformer as a mapper (its typed config, its training on shadow pairs).
 
 Loss, per pair, in *factored* form (never a dense dW):
 
@@ -31,23 +31,97 @@ from __future__ import annotations
 import copy
 import math
 import time
+from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
 import torch
 
+from gtapp.devices import resolve_device
 from gtapp.mapper.base import Mapper
+from gtapp.mapper.functional import FunctionalLoss
+from gtapp.mapper.ridge import RidgeMapper
 from gtapp.lora.factors import product_sqdist
 from gtapp.mapper.space import Tensors, index
-from gtapp.mapper.transformer import GradientTransformer, GTConfig
+from gtapp.mapper.gt.network import GradientTransformer, GTConfig
 from gtapp.progress import ProgressFn, Tracker
 
 MODEL_KEYS = tuple(GTConfig().to_dict())
 
 
+@dataclass(frozen=True)
+class GTMapperConfig:
+    """Every setting of a Gradient Transformer mapper, typed; saved as ``config.json`` beside its
+    weights in the mapper version folder (peft's habit), and read back from there."""
+
+    # which shadow runs validate (every mapper's)
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    # the network (GTConfig)
+    d_model: int = 128
+    n_heads: int = 4
+    n_enc_layers: int = 2
+    n_dec_layers: int = 2
+    mlp_mult: int = 4
+    dropout: float = 0.0
+    d_rank: Optional[int] = None
+    n_freq: int = 6
+    # training
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: int = 50
+    eval_every: int = 25
+    patience: int = 20
+    grad_clip: float = 1.0
+    mse_weight: float = 0.1
+    mixup: float = 0.5
+    functional_weight: float = 0.0
+    functional_model: Optional[str] = None
+    functional_examples: int = 8
+    functional_max_length: int = 64
+    seed: int = 0
+    max_time_s: Optional[float] = None
+    device: str = "cpu"
+    num_threads: Optional[int] = None
+    # the base map the transformer corrects
+    base: str = "ridge"
+    ridge_max_components: int = 64
+    base_folds: int = 5
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GTMapperConfig":
+        """Checked: unknown keys and values of the wrong type are refused, saying which."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ValueError(f"gt mapper: unknown config keys {unknown}; known: {sorted(known)}")
+        out = {}
+        for k, v in d.items():
+            want = known[k].type.replace("Optional[", "").rstrip("]")
+            if v is None and "Optional" in known[k].type:
+                out[k] = v
+                continue
+            ok = {"int": isinstance(v, int) and not isinstance(v, bool),
+                  "float": isinstance(v, (int, float)) and not isinstance(v, bool),
+                  "str": isinstance(v, str)}[want]
+            if not ok:
+                raise ValueError(f"gt mapper: config '{k}' must be {known[k].type}, got {v!r}")
+            out[k] = float(v) if want == "float" else v
+        cfg = cls(**out)
+        if cfg.base not in ("ridge", "mean"):
+            raise ValueError(f"gt mapper: base must be 'ridge' or 'mean', got {cfg.base!r}")
+        return cfg
+
+    def network(self) -> GTConfig:
+        return GTConfig(**{k: getattr(self, k) for k in MODEL_KEYS})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return torch.device(resolve_device(name))
 
 
 def _to(tensors: Tensors, device) -> Tensors:
@@ -59,27 +133,20 @@ class GTMapper(Mapper):
 
     @classmethod
     def default_config(cls) -> dict:
-        return {**super().default_config(), **GTConfig().to_dict(),
-                "steps": 2000, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.01, "warmup": 50,
-                "eval_every": 25, "patience": 20, "grad_clip": 1.0, "mse_weight": 0.1, "mixup": 0.5,
-                "functional_weight": 0.0, "functional_model": None, "functional_examples": 8,
-                "functional_max_length": 64, "seed": 0, "max_time_s": None, "device": "cpu",
-                "base": "ridge", "ridge_max_components": 64, "base_folds": 5, "num_threads": None}
+        return GTMapperConfig().to_dict()
 
     def __init__(self, recipes, config=None):
         super().__init__(recipes, config)
-        self.gt_config = GTConfig(**{k: self.config[k] for k in MODEL_KEYS})
-        torch.manual_seed(int(self.config["seed"]))
+        self.cfg = GTMapperConfig.from_dict(self.config)
+        self.config = self.cfg.to_dict()  # what config.json holds: every setting, typed
+        self.gt_config = self.cfg.network()
+        torch.manual_seed(int(self.cfg.seed))
         self.model = GradientTransformer(self.tiny.describe(), self.llm.describe(), self.gt_config)
-        self.device = _device(self.config["device"])
+        self.device = _device(self.cfg.device)
         self.history: list[dict] = []
-        if self.config["base"] not in ("ridge", "mean"):
-            raise ValueError(f"gt mapper: base must be 'ridge' or 'mean', got {self.config['base']!r}")
         self.base = None
-        if self.config["base"] == "ridge":
-            from gtapp.mapper.ridge import RidgeMapper
-
-            self.base = RidgeMapper(recipes, {"max_components": self.config["ridge_max_components"]})
+        if self.cfg.base == "ridge":
+            self.base = RidgeMapper(recipes, {"max_components": self.cfg.ridge_max_components})
             self.base.norm_in, self.base.norm_out = self.norm_in, self.norm_out  # shared normalisers
 
     def _base_n(self, xn: Tensors) -> Tensors:
@@ -123,13 +190,12 @@ class GTMapper(Mapper):
         runs it has not seen. With fewer than 2 runs (or base_folds < 2) it is in-sample.
         """
         xn = self.norm_in.normalise(train_x)
-        folds = int(self.config["base_folds"] or 0)
+        folds = int(self.cfg.base_folds or 0)
         runs = list(dict.fromkeys(p.run_id for p in pairs)) if pairs else []
         if self.base is None or folds < 2 or len(runs) < 2:
             return self._base_n(xn)
-        from gtapp.mapper.ridge import RidgeMapper
 
-        g = torch.Generator().manual_seed(int(self.config["seed"]))
+        g = torch.Generator().manual_seed(int(self.cfg.seed))
         order = [runs[i] for i in torch.randperm(len(runs), generator=g)]
         fold_of = {r: i % min(folds, len(runs)) for i, r in enumerate(order)}
         fold = torch.tensor([fold_of[p.run_id] for p in pairs])
@@ -138,7 +204,7 @@ class GTMapper(Mapper):
         out = torch.zeros(len(pairs), self.llm.dim, dtype=torch.float64)
         for f in fold.unique():
             te, tr = fold == f, fold != f
-            r = RidgeMapper(self.recipes, {"max_components": self.config["ridge_max_components"]})
+            r = RidgeMapper(self.recipes, {"max_components": self.cfg.ridge_max_components})
             r.norm_in, r.norm_out = self.norm_in, self.norm_out
             r._solve(x_flat[tr], y_flat[tr], self.base.chosen_lam)
             out[te] = r._flat_pred(x_flat[te])
@@ -161,8 +227,8 @@ class GTMapper(Mapper):
                 mse_den += q_.numel()
         prod = prod / n_mod
         total = prod.mean()
-        if self.config["mse_weight"]:
-            total = total + self.config["mse_weight"] * mse_num / mse_den
+        if self.cfg.mse_weight:
+            total = total + self.cfg.mse_weight * mse_num / mse_den
         return total, prod.detach()
 
     def _denorm_dev(self, zn: Tensors) -> Tensors:
@@ -174,7 +240,7 @@ class GTMapper(Mapper):
 
     # ----------------------------------------------------------------- fit
     def _fit(self, train_x, train_y, val_x, val_y, progress: Optional[ProgressFn], pairs=()) -> dict:
-        threads = self.config["num_threads"]
+        threads = self.cfg.num_threads
         old = torch.get_num_threads()
         if threads:
             torch.set_num_threads(int(threads))
@@ -184,10 +250,10 @@ class GTMapper(Mapper):
             torch.set_num_threads(old)
 
     def _train(self, train_x, train_y, val_x, val_y, progress: Optional[ProgressFn], pairs=()) -> dict:
-        cfg = self.config
+        cfg = self.cfg
         dev = self.device
-        torch.manual_seed(int(cfg["seed"]))
-        gen = torch.Generator().manual_seed(int(cfg["seed"]))
+        torch.manual_seed(int(cfg.seed))
+        gen = torch.Generator().manual_seed(int(cfg.seed))
         self.model.to(dev)
         self._norm_dev = {t: {"mean": tuple(m.to(dev) for m in self.norm_out.mean[t]),
                               "s_a": self.norm_out.s_a[t].to(dev)[:, None, None],
@@ -208,16 +274,15 @@ class GTMapper(Mapper):
             vy, vyn = _to(val_y, dev), _to(self.norm_out.normalise(val_y), dev)
             vbn = _to(self._base_n(self.norm_in.normalise(val_x)), dev)
         functional = None
-        if cfg["functional_weight"]:
-            from gtapp.mapper.functional import FunctionalLoss
+        if cfg.functional_weight:
 
-            functional = FunctionalLoss(cfg["functional_model"], self.recipes.llm, pairs,
-                                        n_examples=int(cfg["functional_examples"]),
-                                        max_length=int(cfg["functional_max_length"]), device=dev)
+            functional = FunctionalLoss(cfg.functional_model, self.recipes.llm, pairs,
+                                        n_examples=int(cfg.functional_examples),
+                                        max_length=int(cfg.functional_max_length), device=dev)
         n = next(iter(train_x.values()))[0].shape[0]
-        steps, bs = int(cfg["steps"]), min(int(cfg["batch_size"]), n)
-        opt = torch.optim.AdamW(self.model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-        warm = max(1, int(cfg["warmup"]))
+        steps, bs = int(cfg.steps), min(int(cfg.batch_size), n)
+        opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warm = max(1, int(cfg.warmup))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
         tracker = Tracker(progress, "train mapper", steps)
@@ -236,26 +301,26 @@ class GTMapper(Mapper):
             idx = torch.randperm(n, generator=gen)[:bs]
             full = (xn, y, yn, bn)
             batch = [index(d, idx.to(dev)) for d in full]
-            if cfg["mixup"]:
-                batch = self._mixup(batch, full, float(cfg["mixup"]), gen)
+            if cfg.mixup:
+                batch = self._mixup(batch, full, float(cfg.mixup), gen)
             bx, by, byn, bbn = batch
             pred = self._forward_normalised(bx, bbn)
             loss, prod = self._loss(pred, by, byn, a0, w)
             if functional is not None:  # on the batch's real (unmixed) pairs only
-                n_plain = len(idx) - (int(round(float(cfg["mixup"]) * len(idx))) if cfg["mixup"] and n > 1 else 0)
+                n_plain = len(idx) - (int(round(float(cfg.mixup) * len(idx))) if cfg.mixup and n > 1 else 0)
                 if n_plain > 0:
                     run_ids = [pairs[int(i)].run_id for i in idx[:n_plain]]
                     pred_raw = self._denorm_dev({t: (a[:n_plain], b[:n_plain]) for t, (a, b) in pred.items()})
-                    loss = loss + cfg["functional_weight"] * functional(pred_raw, a0, run_ids)
+                    loss = loss + cfg.functional_weight * functional(pred_raw, a0, run_ids)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg["grad_clip"])
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             opt.step()
             sched.step()
             if first_loss is None:
                 first_loss = float(prod.mean())
-            if step % int(cfg["eval_every"]) == 0 or step == steps:
+            if step % int(cfg.eval_every) == 0 or step == steps:
                 rec = {"step": step, "train_prod": self._eval_prod(xn, y, yn, bn, a0, w)}
                 if val_x is not None:
                     rec["val_prod"] = self._eval_prod(vxn, vy, vyn, vbn, a0, w)
@@ -268,10 +333,10 @@ class GTMapper(Mapper):
                     bad_evals += 1
                 msg = f"train {rec['train_prod']:.4g}" + (f" val {rec['val_prod']:.4g}" if "val_prod" in rec else "")
                 tracker.update(step, msg)
-                if val_x is not None and bad_evals >= int(cfg["patience"]):
+                if val_x is not None and bad_evals >= int(cfg.patience):
                     stopped = "early_stopping"
                     break
-                if cfg["max_time_s"] and time.monotonic() - t0 > float(cfg["max_time_s"]):
+                if cfg.max_time_s and time.monotonic() - t0 > float(cfg.max_time_s):
                     stopped = "max_time"
                     break
         self.model.load_state_dict(best["state"])
@@ -279,7 +344,7 @@ class GTMapper(Mapper):
         tracker.update(steps, "done")
         final_train = self.history[-1]["train_prod"] if self.history else float("nan")
         return {"steps_run": step, "stopped": stopped, "best_step": best["step"],
-                "base": cfg["base"], "base_fit": base_report, "base_score": base_score,
+                "base": cfg.base, "base_fit": base_report, "base_score": base_score,
                 "best_score": best["val"], "selected_on": "validation" if val_x is not None else "train",
                 "loss_first": first_loss, "loss_last_train": final_train,
                 "parameters": self.model.num_parameters(), "device": str(dev),
