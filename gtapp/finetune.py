@@ -147,6 +147,16 @@ def versions() -> dict:
     return out
 
 
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator):
+    """The example indices of each step (non-DP): a fresh permutation per epoch, cut into
+    full batches (the last partial one dropped; with fewer than ``batch_size`` examples, all
+    of them each step). Endless. The batched engine (gtapp.batched_finetune) draws the same."""
+    while True:
+        perm = torch.randperm(n, generator=generator)
+        for s in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+            yield perm[s:s + batch_size]
+
+
 def _resolve_device(device: str) -> torch.device:
     return torch.device(resolve_device(device))
 
@@ -331,11 +341,8 @@ def finetune(model_path: str, recipe: LoraRecipe, examples: Sequence[Example], c
                 yield from loader
     else:
         def batches():
-            while True:
-                perm = torch.randperm(n, generator=data_gen)
-                for s in range(0, n - config.batch_size + 1 if n >= config.batch_size else 1, config.batch_size):
-                    idx = perm[s:s + config.batch_size]
-                    yield dataset[idx]
+            for idx in epoch_batches(n, config.batch_size, data_gen):
+                yield dataset[idx]
 
     stage = _stage_dir(out_dir)
     ok = False

@@ -19,15 +19,15 @@ A pair set is a folder, versioned and resumable:
 Each run's shard is written to a temporary name and renamed, then the manifest is
 rewritten atomically; a run is finished exactly when the manifest lists it. An interrupted
 generation (crash, Ctrl-C, :class:`~gtapp.progress.Cancelled`) therefore loses at most the
-run in progress, and rerunning the same command skips every finished run. The set's
+batch of runs in progress, and rerunning the same command skips every finished batch. The set's
 ``version`` is a hash of the recipes, the settings and the finished shards' hashes, so any
 change to the set's contents changes it.
 
-Cost note: :func:`gtapp.finetune.finetune` takes a model *path* and loads the base model
-(and tokenizer) itself, so each run pays two model loads and two LoRA attachments; on the
-tiny zoo models that is a large share of a run (about 0.3 s of a micro-zoo run). A finetune
-entry point accepting a loaded model (LoRA reset to the recipe's init between runs), or
-training many LoRAs in one batched forward pass, would remove that overhead.
+Cost: the default engine (:mod:`gtapp.batched_finetune`) loads each model once and trains
+``batch_runs`` runs of it in one batched pass; the per-run engine (``engine="per_run"``, kept
+for comparison: ``bench/shadow_throughput.py``) pays two model loads, two LoRA attachments and
+two Python training loops per run. A batch of runs is the unit that is trained and written:
+an interrupted generation loses at most the batch in progress.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from typing import Callable, Iterator, Optional, Sequence
 from safetensors.torch import save_file
 
 from gtapp import __version__
+from gtapp.data import data_fingerprint
 from gtapp.progress import Progress, ProgressFn, Tracker
 from gtapp.files import atomic_write_json
 from gtapp.lora.factors import Factors
@@ -54,6 +55,9 @@ from gtapp.lora.recipe import RecipeError, RecipePair
 PAIRSET_FORMAT = 1
 MANIFEST = "pairset.json"
 RECIPE = "recipe.json"
+ENGINES = ("batched", "per_run")
+# settings a pair set made before they existed was made with
+LEGACY_SETTINGS = {"engine": "per_run", "batch_runs": 1}
 
 
 
@@ -79,6 +83,12 @@ class ShadowConfig:
     bootstrap: bool = True  # subsets drawn with replacement
     subset_seed: int = 0
     device: str = "cpu"
+    # how the runs are trained: "batched" (gtapp.batched_finetune: ``batch_runs`` runs of a model
+    # in one pass, the model loaded once) or "per_run" (one gtapp.finetune call per run and
+    # model). Batches are consecutive runs of the plan, whatever is already done, so the same
+    # settings give the same shards however the work is split or resumed.
+    engine: str = "batched"
+    batch_runs: int = 32
 
     def __post_init__(self):
         self.tasks = tuple(self.tasks)
@@ -94,10 +104,18 @@ class ShadowConfig:
             raise ValueError("subsets, subset_size, steps must be >= 1 and at least one seed given")
         if not self.bootstrap and self.subset_size > self.n_train:
             raise ValueError(f"subset_size {self.subset_size} > n_train {self.n_train} without bootstrap")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.batch_runs < 1:
+            raise ValueError("batch_runs must be >= 1")
 
     @property
     def pair_steps(self) -> tuple[int, ...]:
         return tuple(sorted(set(self.snapshot_steps) | {self.steps}))
+
+    @property
+    def runs_per_batch(self) -> int:
+        return self.batch_runs if self.engine == "batched" else 1
 
     def settings(self) -> dict:
         d = asdict(self)
@@ -105,6 +123,7 @@ class ShadowConfig:
             d.pop(k)
         d["snapshot_steps"] = list(self.snapshot_steps)
         d["llm_lr"] = self.llm_lr if self.llm_lr is not None else self.lr
+        d["batch_runs"] = self.runs_per_batch
         return d
 
 
@@ -286,7 +305,7 @@ def open_or_create(out: Path, recipes: RecipePair, config: ShadowConfig, zoo_dir
             raise RecipeError(f"{out} holds pairs made with other recipes (tiny {manifest['recipes']['tiny'][:12]}, "
                               f"llm {manifest['recipes']['llm'][:12]}); this zoo has tiny {fps['tiny'][:12]}, "
                               f"llm {fps['llm'][:12]}: use another --out folder")
-        if manifest["settings"] != settings:
+        if {**LEGACY_SETTINGS, **manifest["settings"]} != settings:
             diff = sorted(k for k in set(settings) | set(manifest["settings"])
                           if settings.get(k) != manifest["settings"].get(k))
             raise ValueError(f"{out} was made with other settings ({', '.join(diff)} differ: "
@@ -303,85 +322,154 @@ def open_or_create(out: Path, recipes: RecipePair, config: ShadowConfig, zoo_dir
     return manifest
 
 
+def batches(config: ShadowConfig) -> list[list[ShadowRun]]:
+    """The plan cut into batches of ``config.runs_per_batch`` consecutive runs: the unit that is
+    trained, written and skipped (fixed by the settings, so any split of the work agrees)."""
+    runs, k = plan(config), config.runs_per_batch
+    return [runs[i:i + k] for i in range(0, len(runs), k)]
+
+
+class _Models:
+    """Each model of the pair loaded once (and its tokenizer), for every batch of a generation."""
+
+    def __init__(self, pair, device: str):
+        self.pair, self.device, self._loaded = pair, device, {}
+
+    def get(self, which: str):
+        if which not in self._loaded:
+            from gtapp.devices import resolve_device
+            from gtapp.models import load_model, load_tokenizer
+
+            path = self.pair.path(which)
+            self._loaded[which] = (load_model(path, device=resolve_device(self.device)), load_tokenizer(path))
+        return self._loaded[which]
+
+
+def _train_batch(pair, models: _Models, config: ShadowConfig, group: list[ShadowRun], examples: dict,
+                 work: Path, progress, finetune_fn) -> tuple[dict, dict]:
+    """Both models' fine-tunes of one batch of runs: ({run_id: {which: {step: Factors}}},
+    {run_id: {which: record}})."""
+    from gtapp.batched_finetune import RunSpec, batched_finetune
+    from gtapp.finetune import FinetuneConfig
+
+    snaps = tuple(k for k in config.snapshot_steps if k < config.steps)
+    factors: dict = {r.run_id: {} for r in group}
+    records: dict = {r.run_id: {} for r in group}
+    for j, which in enumerate(("tiny", "llm")):
+        lr = config.lr if which == "tiny" else (config.llm_lr or config.lr)
+        recipe = pair.recipe(which)
+        if config.engine == "batched":
+            model, tok = models.get(which)
+            sub = _sub_progress(progress, j / 2, (j + 1) / 2, "shadow", which)
+            results = batched_finetune(model, tok, recipe, [RunSpec(examples[r.run_id], r.seed, lr) for r in group],
+                                       steps=config.steps, batch_size=config.batch_size,
+                                       max_length=config.max_length, snapshot_steps=snaps, progress=sub)
+            for r, res in zip(group, results):
+                factors[r.run_id][which] = res.factors
+                records[r.run_id][which] = {"loss_first": res.loss_first, "loss_last": res.loss_last,
+                                            "data_fingerprint": data_fingerprint(examples[r.run_id]),
+                                            "wall_s": round(res.wall_s / len(group), 4), "engine": "batched"}
+            continue
+        for r in group:
+            fcfg = FinetuneConfig(steps=config.steps, lr=lr, batch_size=config.batch_size,
+                                  max_length=config.max_length, seed=r.seed, snapshot_steps=snaps,
+                                  device=config.device)
+            sub = _sub_progress(progress, j / 2, (j + 1) / 2, "shadow", which)
+            res = finetune_fn(pair.path(which), recipe, examples[r.run_id], fcfg, work / r.key / which, sub)
+            per_step = {k: read_adapter(Path(res.snapshots[k]), recipe) for k in snaps}
+            per_step[config.steps] = read_adapter(Path(res.adapter_dir), recipe)
+            factors[r.run_id][which] = per_step
+            rec = res.record if isinstance(res.record, dict) else {}
+            loss = rec.get("loss") or {}
+            records[r.run_id][which] = {"loss_first": loss.get("first"), "loss_last": loss.get("last"),
+                                        "data_fingerprint": rec.get("data_fingerprint"), "wall_s": rec.get("wall_s"),
+                                        "engine": "per_run"}
+    return factors, records
+
+
+def _write_run(out: Path, manifest: dict, config: ShadowConfig, run: ShadowRun, idx: list[int], per_model: dict,
+               records: dict, wall_s: float) -> None:
+    tensors = {}
+    for which, per_step in per_model.items():
+        for k, fs in per_step.items():
+            for m, (a, b) in fs.items():
+                tensors[f"{k}.{which}.{m}.A"] = a.contiguous()
+                tensors[f"{k}.{which}.{m}.B"] = b.contiguous()
+    shard_rel = f"runs/{run.key}.safetensors"
+    part = out / (shard_rel + ".partial")
+    save_file(tensors, str(part), metadata={"run_id": run.run_id})
+    digest = hashlib.sha256(part.read_bytes()).hexdigest()
+    os.replace(part, out / shard_rel)
+    manifest["runs"][run.run_id] = {
+        "task": run.task, "subset": run.subset, "seed": run.seed, "indices": idx,
+        "subset_hash": indices_hash(idx), "steps": list(config.pair_steps),
+        "pairs": [f"{run.run_id}@{k}" for k in config.pair_steps], "shard": shard_rel, "sha256": digest,
+        "finetune": records, "wall_s": round(wall_s, 4),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
 def generate_pairs(zoo_dir: str | Path, config: ShadowConfig, out_dir: str | Path,
-                   progress: Optional[ProgressFn] = None, *,
-                   finetune_fn: Optional[Callable] = None) -> PairSet:
+                   progress: Optional[ProgressFn] = None, *, finetune_fn: Optional[Callable] = None,
+                   only_batches: Optional[Sequence[int]] = None) -> PairSet:
     """Make (or resume) the pair set of ``config`` in ``out_dir``; returns it.
 
-    ``zoo_dir``: a model-pair folder (tiny/, llm/, recipe.json). ``finetune_fn``: defaults to
-    :func:`gtapp.finetune.finetune` (tests pass a counting wrapper). Raises
-    :class:`~gtapp.progress.Cancelled` when ``progress`` does; every run finished before that
-    stays in the set.
+    ``zoo_dir``: a model-pair folder (tiny/, llm/, recipe.json). ``finetune_fn`` (the per-run
+    engine only): defaults to :func:`gtapp.finetune.finetune` (tests pass a counting wrapper).
+    ``only_batches``: train only these batches (indices into :func:`batches`), as one worker
+    of a fanned-out job does. Raises :class:`~gtapp.progress.Cancelled` when ``progress``
+    does; every batch finished before that stays in the set.
     """
-    from gtapp.finetune import FinetuneConfig, finetune
+    from gtapp.finetune import finetune
     from gtapp.models import ModelPair
     from gtapp.tasks.universe import make_task
 
+    if finetune_fn is not None and config.engine != "per_run":
+        raise ValueError("finetune_fn applies to the per-run engine only (engine='per_run')")
     finetune_fn = finetune_fn or finetune
     out = Path(out_dir)
     pair = ModelPair.from_dir(zoo_dir)
     manifest = open_or_create(out, pair.recipes, config, str(zoo_dir))
-    runs = plan(config)
-    todo = [r for r in runs if r.run_id not in manifest["runs"] or not (out / manifest["runs"][r.run_id]["shard"]).is_file()]
-    tracker = Tracker(progress, "shadow", max(len(todo), 1))
-    tracker.update(0, f"{len(runs) - len(todo)} of {len(runs)} runs already done")
-    tasks = {}
+    groups = batches(config)
+    wanted = range(len(groups)) if only_batches is None else sorted(set(only_batches))
+
+    def done(run: ShadowRun) -> bool:
+        entry = manifest["runs"].get(run.run_id)
+        return entry is not None and (out / entry["shard"]).is_file()
+
+    todo = [groups[g] for g in wanted if not all(done(r) for r in groups[g])]
+    n_runs = sum(len(g) for g in todo)
+    tracker = Tracker(progress, "shadow", max(n_runs, 1))
+    tracker.update(0, f"{len(plan(config)) - n_runs} of {len(plan(config))} runs already done")
+    tasks: dict = {}
     (out / "runs").mkdir(exist_ok=True)
     work = out / ".work"
-    snaps = tuple(k for k in config.snapshot_steps if k < config.steps)
-    for i, run in enumerate(todo):
+    models = _Models(pair, config.device)
+    finished = 0
+    for gi, group in enumerate(todo):
         t0 = time.monotonic()
-        if run.task not in tasks:
-            tasks[run.task] = make_task(run.task, seed=config.task_seed, n_train=config.n_train, n_test=1)
-        idx = subset_indices(run.task, run.subset, config)
-        examples = [tasks[run.task].train[j] for j in idx]
-        tmp = work / run.key
-        if tmp.exists():
-            shutil.rmtree(tmp)  # leftovers of an interrupted run
-        tmp.mkdir(parents=True)
+        examples, indices = {}, {}
+        for run in group:
+            if run.task not in tasks:
+                tasks[run.task] = make_task(run.task, seed=config.task_seed, n_train=config.n_train, n_test=1)
+            indices[run.run_id] = subset_indices(run.task, run.subset, config)
+            examples[run.run_id] = [tasks[run.task].train[j] for j in indices[run.run_id]]
+        if work.exists():
+            shutil.rmtree(work)  # leftovers of an interrupted batch
+        work.mkdir(parents=True)
+        lo, hi = finished / max(n_runs, 1), (finished + len(group)) / max(n_runs, 1)
+        sub = _sub_progress(progress, lo, hi, "shadow", f"batch {gi + 1}/{len(todo)} ({len(group)} runs)")
         try:
-            factors: dict[str, dict[int, Factors]] = {}
-            records = {}
-            for j, which in enumerate(("tiny", "llm")):
-                lr = config.lr if which == "tiny" else (config.llm_lr or config.lr)
-                fcfg = FinetuneConfig(steps=config.steps, lr=lr, batch_size=config.batch_size,
-                                      max_length=config.max_length, seed=run.seed, snapshot_steps=snaps,
-                                      device=config.device)
-                lo = (i + j / 2) / len(todo)
-                sub = _sub_progress(progress, lo, lo + 0.5 / len(todo), "shadow",
-                                    f"run {i + 1}/{len(todo)} {which}")
-                res = finetune_fn(pair.path(which), pair.recipe(which), examples, fcfg, tmp / which, sub)
-                recipe = pair.recipe(which)
-                per_step = {k: read_adapter(Path(res.snapshots[k]), recipe) for k in snaps}
-                per_step[config.steps] = read_adapter(Path(res.adapter_dir), recipe)
-                factors[which] = per_step
-                rec = res.record if isinstance(res.record, dict) else {}
-                loss = rec.get("loss") or {}
-                records[which] = {"loss_first": loss.get("first"), "loss_last": loss.get("last"),
-                                  "data_fingerprint": rec.get("data_fingerprint"), "wall_s": rec.get("wall_s")}
-            tensors = {}
-            for which, per_step in factors.items():
-                for k, fs in per_step.items():
-                    for m, (a, b) in fs.items():
-                        tensors[f"{k}.{which}.{m}.A"] = a.contiguous()
-                        tensors[f"{k}.{which}.{m}.B"] = b.contiguous()
-            shard_rel = f"runs/{run.key}.safetensors"
-            part = out / (shard_rel + ".partial")
-            save_file(tensors, str(part), metadata={"run_id": run.run_id})
-            digest = hashlib.sha256(part.read_bytes()).hexdigest()
-            os.replace(part, out / shard_rel)
-            manifest["runs"][run.run_id] = {
-                "task": run.task, "subset": run.subset, "seed": run.seed, "indices": idx,
-                "subset_hash": indices_hash(idx), "steps": list(config.pair_steps),
-                "pairs": [f"{run.run_id}@{k}" for k in config.pair_steps], "shard": shard_rel, "sha256": digest,
-                "finetune": records, "wall_s": round(time.monotonic() - t0, 3),
-                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
+            factors, records = _train_batch(pair, models, config, group, examples, work, sub, finetune_fn)
+            wall = time.monotonic() - t0
+            for run in group:
+                _write_run(out, manifest, config, run, indices[run.run_id], factors[run.run_id],
+                           records[run.run_id], wall / len(group))
             manifest["version"] = _set_version(manifest)
-            manifest["updated_at"] = manifest["runs"][run.run_id]["finished_at"]
+            manifest["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             atomic_write_json(out / MANIFEST, manifest)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        tracker.update(i + 1, f"finished run {i + 1}/{len(todo)} {run.run_id}")
-    shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
+        finished += len(group)
+        tracker.update(finished, f"finished batch {gi + 1}/{len(todo)}: {finished} of {n_runs} runs")
     return PairSet.load(out)

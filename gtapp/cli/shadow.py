@@ -30,6 +30,9 @@ def register(sub) -> None:
     p.add_argument("--n-train", type=int, default=512, help="size of each task's train split")
     p.add_argument("--task-seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--engine", choices=("batched", "per_run"), default="batched",
+                   help="batched: many runs of a model in one pass (default); per_run: one fine-tune per run")
+    p.add_argument("--batch-runs", type=int, default=32, help="runs per batched pass")
     p.add_argument("--summary", action="store_true", help="only print the existing pair set's summary")
     p.set_defaults(func=_run)
 
@@ -53,7 +56,8 @@ def _run(args) -> int:
     cfg = ShadowConfig(tasks=tasks, subsets=args.subsets, subset_size=args.subset_size, steps=args.steps,
                        snapshot_steps=_ints(args.snapshot_steps), seeds=_ints(args.seeds), lr=args.lr,
                        llm_lr=args.llm_lr, batch_size=args.batch_size, max_length=args.max_length,
-                       n_train=args.n_train, task_seed=args.task_seed, device=args.device)
+                       n_train=args.n_train, task_seed=args.task_seed, device=args.device, engine=args.engine,
+                       batch_runs=args.batch_runs)
     ps = generate_pairs(args.zoo, cfg, args.out, progress=print_progress)
     print(json.dumps(ps.summary(), indent=2))
     return 0

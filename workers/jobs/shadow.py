@@ -40,6 +40,10 @@ def _check_shadow(p: dict) -> None:
     _int_list(p, "snapshot_steps", 1, p["steps"], allow_empty=True)
     if p["lr"] <= 0 or (p["llm_lr"] is not None and (not _is_num(p["llm_lr"]) or p["llm_lr"] <= 0)):
         raise ValueError("lr (and llm_lr, when given) must be positive numbers")
+    if p["engine"] not in ("batched", "per_run"):
+        raise ValueError(f"engine must be 'batched' or 'per_run', got {p['engine']!r}")
+    if not _is_int(p["batch_runs"]) or not 1 <= p["batch_runs"] <= 4096:
+        raise ValueError("batch_runs must be an integer in 1..4096")
     if p["name"] is not None and (not isinstance(p["name"], str) or not 0 < len(p["name"]) <= 200):
         raise ValueError("name must be a string of 1..200 characters")
     _check_device(p)
@@ -82,7 +86,7 @@ def _finished_runs(folder) -> int:
 @job("shadow", queue="gpu", admin_only=True, requires=("gtapp.shadow",), validate=_check_shadow,
      defaults={"pair_id": None, "tasks": [], "subsets": 4, "subset_size": 64, "steps": 40, "snapshot_steps": [],
                "seeds": [0], "lr": 2e-3, "llm_lr": None, "batch_size": 8, "max_length": 128, "n_train": 512,
-               "name": None, "device": "auto", "config": None})
+               "name": None, "device": "auto", "config": None, "engine": "batched", "batch_runs": 32})
 def shadow(params: dict, ctx) -> dict:
     """Shadow pairs: for each task x bootstrap subset x seed, fine-tune the pair's TinyLM and LLM
     on the same examples; every snapshot step and the final step give a (ΔTiny, ΔLLM) pair.
@@ -100,7 +104,8 @@ def shadow(params: dict, ctx) -> dict:
                           seeds=tuple(params["seeds"]), lr=params["lr"], llm_lr=params["llm_lr"],
                           batch_size=params["batch_size"], max_length=params["max_length"],
                           task_seed=params["seed"], n_train=params["n_train"], subset_seed=params["seed"],
-                          device=_resolve_device(params["device"]))
+                          device=_resolve_device(params["device"]), engine=params["engine"],
+                          batch_runs=params["batch_runs"])
     folder, lock = _shadow_folder(ctx, pair, config)
     try:
         reused = _finished_runs(folder)
