@@ -51,6 +51,7 @@ from gtapp.files import atomic_write_json
 from gtapp.lora.factors import Factors
 from gtapp.lora.peft_format import read_adapter
 from gtapp.lora.recipe import RecipeError, RecipePair
+from gtapp.tasks.library import DATASET_PREFIX, task_library  # noqa: F401 (task_library: for callers)
 
 PAIRSET_FORMAT = 1
 MANIFEST = "pairset.json"
@@ -88,7 +89,11 @@ class ShadowConfig:
     # model). Batches are consecutive runs of the plan, whatever is already done, so the same
     # settings give the same shards however the work is split or resumed.
     engine: str = "batched"
-    batch_runs: int = 32
+    batch_runs: int = 16
+    # real public datasets as shadow tasks: a task named "dataset:<loader>" reads the train
+    # split of that dataset from this folder (any of gtapp.datasets' loaders; not part of the
+    # settings: the folder is this machine's, the examples' fingerprint is in each run's record)
+    dataset_paths: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.tasks = tuple(self.tasks)
@@ -119,7 +124,7 @@ class ShadowConfig:
 
     def settings(self) -> dict:
         d = asdict(self)
-        for k in ("tasks", "subsets", "seeds", "device"):
+        for k in ("tasks", "subsets", "seeds", "device", "dataset_paths"):
             d.pop(k)
         d["snapshot_steps"] = list(self.snapshot_steps)
         d["llm_lr"] = self.llm_lr if self.llm_lr is not None else self.lr
@@ -141,6 +146,25 @@ class ShadowRun:
     def key(self) -> str:
         """File-name-safe key of the run."""
         return hashlib.sha256(self.run_id.encode()).hexdigest()[:16]
+
+
+def load_shadow_task(name: str, config: ShadowConfig):
+    """The task a shadow run draws its subset from: a generated variant (``make_task``), or a real
+    dataset's train split (``dataset:<loader>``, at most ``n_train`` examples, seeded)."""
+    from gtapp.tasks.universe import make_task
+
+    if name.startswith(DATASET_PREFIX):
+        from gtapp import datasets
+
+        ds = name[len(DATASET_PREFIX):]
+        if ds not in config.dataset_paths:
+            raise ValueError(f"shadow task {name!r}: no folder given for dataset {ds!r} (ShadowConfig.dataset_paths)")
+        task = datasets.load(ds, path=config.dataset_paths[ds], limit=config.n_train, seed=config.task_seed)
+        if len(task.train) < config.n_train:
+            raise ValueError(f"shadow task {name!r}: {len(task.train)} train examples, fewer than n_train="
+                             f"{config.n_train}")
+        return task
+    return make_task(name, seed=config.task_seed, n_train=config.n_train, n_test=1)
 
 
 def plan(config: ShadowConfig) -> list[ShadowRun]:
@@ -422,7 +446,6 @@ def generate_pairs(zoo_dir: str | Path, config: ShadowConfig, out_dir: str | Pat
     """
     from gtapp.finetune import finetune
     from gtapp.models import ModelPair
-    from gtapp.tasks.universe import make_task
 
     if finetune_fn is not None and config.engine != "per_run":
         raise ValueError("finetune_fn applies to the per-run engine only (engine='per_run')")
@@ -451,7 +474,7 @@ def generate_pairs(zoo_dir: str | Path, config: ShadowConfig, out_dir: str | Pat
         examples, indices = {}, {}
         for run in group:
             if run.task not in tasks:
-                tasks[run.task] = make_task(run.task, seed=config.task_seed, n_train=config.n_train, n_test=1)
+                tasks[run.task] = load_shadow_task(run.task, config)
             indices[run.run_id] = subset_indices(run.task, run.subset, config)
             examples[run.run_id] = [tasks[run.task].train[j] for j in indices[run.run_id]]
         if work.exists():

@@ -39,11 +39,13 @@ def machine() -> dict:
 def run_benchmark(preset: str | BenchPreset = "ci", out: str | Path = "results.json", *,
                   zoo_dir: Optional[str | Path] = None, work: Optional[str | Path] = None,
                   seeds: Optional[tuple[int, ...]] = None, private_datasets: Optional[dict[str, str]] = None,
+                  shadow_datasets: Optional[dict[str, str]] = None,
                   plot: bool = False, progress: Optional[ProgressFn] = None,
                   log: Callable[[str], None] = print) -> dict:
     """Run ``preset`` and write ``out`` (JSON with rows, summary, targets, cost table, configs,
     versions, seeds, machine). ``private_datasets``: {loader name: path} of real datasets added
-    as cross-task private tasks. ``plot`` also writes the Plotly charts next to ``out`` as HTML."""
+    as cross-task private tasks; ``shadow_datasets``: {loader name: path} of real public datasets
+    whose train splits join the cross-task shadow tasks. ``plot`` also writes the Plotly charts next to ``out`` as HTML."""
     from dataclasses import replace
 
     p = PRESETS[preset] if isinstance(preset, str) else preset
@@ -66,7 +68,8 @@ def run_benchmark(preset: str | BenchPreset = "ci", out: str | Path = "results.j
             log(f"building the '{p.zoo_preset}' zoo ...")
             zoo_dir = zoo.build(p.zoo_preset, work / "zoo", seed=0)
             log(f"  zoo built in {time.monotonic() - t:.1f}s")
-        rows, timings = protocol.run(p, Path(zoo_dir), work, progress=progress, log=log)
+        rows, timings = protocol.run(p, Path(zoo_dir), work, progress=progress, log=log,
+                                     shadow_datasets=shadow_datasets)
         if private_datasets:
             rows += _real_datasets(p, Path(zoo_dir), work, private_datasets, progress, log)
         protocol.add_gap_recovery(rows)
@@ -127,6 +130,8 @@ def merge_results(paths: list[str | Path], out: str | Path, *, plot: bool = Fals
         for k, v in d.get("timings", {}).items():
             if isinstance(v, (int, float)):
                 timings[k] = timings.get(k, 0.0) + v
+            elif isinstance(v, list):  # per-seed records (e.g. the cross-task shadow step's pairs and tasks)
+                timings[k] = timings.get(k, []) + v
     result = {
         "preset": {**ref["preset"], "seeds": seeds}, "seeds": seeds, "zoo": ref.get("zoo"),
         "rows": rows, "summary": summary, "targets": report.targets(summary, rows), "cost": report.cost_table(rows),

@@ -24,6 +24,7 @@ from typing import Callable, Optional
 
 from gtapp import choices
 from gtapp.bench.presets import BenchPreset
+from gtapp.tasks.library import DATASET_PREFIX
 from gtapp.progress import Cancelled, Progress, ProgressFn
 from gtapp.tasks.base import Task
 
@@ -41,6 +42,7 @@ class Context:
     steps_done: int = 0
     steps_total: int = 1
     t0: float = field(default_factory=time.monotonic)
+    shadow_datasets: dict = field(default_factory=dict)  # {loader: folder}: real datasets as cross-task shadow tasks
 
     def tick(self, stage: str, message: str = "") -> None:
         self.steps_done += 1
@@ -226,7 +228,7 @@ def _shadow(ctx: Context, tasks: tuple[str, ...], n_train: int, seed: int, out: 
     cfg = ShadowConfig(tasks=tasks, subsets=p.shadow_subsets, subset_size=p.shadow_subset_size,
                        steps=p.shadow_steps, snapshot_steps=p.shadow_snapshots, seeds=(seed,),
                        lr=p.tiny_lr, llm_lr=p.llm_lr, batch_size=p.batch_size, task_seed=seed,
-                       n_train=n_train, subset_seed=seed)
+                       n_train=n_train, subset_seed=seed, dataset_paths=ctx.shadow_datasets)
     t = time.monotonic()
     pairs = generate_pairs(ctx.zoo_dir, cfg, out)
     ctx.log(f"    shadow pairs: {len(pairs)} from {len(tasks)} task(s) in {time.monotonic() - t:.1f}s")
@@ -248,11 +250,12 @@ def count_steps(p: BenchPreset) -> int:
 
 
 def run(preset: BenchPreset, zoo_dir: Path, work: Path, progress: Optional[ProgressFn] = None,
-        log: Callable[[str], None] = print) -> tuple[list[Row], dict]:
-    """Run every protocol for every seed; returns (rows, timings)."""
+        log: Callable[[str], None] = print, shadow_datasets: Optional[dict] = None) -> tuple[list[Row], dict]:
+    """Run every protocol for every seed; returns (rows, timings). ``shadow_datasets``: {loader
+    name: folder} of real public datasets whose train splits join the cross-task shadow tasks."""
     from gtapp.tasks.universe import make_task
 
-    ctx = Context(preset, Path(zoo_dir), Path(work), progress, log=log)
+    ctx = Context(preset, Path(zoo_dir), Path(work), progress, log=log, shadow_datasets=dict(shadow_datasets or {}))
     ctx.steps_total = count_steps(preset)
     timings: dict = {"shadow_s": 0.0}
     kinds = mapper_kinds(preset)
@@ -274,8 +277,13 @@ def run(preset: BenchPreset, zoo_dir: Path, work: Path, progress: Optional[Progr
             overlap = set(preset.cross_shadow_tasks) & set(preset.cross_private_tasks)
             if overlap:
                 raise ValueError(f"cross-task private tasks also in shadow tasks: {sorted(overlap)}")
-            pairs, s = _shadow(ctx, preset.cross_shadow_tasks, preset.n_public, seed, ctx.work / "shadow" / f"cross_s{seed}")
+            shadow_tasks = tuple(preset.cross_shadow_tasks) + tuple(f"{DATASET_PREFIX}{d}" for d in ctx.shadow_datasets)
+            pairs, s = _shadow(ctx, shadow_tasks, preset.n_public, seed, ctx.work / "shadow" / f"cross_s{seed}")
             timings["shadow_s"] += s
+            timings.setdefault("cross_shadow", []).append({"seed": seed, "pairs": len(pairs), "tasks": len(shadow_tasks),
+                                                           "families": sorted({t.split("/")[0].split(":")[0]
+                                                                               for t in shadow_tasks}),
+                                                           "wall_s": round(s, 1)})
             ctx.tick("shadow pairs", "cross-task")
             mappers = _fit_mappers(ctx, pairs, kinds)
             private_tasks = [make_task(n, seed=seed, n_train=preset.n_private, n_test=preset.n_test)

@@ -14,6 +14,9 @@ def register(sub) -> None:
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the preset's)")
     p.add_argument("--private-dataset", action="append", default=[], metavar="NAME=PATH",
                    help="a real dataset as a cross-task private task, e.g. gsm8k=../shared/datasets/gsm8k")
+    p.add_argument("--shadow-dataset", action="append", default=[], metavar="NAME=PATH",
+                   help="a real public dataset whose train split joins the cross-task shadow tasks, "
+                        "e.g. gsm8k=../shared/datasets/gsm8k")
     p.add_argument("--plot", action="store_true", help="also write the Plotly charts as HTML next to --out")
     p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="RESULTS_JSON",
                    help="instead of running, combine results files of the same preset run separately "
@@ -31,12 +34,17 @@ def _run(args) -> int:
     from gtapp.bench.benchmark import run_benchmark
     from gtapp.cli.progress_line import print_progress
 
-    specs = {}
-    for item in args.private_dataset:
-        if "=" not in item:
-            raise ValueError(f"--private-dataset expects NAME=PATH, got {item!r}")
-        name, path = item.split("=", 1)
-        specs[name] = path
+    def pairs_of(items, flag):
+        out = {}
+        for item in items:
+            if "=" not in item:
+                raise ValueError(f"{flag} expects NAME=PATH, got {item!r}")
+            name, path = item.split("=", 1)
+            out[name] = path
+        return out
+
+    specs = pairs_of(args.private_dataset, "--private-dataset")
+    shadow_specs = pairs_of(args.shadow_dataset, "--shadow-dataset")
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
     if args.merge:
         from gtapp.bench.benchmark import merge_results
@@ -45,7 +53,8 @@ def _run(args) -> int:
         _print(result, args.out)
         return 0
     result = run_benchmark(args.preset, args.out, zoo_dir=args.zoo, work=args.work, seeds=seeds,
-                           private_datasets=specs or None, plot=args.plot, progress=print_progress)
+                           private_datasets=specs or None, shadow_datasets=shadow_specs or None, plot=args.plot,
+                           progress=print_progress)
     _print(result, args.out)
     return 0
 

@@ -32,7 +32,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--engine", choices=("batched", "per_run"), default="batched",
                    help="batched: many runs of a model in one pass (default); per_run: one fine-tune per run")
-    p.add_argument("--batch-runs", type=int, default=32, help="runs per batched pass")
+    p.add_argument("--batch-runs", type=int, default=16, help="runs per batched pass")
     p.add_argument("--summary", action="store_true", help="only print the existing pair set's summary")
     p.set_defaults(func=_run)
 

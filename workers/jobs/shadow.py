@@ -86,7 +86,7 @@ def _finished_runs(folder) -> int:
 @job("shadow", queue="gpu", admin_only=True, requires=("gtapp.shadow",), validate=_check_shadow,
      defaults={"pair_id": None, "tasks": [], "subsets": 4, "subset_size": 64, "steps": 40, "snapshot_steps": [],
                "seeds": [0], "lr": 2e-3, "llm_lr": None, "batch_size": 8, "max_length": 128, "n_train": 512,
-               "name": None, "device": "auto", "config": None, "engine": "batched", "batch_runs": 32})
+               "name": None, "device": "auto", "config": None, "engine": "batched", "batch_runs": 16})
 def shadow(params: dict, ctx) -> dict:
     """Shadow pairs: for each task x bootstrap subset x seed, fine-tune the pair's TinyLM and LLM
     on the same examples; every snapshot step and the final step give a (ΔTiny, ΔLLM) pair.
