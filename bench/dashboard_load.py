@@ -48,7 +48,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench.jobs_load import summary  # noqa: E402
-from workers.testing import free_port  # noqa: E402
+from testkit.services import free_port  # noqa: E402
 
 
 class EventFailed(RuntimeError):

@@ -56,7 +56,7 @@ def run(n: int, workers: int, broker_url: str, database_url: str | None, steps: 
     from storage.models import Job
     from storage.settings import Settings
     from workers.client import JobClient
-    from workers.testing import CeleryWorker, redis_reachable
+    from testkit.services import CeleryWorker, redis_reachable
 
     if not redis_reachable(broker_url):
         raise SystemExit(f"no Redis answers at {broker_url}; start it or pass --broker-url")

@@ -40,7 +40,7 @@ import torch  # noqa: E402
 from gtapp import __version__  # noqa: E402
 from gtapp.mapper import GTMapper  # noqa: E402
 from gtapp.mapper.base import OodReference  # noqa: E402
-from gtapp.mapper.synthetic import ALL_LINEAR, llama_recipe, random_factors  # noqa: E402
+from testkit.synthetic import ALL_LINEAR, llama_recipe, random_factors  # noqa: E402
 from gtapp.lora.recipe import RecipePair  # noqa: E402
 from gtapp.shadow import Pair  # noqa: E402
 

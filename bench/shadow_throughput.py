@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -40,14 +39,14 @@ import json, resource, sys, time
 import torch
 torch.set_num_threads({threads})
 sys.path.insert(0, {repo!r})
-from gtapp.shadow import ShadowConfig, generate_pairs
+from gtapp.shadow import ShadowConfig, make_pairs
 from gtapp.tasks.universe import task_names
 names = [n for n in task_names() if not n.startswith("lm/")][:{tasks}]
 cfg = ShadowConfig(tasks=names, subsets={subsets}, subset_size={subset_size}, steps={steps},
                    snapshot_steps={snaps}, batch_size={batch_size}, max_length={max_length},
                    engine={engine!r}, batch_runs={k})
 t0, c0 = time.monotonic(), time.process_time()
-ps = generate_pairs({zoo!r}, cfg, {out!r})
+ps = make_pairs({zoo!r}, cfg, {out!r})
 wall, cpu = time.monotonic() - t0, time.process_time() - c0
 print("RESULT " + json.dumps({{"pairs": len(ps), "runs": len(ps.runs), "wall_s": wall, "cpu_s": cpu,
                                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))

@@ -69,7 +69,7 @@ def answer_nll(model: torch.nn.Module, tokenizer, examples: Sequence[Example], b
 
 
 @torch.no_grad()
-def generate(model: torch.nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int,
+def greedy_decode(model: torch.nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int,
              batch_size: int = 32) -> list[str]:
     """Greedy continuations of ``prompts`` (decoded new text only, stopped at EOS)."""
     if max_new_tokens <= 0:
@@ -120,7 +120,7 @@ def evaluate(model: torch.nn.Module, tokenizer, task: Task, split: str = "test",
     t0 = time.monotonic()
     nll, n_tokens = answer_nll(model, tokenizer, examples, batch_size=batch_size, max_length=max_length)
     if task.generative:
-        gens = generate(model, tokenizer, [e.prompt for e in examples], task.max_new_tokens, batch_size=batch_size)
+        gens = greedy_decode(model, tokenizer, [e.prompt for e in examples], task.max_new_tokens, batch_size=batch_size)
         value = float(task.score(gens, examples))
     else:
         value = math.exp(nll) if math.isfinite(nll) else float("nan")

@@ -433,7 +433,7 @@ def _write_run(out: Path, manifest: dict, config: ShadowConfig, run: ShadowRun, 
     }
 
 
-def generate_pairs(zoo_dir: str | Path, config: ShadowConfig, out_dir: str | Path,
+def make_pairs(zoo_dir: str | Path, config: ShadowConfig, out_dir: str | Path,
                    progress: Optional[ProgressFn] = None, *, finetune_fn: Optional[Callable] = None,
                    only_batches: Optional[Sequence[int]] = None) -> PairSet:
     """Make (or resume) the pair set of ``config`` in ``out_dir``; returns it.
@@ -495,4 +495,30 @@ def generate_pairs(zoo_dir: str | Path, config: ShadowConfig, out_dir: str | Pat
             shutil.rmtree(work, ignore_errors=True)
         finished += len(group)
         tracker.update(finished, f"finished batch {gi + 1}/{len(todo)}: {finished} of {n_runs} runs")
+    return PairSet.load(out)
+
+
+def assemble(out_dir: str | Path, parts: Sequence[str | Path]) -> PairSet:
+    """Add the runs of other pair-set folders of the same recipes and settings (batches made
+    apart, e.g. by fanned-out jobs) to the pair set in ``out_dir`` (which ``open_or_create``
+    made); returns it. Each part's shards are checked against its manifest's sha256."""
+    out = Path(out_dir)
+    manifest = json.loads((out / MANIFEST).read_text())
+    (out / "runs").mkdir(exist_ok=True)
+    for part in map(Path, parts):
+        sub = json.loads((part / MANIFEST).read_text())
+        if sub["recipes"] != manifest["recipes"] or {**LEGACY_SETTINGS, **sub["settings"]} != \
+                {**LEGACY_SETTINGS, **manifest["settings"]}:
+            raise ValueError(f"{part}: made with other recipes or settings than {out}; it cannot join it")
+        for run_id, entry in sub["runs"].items():
+            data = (part / entry["shard"]).read_bytes()
+            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                raise ValueError(f"{part / entry['shard']}: contents do not match its manifest's sha256")
+            tmp = out / (entry["shard"] + ".partial")
+            tmp.write_bytes(data)
+            os.replace(tmp, out / entry["shard"])
+            manifest["runs"][run_id] = entry
+    manifest["version"] = _set_version(manifest)
+    manifest["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    atomic_write_json(out / MANIFEST, manifest)
     return PairSet.load(out)

@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from storage.artifacts import ArtifactStore
-from storage.models import Dataset, MapperVersion, ModelPair
+from storage.models import Dataset, MapperVersion, ModelPairRecord
 
 
 def examples_to_jsonl(examples: Iterable) -> bytes:
@@ -62,7 +62,7 @@ def recipe_fingerprint(recipe: Mapping) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def register_pair(session: Session, name: str, root: str | Path) -> ModelPair:
+def register_pair(session: Session, name: str, root: str | Path) -> ModelPairRecord:
     """Register a zoo-style folder (root/tiny, root/llm, root/recipe.json) chosen by an admin."""
     root = Path(root).resolve()
     recipe_path = root / "recipe.json"
@@ -71,7 +71,7 @@ def register_pair(session: Session, name: str, root: str | Path) -> ModelPair:
     recipe = json.loads(recipe_path.read_text())
     if not isinstance(recipe, dict) or "tiny" not in recipe or "llm" not in recipe:
         raise ValueError(f"{recipe_path}: not a recipe pair")
-    pair = ModelPair(name=name, tiny_path=str(root / "tiny"), llm_path=str(root / "llm"), recipe=recipe,
+    pair = ModelPairRecord(name=name, tiny_path=str(root / "tiny"), llm_path=str(root / "llm"), recipe=recipe,
                      recipe_fingerprint=recipe_fingerprint(recipe))
     session.add(pair)
     session.flush()

@@ -145,7 +145,7 @@ class Dataset(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
-class ModelPair(Base):
+class ModelPairRecord(Base):
     """A TinyLM/LLM pair of one family with its recipe (gtapp.lora.recipe.RecipePair as JSON)."""
 
     __tablename__ = "model_pairs"
@@ -178,7 +178,7 @@ class Adapter(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
-class PairSet(Base):
+class PairSetRecord(Base):
     """Shadow (ΔTiny, ΔLLM) pairs produced by a shadow job."""
 
     __tablename__ = "pair_sets"

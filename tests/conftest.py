@@ -16,6 +16,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
+def pytest_collection_modifyitems(config, items):
+    """``-m "not slow"`` is the fast loop: a test that needs the ci zoo (built once per session,
+    about 20 s on an idle 2-core machine) must be marked slow, or the fast loop pays for it."""
+    unmarked = [i.nodeid for i in items if "ci_zoo" in getattr(i, "fixturenames", ()) and not i.get_closest_marker("slow")]
+    if unmarked:
+        raise pytest.UsageError("tests using the ci_zoo fixture must be marked @pytest.mark.slow: " + ", ".join(unmarked))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():
     """The models in tests are tiny: on a 2-core machine a second torch thread only contends

@@ -12,7 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from workers.testing import REPO_ROOT, free_port
+from testkit.services import REPO_ROOT, free_port
 
 ADMIN_PASSWORD = "admin-password-e2e"
 

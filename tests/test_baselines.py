@@ -80,6 +80,7 @@ def results(setup) -> dict[str, BaselineResult]:
     return res
 
 
+@pytest.mark.slow  # the module's `setup`: the ci_zoo (about 20 s) and every baseline run
 def test_every_baseline_runs_records_costs_and_is_evaluated(setup, results):
     from peft import PeftModel
 
@@ -113,6 +114,7 @@ def test_every_baseline_runs_records_costs_and_is_evaluated(setup, results):
     assert results["oracle"].extra["data_fingerprint"] != results["public_ft"].extra["data_fingerprint"]
 
 
+@pytest.mark.slow  # the module's `setup`: the ci_zoo (about 20 s) and every baseline run
 def test_kd_logit_moves_the_llm_towards_the_teacher(setup, results):
     from gtapp.baselines.distill import kl_to_teacher
     from gtapp.evaluate import load_with_adapter
@@ -129,10 +131,11 @@ def test_kd_logit_moves_the_llm_towards_the_teacher(setup, results):
     assert kl_kd < kl_base
 
 
+@pytest.mark.slow  # the module's `setup`: the ci_zoo (about 20 s) and every baseline run
 def test_proxy_tuning_logits_are_exact_and_decoding_matches(setup, results):
     from gtapp.baselines.proxy import load_proxy
     from gtapp.data import EncodedDataset
-    from gtapp.evaluate import generate, load_with_adapter
+    from gtapp.evaluate import greedy_decode, load_with_adapter
     from gtapp.models import load_model
 
     pair, task, *_ = setup
@@ -150,7 +153,7 @@ def test_proxy_tuning_logits_are_exact_and_decoding_matches(setup, results):
     assert float((f - b).abs().max()) > 0  # the tiny fine-tune moved the offset
     # Cached, left-padded batch decoding == uncached greedy decoding of each prompt alone.
     prompts = [e.prompt for e in task.test[:3]] + ["Question: Which"]
-    batch = generate(proxy, tok, prompts, 4, batch_size=4)
+    batch = greedy_decode(proxy, tok, prompts, 4, batch_size=4)
     eos = tok.eos_token_id
     for p, g in zip(prompts, batch):
         seq = tok(p, add_special_tokens=True)["input_ids"]
@@ -167,6 +170,7 @@ def test_proxy_tuning_logits_are_exact_and_decoding_matches(setup, results):
           f"(combined distribution), n={ev['n']}; generations {batch}")
 
 
+@pytest.mark.slow  # the module's `setup`: the ci_zoo (about 20 s) and every baseline run
 def test_same_seed_same_adapter_and_datafree_never_reads_private(setup, results):
     from safetensors.torch import load_file
 
@@ -179,6 +183,7 @@ def test_same_seed_same_adapter_and_datafree_never_reads_private(setup, results)
     print("\ndatafree samples:", again.extra["sample_examples"][:2])
 
 
+@pytest.mark.slow  # the module's `setup`: the ci_zoo (about 20 s) and every baseline run
 def test_bad_requests_are_refused(setup):
     pair, task, public, out, tiny = setup
     with pytest.raises(ValueError, match="unknown baseline"):

@@ -10,7 +10,7 @@ from gtapp import privacy
 from gtapp.combine import Contributor, combine_and_map, combine_factors, contributor_from_adapter, weighted_median
 from gtapp.mapper import RidgeMapper
 from gtapp.mapper.space import UpdateSpace, update_metrics
-from gtapp.mapper.synthetic import linear_pairs, small_recipes
+from testkit.synthetic import linear_pairs, small_recipes
 from gtapp.perturb import perturb_adapter, perturb_update
 
 

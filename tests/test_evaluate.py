@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from gtapp.evaluate import answer_nll, evaluate, evaluate_paths, generate, load_with_adapter
+from gtapp.evaluate import answer_nll, evaluate, evaluate_paths, greedy_decode, load_with_adapter
 from gtapp.tasks.base import Example
 from gtapp.tasks.universe import make_task, task_names
 
@@ -61,19 +61,20 @@ def test_answer_nll_matches_transformers_loss_and_ignores_padding(micro):
     assert math.isnan(answer_nll(model, tok, [])[0])
 
 
+@pytest.mark.slow  # the session ci_zoo: about 20 s to build on an idle 2-core machine
 def test_left_padded_batch_generation_equals_one_by_one(ci_zoo):
     from gtapp.models import load_model, load_tokenizer
 
     model, tok = load_model(ci_zoo / "llm"), load_tokenizer(ci_zoo / "llm")
     task = make_task("math/add-fruit-easy", seed=0, n_train=16, n_test=6)
     prompts = [e.prompt for e in task.test] + ["Q:", ""]  # very different lengths -> lots of left padding
-    batched = generate(model, tok, prompts, max_new_tokens=8, batch_size=len(prompts))
-    single = [generate(model, tok, [p], max_new_tokens=8, batch_size=1)[0] for p in prompts]
+    batched = greedy_decode(model, tok, prompts, max_new_tokens=8, batch_size=len(prompts))
+    single = [greedy_decode(model, tok, [p], max_new_tokens=8, batch_size=1)[0] for p in prompts]
     print("ci llm generations:", batched, "answers:", [e.answer for e in task.test])
     assert batched == single
     assert all(isinstance(g, str) for g in batched)
     assert tok.eos_token not in "".join(batched) and tok.pad_token not in "".join(batched)
-    assert generate(model, tok, prompts, max_new_tokens=0) == [""] * len(prompts)
+    assert greedy_decode(model, tok, prompts, max_new_tokens=0) == [""] * len(prompts)
 
 
 def test_evaluate_generative_and_perplexity_tasks(micro):

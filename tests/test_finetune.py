@@ -271,6 +271,7 @@ def test_cli_finetune(micro_zoo, tmp_path, capsys):
     assert "ETA" not in captured.err  # --quiet
 
 
+@pytest.mark.slow  # the session ci_zoo: about 20 s to build on an idle 2-core machine
 def test_lora_finetune_lowers_answer_nll_on_held_out_examples(ci_zoo, tmp_path):
     """The real thing on the pretrained ci zoo: TinyLM + LoRA learns the task."""
     from gtapp.evaluate import answer_nll, load_with_adapter

@@ -15,14 +15,14 @@ def setup(micro_zoo, tmp_path_factory):
     from gtapp.finetune import FinetuneConfig, finetune
     from gtapp.mapper import GTMapper
     from gtapp.models import ModelPair
-    from gtapp.shadow import ShadowConfig, generate_pairs
+    from gtapp.shadow import ShadowConfig, make_pairs
     from gtapp.tasks.universe import make_task, task_names
 
     root = tmp_path_factory.mktemp("gen")
     task = task_names("math")[1]
     cfg = ShadowConfig(tasks=(task,), subsets=3, subset_size=12, steps=4, snapshot_steps=(2,), batch_size=4,
                        max_length=48, n_train=48, lr=3e-3)
-    ps = generate_pairs(micro_zoo, cfg, root / "pairs")
+    ps = make_pairs(micro_zoo, cfg, root / "pairs")
     mapper = GTMapper(ps.recipes, {"steps": 30, "d_model": 32, "n_heads": 2, "eval_every": 10})
     mapper.fit(ps)
     mapper.save(root / "mapper")

@@ -8,7 +8,7 @@ import torch
 from gtapp.mapper import GTMapper, MeanMapper, RidgeMapper, load_mapper, read_card, split_by_run
 from gtapp.lora.factors import product_sqdist
 from gtapp.mapper.space import UpdateSpace, update_metrics
-from gtapp.mapper.synthetic import linear_pairs, llama_recipe, random_factors, small_recipes
+from testkit.synthetic import linear_pairs, llama_recipe, random_factors, small_recipes
 from gtapp.mapper.gt import GradientTransformer, GTConfig
 from gtapp.lora.recipe import RecipeError, RecipePair
 

@@ -160,17 +160,7 @@ def test_analytic_gaussian_beats_classic_bound_and_scales():
         P.gaussian_epsilon(1.0, 1e-5, sensitivity=0)
 
 
-def test_ledger_composition_and_contributors_live_here():
-    mech = {"noise_multiplier": 1.0, "sample_rate": 0.01, "steps": 1000}
-    one = P.epsilon(1.0, 0.01, 1000, 1e-5)
-    assert P.compose_entries([], 1e-5) == P.Composed(0.0, "basic")
-    assert P.compose_entries([{"epsilon": 1.0}, {"epsilon": 0.5}], 1e-5) == P.Composed(1.5, "basic")
-    twice = P.compose_entries([{"epsilon": one, "mechanism": mech}] * 2, 1e-5)
-    assert twice.accountant == "rdp" and twice.epsilon == pytest.approx(P.epsilon(1.0, 0.01, 2000, 1e-5))
-    assert twice.epsilon < 2 * one
-    # one entry without its mechanism: the whole history falls back to the sum (a valid bound)
-    assert P.compose_entries([{"epsilon": one, "mechanism": mech}, {"epsilon": 0.3}], 1e-5) == \
-        P.Composed(pytest.approx(one + 0.3), "basic")
+def test_contributors_privacy_of_a_combined_adapter():
     rec = P.contributors_privacy([{"name": "a", "epsilon": 1.0, "delta": 1e-5},
                                   {"name": "b", "epsilon": 4.0, "delta": 1e-6}])
     assert (rec["all_dp"], rec["epsilon"], rec["delta"], rec["max_epsilon"]) == (True, 4.0, 1e-5, 4.0)

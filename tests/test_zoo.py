@@ -1,24 +1,39 @@
 import json
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gtapp import zoo
 
 
+@pytest.mark.slow  # needs the session ci_zoo (about 20 s to build on an idle 2-core machine, more under load)
 def test_ci_zoo_reloads_with_plain_transformers_and_generates(ci_zoo):
     info = json.loads((ci_zoo / "zoo.json").read_text())
     print("ci zoo:", info["params"], info["pretrain_loss"], f"{info['wall_s']:.1f}s")
+    cfg = info["preset_config"]
+    texts = zoo.corpus(cfg["corpus_docs"], info["seed"])[:400]  # the start of the pretraining corpus
+    reloaded = {}
     for which in ("tiny", "llm"):
-        model = AutoModelForCausalLM.from_pretrained(str(ci_zoo / which))
+        model = AutoModelForCausalLM.from_pretrained(str(ci_zoo / which)).eval()
         tok = AutoTokenizer.from_pretrained(str(ci_zoo / which))
+        assert sum(t.numel() for t in model.parameters()) == info["params"][which]
+        # the reloaded weights and tokenizer are the pretrained ones: their loss on the pretraining
+        # text is the one pretraining ended at (an untrained model is at about ln(vocab) = 6.6)
+        data = zoo.pack(texts, tok, cfg["seq_len"])[:64]
+        with torch.no_grad():
+            reloaded[which] = float(model(input_ids=data, labels=data).loss)
+        assert reloaded[which] == pytest.approx(info["pretrain_loss"][which], rel=0.1), (which, reloaded, info)
         ids = tok("The dog", return_tensors="pt")
         out = model.generate(**ids, max_new_tokens=8, do_sample=False)
-        text = tok.decode(out[0][ids.input_ids.shape[1]:], skip_special_tokens=True)
-        assert out.shape[1] > ids.input_ids.shape[1] and isinstance(text, str)
+        new = out[0][ids.input_ids.shape[1]:]
+        text = tok.decode(new, skip_special_tokens=True)
+        # greedy decoding runs to max_new_tokens unless the model ends the text itself
+        assert 1 <= len(new) <= 8 and (len(new) == 8 or int(new[-1]) == tok.eos_token_id), out
+        assert text.strip(), out
     # The pair differs in width and depth, and the LLM is the stronger pretrained model.
     assert info["params"]["llm"] > 5 * info["params"]["tiny"]
-    assert info["pretrain_loss"]["llm"] < info["pretrain_loss"]["tiny"]
+    assert info["pretrain_loss"]["llm"] < info["pretrain_loss"]["tiny"] and reloaded["llm"] < reloaded["tiny"]
     # One shared tokenizer.
     t1 = AutoTokenizer.from_pretrained(str(ci_zoo / "tiny"))
     t2 = AutoTokenizer.from_pretrained(str(ci_zoo / "llm"))

@@ -246,7 +246,7 @@ class JobClient:
 def _check_references(s, params: dict, who: Principal) -> None:
     """Rows a job names must exist, and datasets/adapters must be the submitter's
     organisation's (admins included: an organisation's private data is its own)."""
-    from storage.models import Adapter, Dataset, MapperVersion, ModelPair
+    from storage.models import Adapter, Dataset, MapperVersion, ModelPairRecord
 
     def ids(value) -> builtins.list[int]:
         if value is None:
@@ -257,7 +257,7 @@ def _check_references(s, params: dict, who: Principal) -> None:
         return values
 
     for key, model, tenant in (("dataset_id", Dataset, True), ("adapter_id", Adapter, True),
-                               ("adapter_ids", Adapter, True), ("pair_id", ModelPair, False),
+                               ("adapter_ids", Adapter, True), ("pair_id", ModelPairRecord, False),
                                ("mapper_id", MapperVersion, False)):
         label = key.removesuffix("_ids").removesuffix("_id")
         for ref in ids(params.get(key)):

@@ -193,6 +193,11 @@ class JobContext:
         """A gtapp.progress.ProgressFn."""
         self.progress(p.fraction, p.stage, p.eta_s, getattr(p, "message", ""))
 
+    def run_here(self, job_id: int) -> str:
+        """Run another queued job in this process now (a job working through its own fanned-out
+        children when no other worker has taken them); 'skipped' if another worker claimed it."""
+        return run_job(job_id, worker=f"{self.worker}/child", settings=self.settings)
+
     def on_success(self, hook: Callable[[Any, Job], Optional[dict]]) -> None:
         """``hook(session, job_row)`` runs in the transaction that marks the job succeeded;
         a dict it returns is merged into the job's outputs."""

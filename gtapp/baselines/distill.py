@@ -137,7 +137,7 @@ def distill(llm_path: str | Path, recipe: LoraRecipe, teacher: torch.nn.Module, 
 
 def start_ids(tokenizer, prefix: str) -> list[int]:
     """The ids a sample starts from: the prefix as a prompt, or EOS (a document break) if empty
-    (the same convention as :func:`gtapp.evaluate.generate`)."""
+    (the same convention as :func:`gtapp.evaluate.greedy_decode`)."""
     ids = prompt_ids(tokenizer, prefix)
     return ids if ids else [int(tokenizer.eos_token_id)]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gtapp.baselines.common import Budget, CostMeter, sft_tokens
 from gtapp.data import encode, prompt_ids
-from gtapp.evaluate import generate, load_with_adapter
+from gtapp.evaluate import greedy_decode, load_with_adapter
 from gtapp.finetune import DPConfig, FinetuneConfig, finetune
 from gtapp.models import ModelPair, load_tokenizer
 from gtapp.progress import ProgressFn
@@ -77,10 +77,10 @@ def teacher_labels(pair: ModelPair, tiny_adapter_dir: str | Path, examples: Sequ
             prompts.append(tokenizer.decode(ids[:half]))
             budgets.append(max(1, len(ids) - half))
     out: list[tuple[int, Example]] = []
-    # Group by generation length so each group is one generate() call.
+    # Group by generation length so each group is one greedy_decode() call.
     for n_new in sorted(set(budgets)):
         idx = [i for i, b in enumerate(budgets) if b == n_new]
-        gens = generate(teacher, tokenizer, [prompts[i] for i in idx], n_new, batch_size=batch_size)
+        gens = greedy_decode(teacher, tokenizer, [prompts[i] for i in idx], n_new, batch_size=batch_size)
         for i, g in zip(idx, gens):
             out.append((i, Example(prompts[i], g)))
             meter.add_tokens(len(prompt_ids(tokenizer, prompts[i])) or 1, "teacher_generate")

@@ -222,7 +222,7 @@ def _three_clients(ctx, protocol, task, private, mappers, seed, d, group_tasks) 
 
 
 def _shadow(ctx: Context, tasks: tuple[str, ...], n_train: int, seed: int, out: Path):
-    from gtapp.shadow import ShadowConfig, generate_pairs
+    from gtapp.shadow import ShadowConfig, make_pairs
 
     p = ctx.preset
     cfg = ShadowConfig(tasks=tasks, subsets=p.shadow_subsets, subset_size=p.shadow_subset_size,
@@ -230,7 +230,7 @@ def _shadow(ctx: Context, tasks: tuple[str, ...], n_train: int, seed: int, out: 
                        lr=p.tiny_lr, llm_lr=p.llm_lr, batch_size=p.batch_size, task_seed=seed,
                        n_train=n_train, subset_seed=seed, dataset_paths=ctx.shadow_datasets)
     t = time.monotonic()
-    pairs = generate_pairs(ctx.zoo_dir, cfg, out)
+    pairs = make_pairs(ctx.zoo_dir, cfg, out)
     ctx.log(f"    shadow pairs: {len(pairs)} from {len(tasks)} task(s) in {time.monotonic() - t:.1f}s")
     return pairs, time.monotonic() - t
 

@@ -38,7 +38,7 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
-    from gtapp.shadow import PairSet, ShadowConfig, generate_pairs
+    from gtapp.shadow import PairSet, ShadowConfig, make_pairs
 
     if args.summary:
         print(json.dumps(PairSet.load(args.out).summary(), indent=2))
@@ -58,6 +58,6 @@ def _run(args) -> int:
                        llm_lr=args.llm_lr, batch_size=args.batch_size, max_length=args.max_length,
                        n_train=args.n_train, task_seed=args.task_seed, device=args.device, engine=args.engine,
                        batch_runs=args.batch_runs)
-    ps = generate_pairs(args.zoo, cfg, args.out, progress=print_progress)
+    ps = make_pairs(args.zoo, cfg, args.out, progress=print_progress)
     print(json.dumps(ps.summary(), indent=2))
     return 0

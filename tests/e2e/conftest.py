@@ -16,7 +16,7 @@ import pytest
 from live_dashboard import Dashboard
 from needs import missing
 
-from workers.testing import REPO_ROOT
+from testkit.services import REPO_ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

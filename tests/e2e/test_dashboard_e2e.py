@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # a live app.py and Chromium: about 55 s for the module
 
 STATE: dict = {}
 SHADOW = {"tasks": ["math/add-fruit-easy"], "subsets": 3, "subset_size": 16, "steps": 6, "snapshot_steps": [3],

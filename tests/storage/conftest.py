@@ -8,7 +8,7 @@ import pytest
 from needs import missing
 
 from storage.settings import Settings
-from workers.testing import postgres_reachable, temp_postgres_database
+from testkit.services import postgres_reachable, temp_postgres_database
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 

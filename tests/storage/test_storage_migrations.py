@@ -14,10 +14,10 @@ from sqlalchemy import create_engine, inspect
 
 from storage import db
 from storage.models import Base
-from workers.testing import REPO_ROOT, temp_postgres_database
+from testkit.services import REPO_ROOT, temp_postgres_database
 
-HEAD = "0004"  # the newest revision in storage/migrations/versions
-TABLES = {"organisations", "users", "datasets", "model_pairs", "adapters", "update_vectors", "pair_sets",
+HEAD = "0005"  # the newest revision in storage/migrations/versions
+TABLES = {"organisations", "users", "datasets", "model_pairs", "adapters", "benchmarks", "pair_sets",
           "mapper_versions", "jobs", "evaluations", "privacy_ledger", "revoked_sessions", "sign_in_failures",
           "alembic_version"}
 

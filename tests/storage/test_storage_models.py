@@ -10,12 +10,12 @@ from sqlalchemy.exc import IntegrityError
 
 from storage import accounts, catalog
 from storage.db import session_scope
-from storage.models import Job, MapperVersion, ModelPair
+from storage.models import Job, MapperVersion, ModelPairRecord
 
 
-def _pair(s) -> ModelPair:
+def _pair(s) -> ModelPairRecord:
     recipe = {"format": 1, "tiny": {}, "llm": {}}
-    p = ModelPair(name=f"pair{uuid.uuid4().hex[:8]}", tiny_path="/x/tiny", llm_path="/x/llm", recipe=recipe,
+    p = ModelPairRecord(name=f"pair{uuid.uuid4().hex[:8]}", tiny_path="/x/tiny", llm_path="/x/llm", recipe=recipe,
                   recipe_fingerprint=catalog.recipe_fingerprint(recipe))
     s.add(p)
     s.flush()

@@ -48,7 +48,7 @@ def users(svc) -> dict:
 
 @pytest.fixture(scope="session")
 def recipes():
-    from gtapp.mapper.synthetic import small_recipes
+    from testkit.synthetic import small_recipes
 
     return small_recipes()
 
@@ -56,11 +56,11 @@ def recipes():
 @pytest.fixture
 def pair_id(svc, recipes) -> int:
     from storage.catalog import recipe_fingerprint
-    from storage.models import ModelPair
+    from storage.models import ModelPairRecord
 
     d = recipes.to_dict()
     with svc.session() as s:
-        p = ModelPair(name="syn", tiny_path="/nonexistent/tiny", llm_path="/nonexistent/llm", recipe=d,
+        p = ModelPairRecord(name="syn", tiny_path="/nonexistent/tiny", llm_path="/nonexistent/llm", recipe=d,
                       recipe_fingerprint=recipe_fingerprint(d))
         s.add(p)
         s.flush()
@@ -72,7 +72,7 @@ def adapter_dir(tmp_path_factory, recipes) -> Path:
     """A valid peft adapter folder for the synthetic TinyLM recipe."""
     import torch
 
-    from gtapp.mapper.synthetic import random_factors
+    from testkit.synthetic import random_factors
     from gtapp.lora.peft_format import write_peft_adapter
 
     out = tmp_path_factory.mktemp("adapter") / "adapter"

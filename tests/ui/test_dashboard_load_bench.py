@@ -8,9 +8,12 @@ import json
 import subprocess
 import sys
 
-from workers.testing import REPO_ROOT
+import pytest
+
+from testkit.services import REPO_ROOT
 
 
+@pytest.mark.slow  # a live dashboard for a 15 s load run plus its start: about 26 s idle, more under load
 def test_dashboard_load_bench_smoke(tmp_path):
     out = tmp_path / "load.json"
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "dashboard_load.py"), "--sessions", "3",

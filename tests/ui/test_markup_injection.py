@@ -73,7 +73,7 @@ def deployment(tmp_path_factory):
 
     from storage import accounts
     from storage.catalog import recipe_fingerprint
-    from storage.models import (Adapter, Dataset, Evaluation, Job, ModelPair, PrivacyLedgerEntry, User,
+    from storage.models import (Adapter, Dataset, Evaluation, Job, ModelPairRecord, PrivacyLedgerEntry, User,
                                 utcnow)
     from ui.app import create_app
     from workers.client import JobClient
@@ -101,7 +101,7 @@ def deployment(tmp_path_factory):
     ds_sha = store.put_bytes(b'{"prompt": "p", "answer": "a"}\n')
     now = utcnow()
     with svc.session() as s:
-        pair = ModelPair(name=NAME, tiny_path="/nonexistent/tiny", llm_path="/nonexistent/llm", recipe=recipe,
+        pair = ModelPairRecord(name=NAME, tiny_path="/nonexistent/tiny", llm_path="/nonexistent/llm", recipe=recipe,
                          recipe_fingerprint=recipe_fingerprint(recipe))
         s.add(pair)
         s.flush()

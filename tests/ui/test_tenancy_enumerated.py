@@ -332,7 +332,7 @@ def _make_objects(svc, settings, tmp: Path) -> dict:
     from gtapp.tasks import task_names
     from storage import accounts
     from storage.catalog import recipe_fingerprint
-    from storage.models import (Adapter, Dataset, Evaluation, Job, MapperVersion, ModelPair, PairSet,
+    from storage.models import (Adapter, Dataset, Evaluation, Job, MapperVersion, ModelPairRecord, PairSetRecord,
                                 PrivacyLedgerEntry, User, utcnow)
 
     svc.bootstrap()  # the first admin ("admin", password from the test settings)
@@ -366,12 +366,12 @@ def _make_objects(svc, settings, tmp: Path) -> dict:
     (zoo / "llm").mkdir()
     (zoo / "recipe.json").write_text(json.dumps(recipe))
     with svc.session() as s:
-        pair = ModelPair(name="syn", tiny_path="/nonexistent/tiny", llm_path="/nonexistent/llm", recipe=recipe,
+        pair = ModelPairRecord(name="syn", tiny_path="/nonexistent/tiny", llm_path="/nonexistent/llm", recipe=recipe,
                          recipe_fingerprint=recipe_fingerprint(recipe))
         s.add(pair)
         s.flush()
         pid = pair.id
-        ps = PairSet(model_pair_id=pid, name="shadow-set", n_pairs=4, artifact="0" * 64, meta={"tasks": ["t"]})
+        ps = PairSetRecord(model_pair_id=pid, name="shadow-set", n_pairs=4, artifact="0" * 64, meta={"tasks": ["t"]})
         s.add(ps)
         s.flush()
         s.add(MapperVersion(model_pair_id=pid, version=1, kind="gt", artifact="1" * 64, pair_set_id=ps.id,
@@ -511,22 +511,22 @@ def normalise(text: str) -> str:
 def db_state(w: World) -> dict:
     from sqlalchemy import func, select
 
-    from storage.models import Dataset, Job, MapperVersion, ModelPair, PairSet, User
+    from storage.models import BenchmarkRecord, Dataset, Job, MapperVersion, ModelPairRecord, PairSetRecord, User
 
     with w.svc.session() as s:
         return {
             "jobs": s.scalar(select(func.count(Job.id))),
-            "admin_jobs": s.scalar(select(func.count(Job.id)).where(Job.kind.in_(("zoo", "shadow", "train_mapper",
+            "admin_jobs": s.scalar(select(func.count(Job.id)).where(Job.kind.in_(("zoo", "shadow", "shadow_batch", "train_mapper",
                                                                                     "bench")))),
             "alice_jobs": [(j.id, j.status, j.cancel_requested, j.kind) for j in
                            s.scalars(select(Job).where(Job.id.in_(ALICE_INTS)).order_by(Job.id))],
             "users": sorted((u.username, u.role, u.is_active, u.org_id) for u in s.scalars(select(User))),
-            "pairs": s.scalar(select(func.count(ModelPair.id))),
-            "pair_sets": s.scalar(select(func.count(PairSet.id))),
+            "pairs": s.scalar(select(func.count(ModelPairRecord.id))),
+            "pair_sets": s.scalar(select(func.count(PairSetRecord.id))),
             "promoted": sorted((m.id, m.promoted) for m in s.scalars(select(MapperVersion))),
             "budgets": sorted((d.id, d.epsilon_budget, d.delta) for d in s.scalars(select(Dataset))
                               if d.id != BOB_DATASET),
-            "benchmarks": w.svc._bench_index(),
+            "benchmarks": sorted((b.id, b.name, b.artifact) for b in s.scalars(select(BenchmarkRecord))),
         }
 
 

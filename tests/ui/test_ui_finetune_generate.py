@@ -1,5 +1,5 @@
 """Fine-tune and Generate tabs: parameter checks in words, the privacy ledger's refusal of an
-over-budget DP job, and generate's honest "not available" while the job kind is not wired."""
+over-budget DP job, and generate's refusals coming from the (wired) job API."""
 
 from __future__ import annotations
 
@@ -68,11 +68,11 @@ def test_generate_refusals_come_from_the_job_api(svc, users, tmp_path, pair_id):
 
     assert set(params) <= set(get_spec("generate").defaults)
     kinds = svc.job_kinds(svc.who(users["alice"]))
+    assert kinds["generate"]["allowed"] and not kinds["generate"]["admin_only"]
+    # generate is a real job kind: a missing adapter is refused by the job API itself, and nothing is queued
     msg = run(pair_id, [1], "", generate.PROMOTED, False, None, "")
-    if not kinds["generate"]["wired"]:
-        assert msg.startswith("✖") and "not available" in msg, msg
-    else:  # once wired, a foreign/missing adapter is refused by the job API
-        assert msg.startswith("✖") and "not found" in msg, msg
+    assert msg.startswith("✖") and "adapter 1 not found" in msg and "not available" not in msg, msg
+    assert svc.client.list(svc.who(users["alice"])) == []
 
 
 def test_downloads_html_escapes_names():

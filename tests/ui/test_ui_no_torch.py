@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 
-from workers.testing import REPO_ROOT
+from testkit.services import REPO_ROOT
 
 SCRIPT = textwrap.dedent("""
     import json, sys
@@ -40,11 +40,15 @@ SCRIPT = textwrap.dedent("""
     ui.compare.figures([])
     svc.job_kinds(who)
     if {submit}:
-        from storage.models import ModelPair
+        from storage.models import ModelPairRecord
         with svc.session() as s:
-            pair = ModelPair(name="p", tiny_path="/x", llm_path="/y", recipe={{}}, recipe_fingerprint="0" * 64)
+            pair = ModelPairRecord(name="p", tiny_path="/x", llm_path="/y", recipe={{}}, recipe_fingerprint="0" * 64)
             s.add(pair); s.flush(); pid = pair.id
         assert "queued" in ui.finetune.start_finetune(svc, r, ds["id"], pid, 5, 1e-3, 4, 64, False, 1, None, 1, "")
+        # a DP fine-tune: the noise is calibrated and the ledger charged at submission (dp-accounting)
+        assert "queued" in ui.finetune.start_finetune(svc, r, ds["id"], pid, 5, 1e-3, 4, 64, True, 1.0, None, 1, "dp")
+        led = svc.ledger(who, ds["id"])
+        assert led["entries"][-1]["status"] == "reserved" and abs(led["entries"][-1]["epsilon"] - 1.0) < 1e-9
     print(json.dumps({{"torch": "torch" in sys.modules, "transformers": "transformers" in sys.modules}}))
 """)
 
@@ -61,4 +65,5 @@ def test_app_and_ui_do_not_import_torch(tmp_path):
 
 
 def test_submitting_a_job_does_not_import_torch(tmp_path):
+    """A non-DP and a DP fine-tune (noise calibrated, ledger charged) are submitted without torch."""
     assert _run(tmp_path, submit=True) == '{"torch": false, "transformers": false}'

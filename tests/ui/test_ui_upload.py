@@ -122,7 +122,7 @@ def test_adapter_upload_zip_and_files_and_refusals(svc, users, pair_id, adapter_
 def test_adapter_of_another_recipe_is_refused(svc, users, pair_id, tmp_path):
     import torch
 
-    from gtapp.mapper.synthetic import random_factors, small_recipes
+    from testkit.synthetic import random_factors, small_recipes
     from gtapp.lora.peft_format import write_peft_adapter
 
     other = small_recipes(rank=4).tiny

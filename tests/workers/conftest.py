@@ -15,7 +15,7 @@ import pytest
 
 from jobs_helpers import make_settings
 from needs import missing
-from workers.testing import (
+from testkit.services import (
     CeleryWorker,
     MountNotPermitted,
     PostgresServer,

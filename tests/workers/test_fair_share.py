@@ -14,7 +14,7 @@ from sqlalchemy import select
 from storage.db import session_scope
 from storage.models import Job
 from workers.client import JobClient, JobLimit
-from workers.testing import CeleryWorker
+from testkit.services import CeleryWorker
 
 QUICK = {"steps": 2, "step_s": 0.05, "payload_kb": 1}
 

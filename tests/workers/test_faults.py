@@ -35,7 +35,9 @@ from storage.artifacts import ArtifactStore
 from storage.db import session_scope
 from storage.models import TERMINAL, Adapter, Evaluation, Job, MapperVersion
 from workers.client import JobClient, JobView
-from workers.testing import CeleryWorker, wait_until
+from testkit.services import CeleryWorker, wait_until
+
+pytestmark = pytest.mark.slow  # real worker/broker/database restarts: about 70 s for the module on 2 cores
 
 TASK = "math/add-fruit-easy"
 SHADOW = {"tasks": [TASK], "subsets": 2, "subset_size": 16, "steps": 4, "snapshot_steps": [2], "seeds": [0],
@@ -348,8 +350,8 @@ def test_broker_restart_loses_no_queued_job(private_redis, fresh_pg_url, tmp_pat
         from workers.dispatch import send
 
         dup = _selftest_jobs(client, alice, 1, seed0=300, steps=10)[0]
-        send(settings, dup, "selftest", "cpu", run_here=False)
-        send(settings, dup, "selftest", "cpu", run_here=False)
+        send(settings, dup, "selftest", "cpu")
+        send(settings, dup, "selftest", "cpu")
         third = _wait_all(client, [dup], timeout=60)
         wait_until(lambda: worker.log_tail(20000).count(f"job {dup} not claimed") == 2, 20, "both duplicates")
         log = worker.log_tail(200000)
@@ -380,7 +382,7 @@ def test_database_restart_while_jobs_run(private_postgres, broker_url, key_prefi
     to record its result; the delivered one waits for the database to claim it. Both finish
     on their first attempt on the same worker process, which then takes new jobs."""
     from workers.celery_app import get_app
-    from workers.dispatch import task_name
+    from workers.broker import task_name
 
     settings = make_settings(tmp_path / "db", database_url=private_postgres.url(), broker_url=broker_url,
                              key_prefix=key_prefix + "dbrestart:", heartbeat_stale_s=30.0, db_retry_s=60.0)

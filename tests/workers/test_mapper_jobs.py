@@ -18,7 +18,7 @@ from storage import catalog
 from storage.accounts import principal
 from storage.artifacts import ArtifactStore
 from storage.db import session_scope
-from storage.models import Adapter, Evaluation, Job, MapperVersion, PairSet
+from storage.models import Adapter, Evaluation, Job, MapperVersion, PairSetRecord
 from workers.client import JobClient, JobNotFound
 from workers.embedded import stop_all
 
@@ -148,7 +148,7 @@ def test_shadow_ridge_finetune_generate_through_real_worker(celery_pg, micro_zoo
     assert shadow.worker.startswith(worker.name + "@")
     assert shadow.outputs["n_pairs"] == 4 and shadow.outputs["runs"] == 2 and shadow.outputs["tasks"] == [TASK]
     with session_scope(settings=settings) as s:
-        ps = s.get(PairSet, shadow.outputs["pair_set_id"])
+        ps = s.get(PairSetRecord, shadow.outputs["pair_set_id"])
         assert (ps.name, ps.n_pairs, ps.model_pair_id, ps.job_id) == ("micro-shadow", 4, env.pair_id, shadow.id)
         assert ps.meta["version"] == shadow.outputs["version"] and ps.meta["config"]["steps"] == 4
     files = env.store.manifest(shadow.outputs["pair_set_artifact"])
@@ -215,7 +215,9 @@ def test_gt_mapper_and_two_organisation_style_generate(emb, tmp_path):
 
 
 def test_cancelled_shadow_keeps_finished_runs_and_retry_resumes(emb):
-    params = {"pair_id": emb.pair_id, **SHADOW, "subsets": 8, "steps": 12, "snapshot_steps": [], "seed": 3}
+    # batches of 2 runs: the unit a cancel keeps, and that a retry skips
+    params = {"pair_id": emb.pair_id, **SHADOW, "subsets": 8, "steps": 12, "snapshot_steps": [], "seed": 3,
+              "batch_runs": 2}
 
     def finished_runs() -> dict[Path, dict]:
         """{pair-set folder: its finished runs} of this config (task_seed 3) under the data dir."""
@@ -236,11 +238,11 @@ def test_cancelled_shadow_keeps_finished_runs_and_retry_resumes(emb):
     view = emb.client.wait(job_id, timeout=60)
     assert view.status == "cancelled" and view.outputs == {}
     with session_scope(settings=emb.settings) as s:
-        assert s.scalars(select(PairSet).where(PairSet.job_id == job_id)).first() is None
+        assert s.scalars(select(PairSetRecord).where(PairSetRecord.job_id == job_id)).first() is None
     kept = finished_runs()
     assert len(kept) == 1
     folder, runs = next(iter(kept.items()))
-    assert 1 <= len(runs) < 8
+    assert 2 <= len(runs) < 8 and len(runs) % 2 == 0  # whole batches only
     retry = emb.client.wait(emb.client.retry(job_id, emb.users["root"]), timeout=240)
     assert retry.status == "succeeded", (retry.error, retry.log_tail)
     assert retry.outputs["runs_reused"] == len(runs) and retry.outputs["runs"] == 8 and retry.outputs["n_pairs"] == 8

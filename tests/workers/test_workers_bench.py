@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from workers.testing import REPO_ROOT
+from testkit.services import REPO_ROOT
 
 
 def test_jobs_load_bench_smoke(tmp_path, broker_url):

@@ -17,7 +17,7 @@ from storage.db import session_scope
 from storage.models import Adapter, Dataset, Evaluation, Job, PrivacyLedgerEntry
 from workers.celery_app import make_celery
 from workers.client import JobClient, QueueUnavailable
-from workers.testing import CeleryWorker, free_port
+from testkit.services import CeleryWorker, free_port
 
 
 def _wait_all(client: JobClient, ids: list[int], timeout: float) -> dict[int, str]:

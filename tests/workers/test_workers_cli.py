@@ -12,7 +12,7 @@ import pytest
 from gtapp.cli import main
 from storage import settings as settings_mod
 from workers.embedded import stop_all
-from workers.testing import REPO_ROOT
+from testkit.services import REPO_ROOT
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def cli_env(tmp_path, monkeypatch):
 
 def test_admin_and_jobs_commands(cli_env, capsys):
     assert main(["admin", "db", "upgrade"]) == 0
-    assert "revision 0004" in capsys.readouterr().out  # the newest migration
+    assert "revision 0005" in capsys.readouterr().out  # the newest migration
     assert main(["admin", "create-user", "--org", "acme", "--username", "alice", "--password", "password123"]) == 0
     assert main(["admin", "create-user", "--org", "prov", "--username", "boss", "--role", "admin",
                  "--password", "password123"]) == 0

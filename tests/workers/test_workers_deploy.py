@@ -12,7 +12,7 @@ import yaml
 
 from storage.settings import Settings
 from workers import health
-from workers.testing import REPO_ROOT, free_port
+from testkit.services import REPO_ROOT, free_port
 
 
 def test_dockerfile_passes_hadolint():

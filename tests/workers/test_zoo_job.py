@@ -7,7 +7,7 @@ from jobs_helpers import add_users, make_settings
 from sqlalchemy import select
 
 from storage.db import session_scope
-from storage.models import ModelPair
+from storage.models import ModelPairRecord
 from workers.client import JobClient
 from workers.embedded import stop_all
 from workers.jobs import ZOO_PRESETS
@@ -34,7 +34,7 @@ def test_zoo_job_builds_and_registers_a_pair(tmp_path):
         pair = Pair.from_dir(folder)  # tiny/, llm/, recipe.json, loadable as a pair
         assert pair.recipes.tiny.init_seed == 3
         with session_scope(settings=settings) as s:
-            row = s.scalars(select(ModelPair).where(ModelPair.id == view.outputs["pair_id"])).one()
+            row = s.scalars(select(ModelPairRecord).where(ModelPairRecord.id == view.outputs["pair_id"])).one()
             assert row.tiny_path == str(folder.resolve() / "tiny")
         again = client.wait(client.submit("zoo", {"preset": "micro", "name": "m1"}, users["root"]), timeout=60)
         assert again.status == "failed" and "already exists" in again.error

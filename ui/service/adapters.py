@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from storage.accounts import Principal
 from storage.catalog import pair_model_name
-from storage.models import Adapter, ModelPair, Organisation, utcnow
+from storage.models import Adapter, ModelPairRecord, Organisation, utcnow
 from storage.tenancy import NotFound, owned, visible
 from ui.service.base import MiB, ServiceBase, UploadError, _iso, _num, clean_name, safe_filename
 from ui.uploads import copy_upload
@@ -127,7 +127,7 @@ class Adapters(ServiceBase):
             raise UploadError(f"the upload is {total / MiB:.1f} MiB; uploads are limited to "
                               f"{self.settings.max_upload_mb} MiB")
         with self.session() as s:
-            pair = s.get(ModelPair, int(pair_id))
+            pair = s.get(ModelPairRecord, int(pair_id))
             if pair is None:
                 raise NotFound(f"model pair {pair_id} not found")
             recipe, pair_name, pid = (pair.recipe or {}).get("tiny"), pair.name, pair.id

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from storage.accounts import Principal
 from storage.catalog import promote_mapper, register_pair
-from storage.models import MapperVersion, ModelPair
+from storage.models import MapperVersion, ModelPairRecord
 from ui.service.base import NotFound, ServiceBase, _iso, clean_name
 
 log = logging.getLogger("gtapp.dashboard")
@@ -31,11 +31,11 @@ class Pairs(ServiceBase):
         return done
     def list_pairs(self) -> list[dict]:
         with self.session() as s:
-            pairs = list(s.scalars(select(ModelPair).order_by(ModelPair.id)))
+            pairs = list(s.scalars(select(ModelPairRecord).order_by(ModelPairRecord.id)))
             return [self._pair_dict(p) for p in pairs]
 
     @staticmethod
-    def _pair_dict(p: ModelPair, with_recipe: bool = False) -> dict:
+    def _pair_dict(p: ModelPairRecord, with_recipe: bool = False) -> dict:
         r = p.recipe or {}
         tiny, llm = r.get("tiny") or {}, r.get("llm") or {}
         d = {"id": p.id, "name": p.name, "fingerprint": p.recipe_fingerprint[:12],
@@ -50,7 +50,7 @@ class Pairs(ServiceBase):
 
     def get_pair(self, pair_id: int) -> dict:
         with self.session() as s:
-            p = s.get(ModelPair, int(pair_id)) if pair_id is not None else None
+            p = s.get(ModelPairRecord, int(pair_id)) if pair_id is not None else None
             if p is None:
                 raise NotFound(f"model pair {pair_id} not found")
             return self._pair_dict(p, with_recipe=True)
@@ -62,7 +62,7 @@ class Pairs(ServiceBase):
         if not root.is_dir():
             return []
         with self.session() as s:
-            registered = {(p.tiny_path, p.name) for p in s.scalars(select(ModelPair))}
+            registered = {(p.tiny_path, p.name) for p in s.scalars(select(ModelPairRecord))}
         paths = {t for t, _ in registered}
         names = {n for _, n in registered}
         out = []
@@ -80,7 +80,7 @@ class Pairs(ServiceBase):
             raise NotFound(f"zoo folder '{folder}' not found under the configured zoo_dir")
         name = clean_name(name, "the pair's name", folder)
         with self.session() as s:
-            if s.scalars(select(ModelPair).where(ModelPair.name == name)).first() is not None:
+            if s.scalars(select(ModelPairRecord).where(ModelPairRecord.name == name)).first() is not None:
                 raise ValueError(f"a model pair named '{name}' already exists")
             pair = register_pair(s, name, cands[folder]["path"])
             return f"model pair '{pair.name}' registered (id {pair.id}, recipe {pair.recipe_fingerprint[:12]})"
@@ -88,7 +88,7 @@ class Pairs(ServiceBase):
     # ------------------------------------------------------------------ mappers
     def list_mappers(self, pair_id: Optional[int] = None) -> list[dict]:
         with self.session() as s:
-            q = select(MapperVersion, ModelPair.name).join(ModelPair, MapperVersion.model_pair_id == ModelPair.id) \
+            q = select(MapperVersion, ModelPairRecord.name).join(ModelPairRecord, MapperVersion.model_pair_id == ModelPairRecord.id) \
                 .order_by(MapperVersion.model_pair_id, MapperVersion.version)
             if pair_id is not None:
                 q = q.where(MapperVersion.model_pair_id == int(pair_id))
@@ -103,12 +103,12 @@ class Pairs(ServiceBase):
             return out
 
     def list_pair_sets(self, pair_id: Optional[int] = None) -> list[dict]:
-        from storage.models import PairSet
+        from storage.models import PairSetRecord
 
         with self.session() as s:
-            q = select(PairSet).order_by(PairSet.id.desc())
+            q = select(PairSetRecord).order_by(PairSetRecord.id.desc())
             if pair_id is not None:
-                q = q.where(PairSet.model_pair_id == int(pair_id))
+                q = q.where(PairSetRecord.model_pair_id == int(pair_id))
             out = []
             for p in s.scalars(q):
                 meta = p.meta or {}

@@ -7,10 +7,9 @@ import json
 import math
 from pathlib import Path
 
-from workers.jobs.registry import REGISTRY
-
-from gtapp.devices import resolve_device as _resolve_device  # noqa: F401 (used by the job kinds)
 from gtapp.choices import COMBINE_METHODS, DEVICES, MAPPER_KINDS, MAPPER_METHOD, ORGANISATIONS, WEIGHTINGS  # noqa: F401
+from gtapp.devices import resolve_device as _resolve_device  # noqa: F401 (used by the job kinds)
+from workers.jobs.registry import REGISTRY
 
 
 def _is_int(v) -> bool:
@@ -84,10 +83,10 @@ def _jsonable(obj):
 
 
 def _load_pair(ctx, pair_id: int) -> dict:
-    from storage.models import ModelPair
+    from storage.models import ModelPairRecord
 
     with ctx.session() as s:
-        pair = s.get(ModelPair, pair_id)
+        pair = s.get(ModelPairRecord, pair_id)
         if pair is None:
             raise ValueError(f"model pair {pair_id} not found")
         return {"id": pair.id, "name": pair.name, "tiny_path": pair.tiny_path, "llm_path": pair.llm_path,
@@ -120,6 +119,38 @@ def _pair_folder(pair: dict, dest) -> Path:
         link.symlink_to(path.resolve(), target_is_directory=True)
     (dest / "recipe.json").write_text(json.dumps(pair["recipe"], indent=2))
     return dest
+
+
+def submit_children(ctx, kind: str, params_list: list[dict]) -> list[int]:
+    """Queue jobs of ``kind`` that this job fans out (same organisation and user; recorded as
+    its children through ``params["parent"]``), and send them to the broker when there is one
+    (in embedded mode the database is the queue). Returns their ids."""
+    from storage.models import Job, utcnow
+
+    spec = REGISTRY[kind]
+    ids = []
+    with ctx.session() as s:
+        for params in params_list:
+            job = Job(kind=kind, queue=spec.queue, params={**spec.check_params(params), "parent": ctx.job_id},
+                      status="queued", progress=0.0, stage="queued (fanned out)",
+                      max_attempts=ctx.settings.job_max_attempts, org_id=ctx.org_id, user_id=ctx.user_id,
+                      created_at=utcnow())
+            s.add(job)
+            s.flush()
+            ids.append(job.id)
+    if not ctx.settings.embedded:
+        from celery import current_app
+
+        from workers.broker import task_name
+
+        for job_id in ids:  # a lost message is re-sent by the reaper (never-sent rows included)
+            current_app.send_task(task_name(kind), args=[job_id], queue=spec.queue,
+                                  task_id=f"gtapp-job-{job_id}-1")
+    with ctx.session() as s:
+        from sqlalchemy import update
+
+        s.execute(update(Job).where(Job.id.in_(ids)).values(dispatches=Job.dispatches + 1, dispatched_at=utcnow()))
+    return ids
 
 
 def _scaled_progress(ctx, lo: float, hi: float):

@@ -35,12 +35,12 @@ def evaluate(params: dict, ctx) -> dict:
     on a generated task (`task`, test split from `seed`) or on your dataset (`dataset_id`,
     scored with `metric`). Records an evaluation."""
     from gtapp import evaluate as ev
-    from storage.models import Adapter, Dataset, Evaluation, ModelPair
+    from storage.models import Adapter, Dataset, Evaluation, ModelPairRecord
     from storage.tenancy import of_org
 
     ctx.progress(0.0, "preparing")
     with ctx.session() as s:
-        pair = s.get(ModelPair, params["pair_id"])
+        pair = s.get(ModelPairRecord, params["pair_id"])
         if pair is None:
             raise ValueError(f"model pair {params['pair_id']} not found")
         model_path = pair.tiny_path if params["model"] == "tiny" else pair.llm_path

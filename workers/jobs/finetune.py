@@ -72,11 +72,11 @@ def finetune(params: dict, ctx) -> dict:
     the dataset's privacy ledger. Produces an adapter."""
     from gtapp import finetune as ft
     from gtapp.lora.recipe import LoraRecipe
-    from storage.models import Adapter, Dataset, ModelPair
+    from storage.models import Adapter, Dataset, ModelPairRecord
     from storage.tenancy import of_org
 
     with ctx.session() as s:
-        pair = s.get(ModelPair, params["pair_id"])
+        pair = s.get(ModelPairRecord, params["pair_id"])
         if pair is None:
             raise ValueError(f"model pair {params['pair_id']} not found")
         ds = of_org(s, Dataset, params["dataset_id"], ctx.org_id, "dataset")

@@ -61,27 +61,27 @@ def train_mapper(params: dict, ctx) -> dict:
 
     from gtapp.mapper import make_mapper, recipe_fingerprint
     from gtapp.lora.recipe import LoraRecipe
-    from gtapp.shadow import PairSet as ShadowPairSet
-    from storage.models import MapperVersion, PairSet
+    from gtapp.shadow import PairSet
+    from storage.models import MapperVersion, PairSetRecord
 
     ctx.progress(0.0, "preparing")
     with ctx.session() as s:
         if params["pair_set_id"] is not None:
-            row = s.get(PairSet, params["pair_set_id"])
+            row = s.get(PairSetRecord, params["pair_set_id"])
             if row is None:
                 raise ValueError(f"pair set {params['pair_set_id']} not found")
             if params["pair_id"] is not None and row.model_pair_id != params["pair_id"]:
                 raise ValueError(f"pair set {row.id} belongs to model pair {row.model_pair_id}, "
                                  f"not {params['pair_id']}")
         else:
-            row = s.scalars(select(PairSet).where(PairSet.model_pair_id == params["pair_id"])
-                            .order_by(PairSet.id.desc()).limit(1)).first()
+            row = s.scalars(select(PairSetRecord).where(PairSetRecord.model_pair_id == params["pair_id"])
+                            .order_by(PairSetRecord.id.desc()).limit(1)).first()
             if row is None:
                 raise ValueError(f"model pair {params['pair_id']} has no pair set yet: run a shadow job first")
         ps_id, ps_artifact, ps_name, pair_id = row.id, row.artifact, row.name, row.model_pair_id
     pair = _load_pair(ctx, pair_id)
     folder = ctx.store.materialize(ps_artifact, ctx.work_dir / "pairset")
-    pair_set = ShadowPairSet.load(folder)
+    pair_set = PairSet.load(folder)
     for which in ("tiny", "llm"):
         registered = recipe_fingerprint(LoraRecipe.from_dict(pair["recipe"][which], f"pair {pair_id} {which}"))
         made = recipe_fingerprint(getattr(pair_set.recipes, which))
