@@ -53,7 +53,7 @@ def run(zoo: Path, pair_dirs: list[Path], variants: list[str], seeds: list[int],
 
     from gtapp.mapper.registry import make_mapper
     from gtapp.models import ModelPair
-    from gtapp.shadow import PairSet
+    from gtapp.pairset import PairSet
 
     if threads:
         torch.set_num_threads(threads)

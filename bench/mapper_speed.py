@@ -42,7 +42,7 @@ from gtapp.mapper import GTMapper  # noqa: E402
 from gtapp.mapper.base import OodReference  # noqa: E402
 from testkit.synthetic import ALL_LINEAR, llama_recipe, random_factors  # noqa: E402
 from gtapp.lora.recipe import RecipePair  # noqa: E402
-from gtapp.shadow import Pair  # noqa: E402
+from gtapp.pairset import Pair  # noqa: E402
 
 QWEN = {
     "3b": dict(hidden=2048, layers=36, heads=16, kv_heads=2, head_dim=128, intermediate=11008),

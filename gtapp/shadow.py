@@ -40,7 +40,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from safetensors.torch import save_file
 
@@ -48,14 +48,11 @@ from gtapp import __version__
 from gtapp.data import data_fingerprint
 from gtapp.progress import Progress, ProgressFn, Tracker
 from gtapp.files import atomic_write_json
-from gtapp.lora.factors import Factors
 from gtapp.lora.peft_format import read_adapter
 from gtapp.lora.recipe import RecipeError, RecipePair
+from gtapp.pairset import MANIFEST, PAIRSET_FORMAT, RECIPE, PairSet, set_version
 from gtapp.tasks.library import DATASET_PREFIX, task_library  # noqa: F401 (task_library: for callers)
 
-PAIRSET_FORMAT = 1
-MANIFEST = "pairset.json"
-RECIPE = "recipe.json"
 ENGINES = ("batched", "per_run")
 # settings a pair set made before they existed was made with
 LEGACY_SETTINGS = {"engine": "per_run", "batch_runs": 1}
@@ -184,128 +181,7 @@ def indices_hash(indices: Sequence[int]) -> str:
     return hashlib.sha256(json.dumps(list(indices)).encode()).hexdigest()[:16]
 
 
-# ----------------------------------------------------------------------------- pairs
-
-@dataclass
-class Pair:
-    """One (TinyLM update, LLM update) pair: absolute LoRA factors {module: (A, B)}."""
-
-    pair_id: str
-    run_id: str
-    tiny: Factors
-    llm: Factors
-    meta: dict = field(default_factory=dict)
-
-
-def _factors_from_shard(tensors: dict, step: int, which: str) -> Factors:
-    prefix = f"{step}.{which}."
-    out: dict[str, list] = {}
-    for k, v in tensors.items():
-        if k.startswith(prefix):
-            module, part = k[len(prefix):].rsplit(".", 1)
-            out.setdefault(module, [None, None])[0 if part == "A" else 1] = v
-    return {m: (a, b) for m, (a, b) in out.items()}
-
-
-class PairSet:
-    """A pair set folder (see the module doc). Iterating yields :class:`Pair` s."""
-
-    def __init__(self, root: Path, manifest: dict, recipes: RecipePair):
-        self.root = Path(root)
-        self.manifest = manifest
-        self.recipes = recipes
-        self._pairs: Optional[list[Pair]] = None
-
-    @classmethod
-    def load(cls, root: str | Path, verify: bool = True) -> "PairSet":
-        root = Path(root)
-        path = root / MANIFEST
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: is {root} a pair set made by `gtapp shadow`?")
-        manifest = json.loads(path.read_text())
-        if manifest.get("format") != PAIRSET_FORMAT or manifest.get("kind") != "gtapp.pairset":
-            raise ValueError(f"{path}: not a gtapp pair set of format {PAIRSET_FORMAT}")
-        ps = cls(root, manifest, RecipePair.load(root / RECIPE))
-        if verify:
-            for run_id, run in manifest["runs"].items():
-                shard = root / run["shard"]
-                if not shard.is_file():
-                    raise ValueError(f"{root}: shard of run {run_id} is missing ({run['shard']})")
-        return ps
-
-    @property
-    def version(self) -> str:
-        return self.manifest["version"]
-
-    @property
-    def runs(self) -> dict:
-        return self.manifest["runs"]
-
-    @property
-    def pairs(self) -> list[Pair]:
-        if self._pairs is None:
-            self._pairs = []
-            for run_id, run in self.manifest["runs"].items():
-                self._pairs.extend(self.run_pairs(run_id))
-        return self._pairs
-
-    def run_pairs(self, run_id: str) -> list[Pair]:
-        run = self.manifest["runs"][run_id]
-        shard = self.root / run["shard"]
-        data = shard.read_bytes()
-        if hashlib.sha256(data).hexdigest() != run["sha256"]:
-            raise ValueError(f"{shard}: contents do not match the manifest's sha256 (file changed or corrupt)")
-        from safetensors.torch import load as load_bytes
-
-        tensors = load_bytes(data)
-        out = []
-        for step in run["steps"]:
-            meta = {k: run[k] for k in ("task", "subset", "seed", "subset_hash", "indices") if k in run}
-            meta.update({"step": step, "task_seed": self.manifest["settings"]["task_seed"],
-                         "n_train": self.manifest["settings"]["n_train"], "steps": self.manifest["settings"]["steps"]})
-            out.append(Pair(f"{run_id}@{step}", run_id, _factors_from_shard(tensors, step, "tiny"),
-                            _factors_from_shard(tensors, step, "llm"), meta))
-        return out
-
-    def __len__(self) -> int:
-        return sum(len(r["steps"]) for r in self.manifest["runs"].values())
-
-    def __iter__(self) -> Iterator[Pair]:
-        return iter(self.pairs)
-
-    def __getitem__(self, i) -> Pair:
-        return self.pairs[i]
-
-    def tasks(self) -> list[str]:
-        return sorted({r["task"] for r in self.manifest["runs"].values()})
-
-    def select(self, tasks: Optional[Sequence[str]] = None, runs: Optional[Sequence[str]] = None,
-               max_runs: Optional[int] = None) -> list[Pair]:
-        """Pairs of the given tasks / runs (e.g. to hold tasks out, or to measure scaling)."""
-        ids = [r for r, v in self.manifest["runs"].items()
-               if (tasks is None or v["task"] in tasks) and (runs is None or r in runs)]
-        if max_runs is not None:
-            ids = ids[:max_runs]
-        keep = set(ids)
-        return [p for p in self.pairs if p.run_id in keep]
-
-    def summary(self) -> dict:
-        m = self.manifest
-        return {"version": m["version"], "runs": len(m["runs"]), "pairs": len(self), "tasks": self.tasks(),
-                "steps": m["settings"]["steps"], "pair_steps": m["settings"].get("pair_steps"),
-                "recipes": m["recipes"], "wall_s": round(sum(r.get("wall_s", 0) for r in m["runs"].values()), 2)}
-
-
 # ----------------------------------------------------------------------------- generation
-
-def _set_version(manifest: dict) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps({"recipes": manifest["recipes"], "settings": manifest["settings"]}, sort_keys=True).encode())
-    for run_id in sorted(manifest["runs"]):
-        h.update(run_id.encode())
-        h.update(manifest["runs"][run_id]["sha256"].encode())
-    return h.hexdigest()[:16]
-
 
 def _sub_progress(progress: Optional[ProgressFn], start: float, end: float, stage: str, prefix: str):
     if progress is None:
@@ -341,7 +217,7 @@ def open_or_create(out: Path, recipes: RecipePair, config: ShadowConfig, zoo_dir
     manifest = {"format": PAIRSET_FORMAT, "kind": "gtapp.pairset", "version": "", "recipes": fps,
                 "settings": settings, "zoo": str(zoo_dir), "runs": {},
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "gtapp_version": __version__}
-    manifest["version"] = _set_version(manifest)
+    manifest["version"] = set_version(manifest)
     atomic_write_json(path, manifest)
     return manifest
 
@@ -488,7 +364,7 @@ def make_pairs(zoo_dir: str | Path, config: ShadowConfig, out_dir: str | Path,
             for run in group:
                 _write_run(out, manifest, config, run, indices[run.run_id], factors[run.run_id],
                            records[run.run_id], wall / len(group))
-            manifest["version"] = _set_version(manifest)
+            manifest["version"] = set_version(manifest)
             manifest["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             atomic_write_json(out / MANIFEST, manifest)
         finally:
@@ -518,7 +394,7 @@ def assemble(out_dir: str | Path, parts: Sequence[str | Path]) -> PairSet:
             tmp.write_bytes(data)
             os.replace(tmp, out / entry["shard"])
             manifest["runs"][run_id] = entry
-    manifest["version"] = _set_version(manifest)
+    manifest["version"] = set_version(manifest)
     manifest["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     atomic_write_json(out / MANIFEST, manifest)
     return PairSet.load(out)

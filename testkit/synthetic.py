@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from gtapp.lora.recipe import LoraRecipe, RecipePair, init_fingerprint
-from gtapp.shadow import Pair
+from gtapp.pairset import Pair
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

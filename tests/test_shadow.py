@@ -5,7 +5,8 @@ import json
 import pytest
 
 from gtapp.progress import Cancelled
-from gtapp.shadow import MANIFEST, PairSet, ShadowConfig, make_pairs, plan
+from gtapp.pairset import MANIFEST, PairSet
+from gtapp.shadow import ShadowConfig, make_pairs, plan
 
 
 

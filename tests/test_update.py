@@ -14,6 +14,7 @@ from gtapp.cli import main as cli_main
 from gtapp.lora.peft_model import attach_lora
 from gtapp.models import ModelPair, load_model
 from gtapp.lora.peft_format import write_peft_adapter
+from gtapp.lora.checkpoints import update_from_checkpoints
 from gtapp.lora.update import ModuleUpdate, UpdateVector, flat_layout
 from gtapp.lora.peft_format import PEFT_PREFIX, WEIGHTS_NAME
 from gtapp.lora.validate import validate_adapter
@@ -246,7 +247,7 @@ def test_from_checkpoints_recovers_adapter_delta(pair, tiny_adapter, tmp_path):
     update = UpdateVector.from_adapter(tiny_adapter, recipe)
     merged = PeftModel.from_pretrained(load_model(path), str(tiny_adapter)).merge_and_unload()
     merged.save_pretrained(str(tmp_path / "merged"))
-    ck = UpdateVector.from_checkpoints(path, tmp_path / "merged", recipe, rank=recipe.rank)
+    ck = update_from_checkpoints(path, tmp_path / "merged", recipe, rank=recipe.rank)
     worst = max(float((ck.dense(m) - update.dense(m)).abs().max()) for m in recipe.modules())
     rel = ck.distance(update) / update.frobenius_norm()
     print(f"from_checkpoints: max|ΔW_ck-ΔW_adapter|={worst:.3g}, relative distance {rel:.3g}, "
@@ -254,7 +255,7 @@ def test_from_checkpoints_recovers_adapter_delta(pair, tiny_adapter, tmp_path):
     assert worst < TOL and rel < 1e-4
     assert ck.meta["dropped_energy"] < 1e-8
     # truncation below the adapter's rank drops energy, and says how much
-    ck1 = UpdateVector.from_checkpoints(load_model(path), merged, ("q_proj", "v_proj"), rank=1)
+    ck1 = update_from_checkpoints(load_model(path), merged, ("q_proj", "v_proj"), rank=1)
     assert set(ck1.modules) == set(recipe.shapes) and all(mu.rank == 1 for mu in ck1.modules.values())
     frac = ck1.meta["dropped_energy"]
     expect = ck1.distance(update) ** 2 / update.frobenius_norm() ** 2

@@ -61,7 +61,7 @@ def _tasks(text: str):
 def _train(args) -> int:
     from gtapp.cli.progress_line import print_progress
     from gtapp.mapper import make_mapper
-    from gtapp.shadow import PairSet
+    from gtapp.pairset import PairSet
 
     ps = PairSet.load(args.pairs)
     tasks = _tasks(args.tasks) or ps.tasks()
@@ -98,7 +98,7 @@ def _info(args) -> int:
 
 def _eval(args) -> int:
     from gtapp.mapper import load_mapper
-    from gtapp.shadow import PairSet
+    from gtapp.pairset import PairSet
 
     mapper = load_mapper(args.mapper)
     ps = PairSet.load(args.pairs)
@@ -111,7 +111,7 @@ def _eval(args) -> int:
 
 def _scaling(args) -> int:
     from gtapp.mapper import learning_curve, mapper_classes, split_by_run
-    from gtapp.shadow import PairSet
+    from gtapp.pairset import PairSet
 
     ps = PairSet.load(args.pairs)
     held = _tasks(args.holdout_tasks)

@@ -38,7 +38,8 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
-    from gtapp.shadow import PairSet, ShadowConfig, make_pairs
+    from gtapp.pairset import PairSet
+    from gtapp.shadow import ShadowConfig, make_pairs
 
     if args.summary:
         print(json.dumps(PairSet.load(args.out).summary(), indent=2))

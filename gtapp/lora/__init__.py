@@ -7,8 +7,10 @@
                     trusted folders and the one writer
     peft_model.py   LoRA on a loaded model: attach with the seeded init, read the live factors
     update.py       UpdateVector: the update the pipeline passes (adapter -> mapper -> adapter)
+    checkpoints.py  an update from two full checkpoints (a dense fine-tune, for comparison)
     validate/       untrusted uploads, one module per step (container, config, header, checks)
 
-Nothing here imports the rest of gtapp; every stage (fine-tuning, shadow pairs, mappers,
-generation, the dashboard's validation child) uses these modules.
+Nothing here depends on a stage of the pipeline (only on gtapp.files, and on gtapp.models to
+load a checkpoint by name); every stage (fine-tuning, shadow pairs, mappers, generation, the
+dashboard's validation child) uses these modules.
 """

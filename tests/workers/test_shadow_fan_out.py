@@ -9,7 +9,8 @@ import pytest
 from jobs_helpers import add_users, make_settings
 from sqlalchemy import select
 
-from gtapp.shadow import PairSet, ShadowConfig, make_pairs
+from gtapp.pairset import PairSet
+from gtapp.shadow import ShadowConfig, make_pairs
 from storage import catalog
 from storage.artifacts import ArtifactStore
 from storage.db import session_scope

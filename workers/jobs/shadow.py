@@ -141,7 +141,7 @@ def _shadow_folder(ctx, pair: dict, config) -> tuple:
 
 
 def _finished_runs(folder) -> int:
-    from gtapp.shadow import MANIFEST
+    from gtapp.pairset import MANIFEST
 
     try:
         manifest = json.loads((folder / MANIFEST).read_text())

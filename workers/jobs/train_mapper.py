@@ -61,7 +61,7 @@ def train_mapper(params: dict, ctx) -> dict:
 
     from gtapp.mapper import make_mapper, recipe_fingerprint
     from gtapp.lora.recipe import LoraRecipe
-    from gtapp.shadow import PairSet
+    from gtapp.pairset import PairSet
     from storage.models import MapperVersion, PairSetRecord
 
     ctx.progress(0.0, "preparing")
