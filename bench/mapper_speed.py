@@ -72,7 +72,7 @@ def prepare(mapper: GTMapper, n: int = 3, seed: int = 0) -> list[Pair]:
     tx, ty = mapper._stack(pairs)
     mapper.norm_in.fit(tx)
     mapper.norm_out.fit(ty)
-    mapper.ood = OodReference().fit(mapper.tiny.to_flat(mapper.norm_in.normalise(tx)), [p.run_id for p in pairs])
+    mapper.ood = OodReference(mapper.tiny).fit(mapper.norm_in.normalise(tx), [p.run_id for p in pairs])
     return pairs
 
 
@@ -145,6 +145,67 @@ def bench_mapper(name: str, recipes: RecipePair, config: dict, device: torch.dev
     return row
 
 
+def bench_fit(name: str, recipes: RecipePair, n_pairs: int, target_pairs: int, components: int = 16) -> dict:
+    """Fit mean and ridge (per-module PCA: gtapp.mapper.blocks) on ``n_pairs`` random pairs of
+    these shapes, time one mapping, and project memory to ``target_pairs`` with the stated model.
+
+    Memory model (float32 unless said): the stacked pairs the fit holds, N × (D_tiny + D_llm) × 4
+    bytes (``Mapper.fit`` keeps them in memory: at Qwen scale this term is what does not fit; a
+    fit there needs pairs streamed from the shards); the normalisers, 4 × (D_tiny + D_llm) × 4; the
+    per-module directions, min(k, N - 1) × (D_tiny + D_llm) × 8 (float64); one block at a time,
+    N × D_module_max × 8; the ridge map, (Σk_tiny × Σk_llm) × 8. Mapping one update needs the
+    normalisers, the directions and the map only."""
+    from gtapp.mapper import MeanMapper, RidgeMapper
+
+    g = torch.Generator().manual_seed(1)
+    gc.collect()
+    m0 = psutil.Process().memory_info().rss / 2**20
+    t = time.perf_counter()
+    pairs = [Pair(f"r{i}", f"r{i % max(2, n_pairs // 2)}", random_factors(recipes.tiny, generator=g),
+                  random_factors(recipes.llm, generator=g)) for i in range(n_pairs)]
+    make_s = time.perf_counter() - t
+    rows = {}
+    for cls in (MeanMapper, RidgeMapper):
+        cfg = {"val_fraction": 0.0} | ({"max_components": components, "lam": 0.1} if cls is RidgeMapper else {})
+        mapper = cls(recipes, cfg)
+        t = time.perf_counter()
+        mapper.fit(pairs)
+        fit_s = time.perf_counter() - t
+        peak = psutil.Process().memory_info().rss / 2**20 - m0
+        t = time.perf_counter()
+        mapper.predict(pairs[0].tiny)
+        map_s = time.perf_counter() - t
+        rows[cls.kind] = {"fit_s": round(fit_s, 2), "map_s": round(map_s, 3), "rss_growth_mb": round(peak)}
+        del mapper
+        gc.collect()
+    d_t = sum(recipes.tiny.rank * (o + i) for o, i in recipes.tiny.shapes.values())
+    d_l = sum(recipes.llm.rank * (o + i) for o, i in recipes.llm.shapes.values())
+    d_max = max(recipes.llm.rank * (o + i) for o, i in recipes.llm.shapes.values())
+    k = min(components, target_pairs - 1)
+    n_mod_t, n_mod_l = len(recipes.tiny.shapes), len(recipes.llm.shapes)
+    gb = 2**30
+    projected = {
+        "pairs_held_gb": target_pairs * (d_t + d_l) * 4 / gb,
+        "normalisers_gb": 4 * (d_t + d_l) * 4 / gb,
+        "directions_gb": k * (d_t + d_l) * 8 / gb,
+        "largest_block_gb": target_pairs * d_max * 8 / gb,
+        "ridge_map_gb": (k * n_mod_t) * (k * n_mod_l) * 8 / gb,
+    }
+    projected["fit_total_gb"] = sum(projected.values())
+    projected["fit_without_held_pairs_gb"] = projected["fit_total_gb"] - projected["pairs_held_gb"]
+    projected["map_one_update_gb"] = projected["normalisers_gb"] + projected["directions_gb"] + projected["ridge_map_gb"]
+    del pairs
+    gc.collect()
+    return {"setting": name, "measured_pairs": n_pairs, "make_pairs_s": round(make_s, 1), "measured": rows,
+            "projected_pairs": target_pairs, "components_per_module": k, "tiny_numbers": d_t, "llm_numbers": d_l,
+            "projected_memory": {a: round(b, 2) for a, b in projected.items()},
+            "targets": {"map one update <= 5 s and <= 24 GB": "MET" if rows["ridge"]["map_s"] <= 5
+                        and projected["map_one_update_gb"] <= 24 else "NOT MET",
+                        "fit within one 80 GB GPU": "MET" if projected["fit_total_gb"] <= 80 else
+                        f"NOT MET ({projected['fit_total_gb']:.0f} GB, of which {projected['pairs_held_gb']:.0f} GB "
+                        f"the pairs held in memory; without them {projected['fit_without_held_pairs_gb']:.1f} GB)"}}
+
+
 def bench_generate_demo(repeats: int) -> dict:
     """The whole generate path on demo shapes (CPU): adapter folder in -> peft folder out."""
     from gtapp.generate import generate
@@ -176,6 +237,8 @@ def main() -> None:
     ap.add_argument("--qwen-d-rank", type=int, default=32)
     ap.add_argument("--train-step", action="store_true", help="also time one training step (Adam) per mapper")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--fit-pairs", type=int, default=8, help="random pairs the Qwen-shape fit is measured on")
+    ap.add_argument("--fit-target", type=int, default=3000, help="pairs the fit's memory is projected to")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -194,6 +257,7 @@ def main() -> None:
                     {"d_model": args.qwen_d_model, "n_heads": 8}):
             rows.append(bench_mapper("qwen2.5-3b->7b r16", qwen, cfg, device, max(2, args.repeats // 2),
                                      args.train_step))
+        fit = bench_fit("qwen2.5-3b->7b r16", qwen, args.fit_pairs, args.fit_target)
     result = {
         "rows": rows, "generate_demo": gen,
         "demo_target_met": rows[0]["map_s_median"] < 1.0 and gen["total_s_median"] < 1.0,
@@ -204,6 +268,7 @@ def main() -> None:
     }
     if not args.skip_qwen:
         result["qwen_recipe_build_s"] = recipe_s
+        result["qwen_fit"] = fit
     head = f"{'setting':<20} {'variant':<22} {'params':>12} {'weights MB':>11} {'peak MB':>9} {'map s':>8} {'train s':>8} device"
     print(head)
     print("-" * len(head))
@@ -213,6 +278,11 @@ def main() -> None:
               f"{r.get('train_step_s', float('nan')):>8.3f} {r['device']}")
     print(f"demo generate (adapter folder -> peft folder): {gen['total_s_median']:.3f} s; "
           f"target < 1 s met: {result['demo_target_met']}")
+    if not args.skip_qwen:
+        print(f"qwen fit on {fit['measured_pairs']} pairs: {fit['measured']}")
+        print(f"projected to {fit['projected_pairs']} pairs: {fit['projected_memory']}")
+        for k, v in fit["targets"].items():
+            print(f"target {k}: {v}")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
         print(f"wrote {args.out}")

@@ -40,11 +40,12 @@ from safetensors.torch import save_file
 from gtapp import __version__
 from gtapp.lora.factors import as_factors
 from gtapp.lora.update import UpdateVector
+from gtapp.mapper.blocks import BlockPCA
 from gtapp.mapper.space import Normaliser, Tensors, UpdateSpace, update_metrics
 from gtapp.progress import ProgressFn
 from gtapp.lora.recipe import RecipeError, RecipePair
 
-MAPPER_FORMAT = 1
+MAPPER_FORMAT = 2  # 2: ridge and the OOD reference per module (gtapp.mapper.blocks)
 WEIGHTS = "weights.safetensors"
 CONFIG = "config.json"
 RECIPE = "recipe.json"
@@ -110,23 +111,24 @@ def pca(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 class OodReference:
     """Where the shadow TinyLM updates lie, to tell how far a new input is from them.
 
-    In the mapper's normalised flat tiny space: PCA of the shadow updates, their scores,
-    and the *typical* nearest-neighbour distance (median over shadow updates of the
-    distance to the nearest update of *another* run; same-run checkpoints are near copies
-    and would make every distance look large). Score of an input = distance to its nearest
-    shadow update / that typical distance: about 1 for inputs like the shadow set, and
+    In the mapper's normalised tiny space, module by module (:class:`gtapp.mapper.blocks.BlockPCA`:
+    never an [N × full update] matrix): each shadow update's per-module PCA scores and its
+    squared residual off them, and the *typical* nearest-neighbour distance (median over shadow
+    updates of the distance to the nearest update of *another* run; same-run checkpoints are
+    near copies and would make every distance look large). Score of an input = distance to its
+    nearest shadow update / that typical distance: about 1 for inputs like the shadow set, and
     above :data:`OOD_THRESHOLD` a warning.
     """
 
-    def __init__(self):
-        self.mean = self.comps = self.points = self.resid2 = None
+    def __init__(self, space: UpdateSpace, k: int = 16):
+        self.pca = BlockPCA(space, k)
+        self.points = self.resid2 = None
         self.reference = self.p90 = float("nan")
 
-    def fit(self, flat: torch.Tensor, run_ids: Sequence[str], k: int = 64) -> "OodReference":
-        self.mean, self.comps, self.points = pca(flat, min(k, max(flat.shape[0] - 1, 1)))
-        xc = flat.double() - self.mean
-        self.resid2 = (xc.pow(2).sum(1) - self.points.pow(2).sum(1)).clamp_min(0)
-        n = flat.shape[0]
+    def fit(self, normalised: Tensors, run_ids: Sequence[str]) -> "OodReference":
+        self.pca.fit(normalised)
+        self.points, self.resid2 = self.pca.scores(normalised)
+        n = self.points.shape[0]
         if n < 2:
             self.reference = self.p90 = float("nan")
             return self
@@ -143,25 +145,24 @@ class OodReference:
         self.p90 = float(nn.quantile(0.9)) if nn.numel() else float("nan")
         return self
 
-    def score(self, flat: torch.Tensor) -> dict:
-        """{"nn_distance", "reference", "score", "ood"} for one normalised flat update [D]."""
-        x = flat.double().reshape(-1) - self.mean
-        z = self.comps @ x
-        r2 = (x.pow(2).sum() - z.pow(2).sum()).clamp_min(0)
-        d2 = (self.points - z).pow(2).sum(1) + r2 + self.resid2
+    def score(self, normalised: Tensors) -> dict:
+        """{"nn_distance", "reference", "score", "ood", ...} for one normalised update (a batch of 1)."""
+        z, r2 = self.pca.scores(normalised)
+        d2 = (self.points - z[0]).pow(2).sum(1) + r2[0] + self.resid2
         nn = float(d2.min().sqrt())
         ref = self.reference
         score = nn / ref if ref and math.isfinite(ref) and ref > 0 else float("nan")
+        total = z[0].pow(2).sum() + r2[0]
         return {"nn_distance": nn, "reference": ref, "reference_p90": self.p90, "score": score,
                 "threshold": OOD_THRESHOLD, "ood": bool(math.isfinite(score) and score > OOD_THRESHOLD),
-                "outside_subspace_fraction": float((r2 / x.pow(2).sum().clamp_min(1e-300)).sqrt())}
+                "outside_subspace_fraction": float((r2[0] / total.clamp_min(1e-300)).sqrt())}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"ood.mean": self.mean.float(), "ood.comps": self.comps.float(), "ood.points": self.points.float(),
-                "ood.resid2": self.resid2.float(), "ood.reference": torch.tensor([self.reference, self.p90])}
+        return {**self.pca.state_dict("ood.pca"), "ood.points": self.points.float(), "ood.resid2": self.resid2.float(),
+                "ood.reference": torch.tensor([self.reference, self.p90])}
 
     def load_state_dict(self, sd) -> "OodReference":
-        self.mean, self.comps = sd["ood.mean"].double(), sd["ood.comps"].double()
+        self.pca.load_state_dict(sd, "ood.pca")
         self.points, self.resid2 = sd["ood.points"].double(), sd["ood.resid2"].double()
         self.reference, self.p90 = (float(x) for x in sd["ood.reference"])
         return self
@@ -245,7 +246,7 @@ class Mapper:
             ood_runs = [p.run_id for p in train + val]
         else:
             ox, ood_runs = tx, [p.run_id for p in train]
-        self.ood = OodReference().fit(self.tiny.to_flat(self.norm_in.normalise(ox)), ood_runs)
+        self.ood = OodReference(self.tiny).fit(self.norm_in.normalise(ox), ood_runs)
         self.card = {
             "kind": self.kind,
             "config": self.config,
@@ -260,7 +261,7 @@ class Mapper:
             "validation_mean_baseline": val_mean,
             "fit": report,
             "ood": {"reference_nn_distance": self.ood.reference, "p90_nn_distance": self.ood.p90,
-                    "threshold": OOD_THRESHOLD, "components": int(self.ood.comps.shape[0])},
+                    "threshold": OOD_THRESHOLD, "components": int(self.ood.pca.width)},
             "fit_wall_s": round(time.monotonic() - t0, 3),
             "gtapp_version": __version__,
         }
@@ -323,8 +324,7 @@ class Mapper:
             raise RuntimeError("mapper is not fitted")
         f = as_factors(tiny_update)
         self.tiny.check(f, "TinyLM update")
-        flat = self.tiny.to_flat(self.norm_in.normalise(self.tiny.stack([f])))[0]
-        return self.ood.score(flat)
+        return self.ood.score(self.norm_in.normalise(self.tiny.stack([f])))
 
     # ----------------------------------------------------------------- save / load
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -337,8 +337,8 @@ class Mapper:
     def load_state_dict(self, sd: dict[str, torch.Tensor]) -> "Mapper":
         self.norm_in.load_state_dict(sd, "norm_in")
         self.norm_out.load_state_dict(sd, "norm_out")
-        if "ood.mean" in sd:
-            self.ood = OodReference().load_state_dict(sd)
+        if "ood.points" in sd:
+            self.ood = OodReference(self.tiny).load_state_dict(sd)
         self._load_state(sd)
         return self
 

@@ -86,7 +86,7 @@ class GTMapperConfig:
     num_threads: Optional[int] = None
     # the base map the transformer corrects
     base: str = "ridge"
-    ridge_max_components: int = 64
+    ridge_max_components: int = 16
     base_folds: int = 5
 
     @classmethod
@@ -199,16 +199,20 @@ class GTMapper(Mapper):
         order = [runs[i] for i in torch.randperm(len(runs), generator=g)]
         fold_of = {r: i % min(folds, len(runs)) for i, r in enumerate(order)}
         fold = torch.tensor([fold_of[p.run_id] for p in pairs])
-        x_flat = self.tiny.to_flat(xn).double()
-        y_flat = self.llm.to_flat(self.norm_out.normalise(self._train_y)).double()
-        out = torch.zeros(len(pairs), self.llm.dim, dtype=torch.float64)
+        yn = self.norm_out.normalise(self._train_y)
+        parts: dict[int, Tensors] = {}
         for f in fold.unique():
             te, tr = fold == f, fold != f
             r = RidgeMapper(self.recipes, {"max_components": self.cfg.ridge_max_components})
             r.norm_in, r.norm_out = self.norm_in, self.norm_out
-            r._solve(x_flat[tr], y_flat[tr], self.base.chosen_lam)
-            out[te] = r._flat_pred(x_flat[te])
-        return self.llm.from_flat(out.float())
+            r._solve(index(xn, tr), index(yn, tr), self.base.chosen_lam)
+            parts[int(f)] = r.predict_normalised(index(xn, te))
+        out = {t: (torch.zeros_like(a), torch.zeros_like(b)) for t, (a, b) in yn.items()}
+        for f, pred in parts.items():
+            te = fold == f
+            for t, (a, b) in pred.items():
+                out[t][0][te], out[t][1][te] = a, b
+        return out
 
     # ----------------------------------------------------------------- loss
     def _loss(self, pred_n: Tensors, y: Tensors, yn: Tensors, a0: dict, w: dict) -> tuple[torch.Tensor, torch.Tensor]:
