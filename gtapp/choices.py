@@ -26,9 +26,11 @@ USER_METRICS = ("exact_match", "numeric_exact_match", "letter_exact_match", "rou
 EVAL_METRICS = USER_METRICS + ("perplexity",)  # what an evaluation can report
 
 # the baselines (gtapp.baselines.common.METHODS) and every method of the benchmark's tables
-BASELINE_METHODS = ("oracle", "public_ft", "tiny_ft", "kd_logit", "weak_to_strong", "proxy_tuning", "datafree_kd")
+BASELINE_METHODS = ("oracle", "public_ft", "tiny_ft", "kd_logit", "weak_to_strong", "proxy_tuning", "datafree_kd",
+                    "cross_lora")
+# gt_refine: the GT's adapter refined towards the proxy-tuned distribution on provider text (gtapp.refine)
 BENCH_METHODS = ("base_llm", "base_tiny", "tiny_ft", "oracle", "mean_shadow", "public_ft", "ridge", "gt",
-                 "kd_logit", "weak_to_strong", "proxy_tuning", "datafree_kd")
+                 "gt_refine", "kd_logit", "weak_to_strong", "proxy_tuning", "datafree_kd", "cross_lora")
 
 # where a job runs its models
 DEVICES = ("auto", "cpu", "cuda")

@@ -1,11 +1,16 @@
 """Evaluating a causal LM (optionally with a LoRA adapter) on a task.
 
 * :func:`answer_nll` — mean negative log-likelihood (nats) per answer token (answer + EOS,
-  the tokens the fine-tune is trained on; every token for language modelling).
+  the tokens the fine-tune is trained on; every token for language modelling);
+  :func:`example_nlls` the same per example (summed NLL and token count), what a paired
+  bootstrap over test examples needs.
 * :func:`generate` — greedy, left-padded batch generation up to EOS or ``max_new_tokens``;
   cutting at the first newline (single-line answers) is the task's ``extract``.
 * :func:`evaluate` — the task's metric on a split: ``task.score(generations, examples)``
-  for generative tasks, ``exp(answer NLL)`` (perplexity) for language modelling.
+  for generative tasks, ``exp(answer NLL)`` (perplexity) for language modelling; with
+  ``per_example=True`` also each example's score, NLL sum and token count. Examples longer
+  than ``max_length`` lose the oldest prompt tokens (never the answer, see gtapp.data); how
+  many were cut is reported (``n_truncated``).
 * :func:`load_with_adapter` / :func:`evaluate_paths` — the same from folder paths.
 """
 
@@ -48,30 +53,41 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def answer_nll(model: torch.nn.Module, tokenizer, examples: Sequence[Example], batch_size: int = 32,
-               max_length: int = 256) -> tuple[float, int]:
-    """(mean NLL in nats per answer token, number of answer tokens) over ``examples``."""
+def example_nlls(model: torch.nn.Module, tokenizer, examples: Sequence[Example], batch_size: int = 32,
+                 max_length: int = 256) -> tuple[list[float], list[int], int]:
+    """Per example: (summed answer-token NLL in nats, answer-token count), and how many
+    examples were cut to ``max_length`` (oldest prompt tokens first)."""
     if not examples:
-        return float("nan"), 0
+        return [], [], 0
     was_training = model.training
     model.eval()
     device = _device(model)
     ds = EncodedDataset(tokenizer, examples, max_length=max_length)
-    total, count = 0.0, 0
+    sums: list[float] = []
+    counts: list[int] = []
     try:
         for ids, mask, labels in iter_batches(ds, batch_size):
             s, n = sequence_nll(model, ids.to(device), mask.to(device), labels.to(device))
-            total += float(s.sum())
-            count += int(n.sum())
+            sums += [float(x) for x in s]
+            counts += [int(x) for x in n]
     finally:
         model.train(was_training)
+    return sums, counts, ds.n_truncated
+
+
+def answer_nll(model: torch.nn.Module, tokenizer, examples: Sequence[Example], batch_size: int = 32,
+               max_length: int = 256) -> tuple[float, int]:
+    """(mean NLL in nats per answer token, number of answer tokens) over ``examples``."""
+    sums, counts, _ = example_nlls(model, tokenizer, examples, batch_size, max_length)
+    total, count = sum(sums), sum(counts)
     return (total / count if count else float("nan")), count
 
 
 @torch.no_grad()
 def greedy_decode(model: torch.nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int,
-             batch_size: int = 32) -> list[str]:
-    """Greedy continuations of ``prompts`` (decoded new text only, stopped at EOS)."""
+                  batch_size: int = 32, max_prompt_tokens: Optional[int] = None) -> list[str]:
+    """Greedy continuations of ``prompts`` (decoded new text only, stopped at EOS). A prompt
+    longer than ``max_prompt_tokens`` keeps its last tokens (the ones next to the answer)."""
     if max_new_tokens <= 0:
         return ["" for _ in prompts]
     was_training = model.training
@@ -83,6 +99,8 @@ def greedy_decode(model: torch.nn.Module, tokenizer, prompts: Sequence[str], max
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = [prompt_ids(tokenizer, p) for p in prompts[start:start + batch_size]]
+            if max_prompt_tokens is not None:
+                chunk = [c[-max_prompt_tokens:] for c in chunk]
             width = max(len(c) for c in chunk)
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -102,11 +120,13 @@ def greedy_decode(model: torch.nn.Module, tokenizer, prompts: Sequence[str], max
 
 
 def evaluate(model: torch.nn.Module, tokenizer, task: Task, split: str = "test", limit: Optional[int] = None,
-             batch_size: int = 32, max_length: int = 256) -> dict:
+             batch_size: int = 32, max_length: int = 256, per_example: bool = False) -> dict:
     """The task's metric on ``split`` (first ``limit`` examples), plus answer NLL and wall time.
 
-    Returns ``{"task", "split", "metric", "value", "answer_nll", "n", "n_tokens", "wall_s"}``;
-    ``value`` is the task score for generative tasks and exp(answer NLL) for perplexity.
+    Returns ``{"task", "split", "metric", "value", "answer_nll", "n", "n_tokens", "n_truncated",
+    "wall_s"}``; ``value`` is the task score for generative tasks and exp(answer NLL) for
+    perplexity. ``per_example`` adds ``"examples": {"score": [...], "nll_sum": [...],
+    "n_tokens": [...]}`` (score is None for perplexity, whose value is a ratio over all tokens).
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -118,15 +138,23 @@ def evaluate(model: torch.nn.Module, tokenizer, task: Task, split: str = "test",
     if not examples:
         raise ValueError(f"task '{task.name}' has no {split} examples")
     t0 = time.monotonic()
-    nll, n_tokens = answer_nll(model, tokenizer, examples, batch_size=batch_size, max_length=max_length)
+    sums, counts, n_truncated = example_nlls(model, tokenizer, examples, batch_size=batch_size, max_length=max_length)
+    n_tokens = sum(counts)
+    nll = sum(sums) / n_tokens if n_tokens else float("nan")
+    scores: list = [None] * len(examples)
     if task.generative:
-        gens = greedy_decode(model, tokenizer, [e.prompt for e in examples], task.max_new_tokens, batch_size=batch_size)
-        value = float(task.score(gens, examples))
+        gens = greedy_decode(model, tokenizer, [e.prompt for e in examples], task.max_new_tokens,
+                             batch_size=batch_size, max_prompt_tokens=max(1, max_length - task.max_new_tokens))
+        scores = [float(task.score([g], [e])) for g, e in zip(gens, examples)]
+        value = sum(scores) / len(scores)
     else:
         value = math.exp(nll) if math.isfinite(nll) else float("nan")
-    return {"task": task.name, "split": split, "metric": task.metric_name, "value": value,
-            "answer_nll": nll, "n": len(examples), "n_tokens": n_tokens,
-            "wall_s": round(time.monotonic() - t0, 3)}
+    out = {"task": task.name, "split": split, "metric": task.metric_name, "value": value,
+           "answer_nll": nll, "n": len(examples), "n_tokens": n_tokens, "n_truncated": n_truncated,
+           "wall_s": round(time.monotonic() - t0, 3)}
+    if per_example:
+        out["examples"] = {"score": scores, "nll_sum": [round(x, 5) for x in sums], "n_tokens": counts}
+    return out
 
 
 def check_adapter_dir(adapter_dir: str | Path) -> Path:
@@ -160,11 +188,12 @@ def load_with_adapter(model_path: str | Path, adapter_dir: str | Path | None = N
 
 def evaluate_paths(model_path: str | Path, task: Task, adapter_dir: str | Path | None = None,
                    split: str = "test", limit: Optional[int] = None, batch_size: int = 32,
-                   device: str | torch.device = "cpu") -> dict:
+                   device: str | torch.device = "cpu", per_example: bool = False) -> dict:
     """Load ``model_path`` (+ optional adapter) and :func:`evaluate` it on ``task``."""
     t0 = time.monotonic()
     model, tokenizer = load_with_adapter(model_path, adapter_dir, device=device)
-    result = evaluate(model, tokenizer, task, split=split, limit=limit, batch_size=batch_size)
+    result = evaluate(model, tokenizer, task, split=split, limit=limit, batch_size=batch_size,
+                      per_example=per_example)
     result.update({"model": str(model_path), "adapter": str(adapter_dir) if adapter_dir is not None else None,
                    "total_wall_s": round(time.monotonic() - t0, 3)})
     return result

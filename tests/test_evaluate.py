@@ -127,3 +127,19 @@ def test_cli_evaluate(micro_zoo, random_adapter, capsys):
     assert r["metric"] == "exact_match" and r["n"] == 4 and r["which"] == "tiny" and r["adapter"] == str(folder)
     rc = main(["evaluate", "--zoo", str(micro_zoo), "--task", "no/such-task"])
     assert rc == 2
+
+
+def test_per_example_scores_add_up_and_truncation_is_counted(micro_zoo):
+    from gtapp.evaluate import evaluate
+    from gtapp.models import load_model, load_tokenizer
+    from gtapp.tasks.base import Example, Task
+
+    model, tok = load_model(micro_zoo / "llm"), load_tokenizer(micro_zoo / "llm")
+    long_prompt = " ".join(["the weather was mild and the market was busy"] * 40)
+    test = [Example("2 + 2 =", "4"), Example(long_prompt + " so 1 + 1 =", "2"), Example("3 + 4 =", "7")]
+    task = Task(name="t", family="math", metric="numeric_exact_match", train=[], test=test, max_new_tokens=4)
+    out = evaluate(model, tok, task, max_length=64, per_example=True)
+    ex = out["examples"]
+    assert len(ex["score"]) == 3 and out["value"] == pytest.approx(sum(ex["score"]) / 3)
+    assert out["answer_nll"] == pytest.approx(sum(ex["nll_sum"]) / sum(ex["n_tokens"]), rel=1e-4)
+    assert out["n_truncated"] == 1 and all(n >= 1 for n in ex["n_tokens"])  # the answer survives the cut

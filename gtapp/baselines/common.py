@@ -35,14 +35,15 @@ from gtapp.choices import BASELINE_METHODS
 METHODS = BASELINE_METHODS
 # Which base model a method's result is evaluated with.
 EVAL_MODEL = {"oracle": "llm", "public_ft": "llm", "tiny_ft": "tiny", "kd_logit": "llm",
-              "weak_to_strong": "llm", "proxy_tuning": "llm+tiny", "datafree_kd": "llm"}
+              "weak_to_strong": "llm", "proxy_tuning": "llm+tiny", "datafree_kd": "llm", "cross_lora": "llm"}
 # Which data a method reads (for reports; "private" = the organisation's examples).
 USES = {"oracle": "private prompts + gold answers", "public_ft": "provider public data only",
         "tiny_ft": "private data, via the TinyLM fine-tune only",
         "kd_logit": "private prompts + gold answers as KD inputs; targets = TinyLM logits",
         "weak_to_strong": "private prompts; labels = TinyLM greedy answers",
         "proxy_tuning": "no training; TinyLM logit offset at decode time",
-        "datafree_kd": "no private data; text sampled from the TinyLM"}
+        "datafree_kd": "no private data; text sampled from the TinyLM",
+        "cross_lora": "no data, no training: the TinyLM update projected through both base models' weight subspaces"}
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ learning rate, AdamW without weight decay, the same epoch-wise shuffled batches 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ from gtapp.baselines.common import (
     left_pad,
     model_step,
 )
+from gtapp.baselines.selection import Selection, choose
 from gtapp.data import IGNORE_INDEX, EncodedDataset, _pad_id, iter_batches, prompt_ids
 from gtapp.lora.peft_model import attach_lora
 from gtapp.models import load_model
@@ -89,30 +91,63 @@ def encoded_examples(tokenizer, examples: Sequence[Example], max_length: int):
 def distill(llm_path: str | Path, recipe: LoraRecipe, teacher: torch.nn.Module, input_ids: torch.Tensor,
             attention_mask: torch.Tensor, target_mask: torch.Tensor, budget: Budget, out_dir: str | Path,
             seed: int, meter: CostMeter, temperature: float = 1.0, progress: ProgressFn | None = None,
-            stage: str = "distil", device: str | torch.device = "cpu") -> dict:
+            stage: str = "distil", device: str | torch.device = "cpu", *, selection: Selection | None = None,
+            init_adapter: str | Path | None = None) -> dict:
     """Train the LLM recipe's LoRA to match ``teacher`` on the given sequences; save the adapter.
 
     Batches of ``budget.batch_size`` rows are drawn epoch by epoch from a permutation seeded
-    by ``seed``; exactly ``budget.steps`` AdamW steps. Returns a record (losses, adapter dir).
+    by ``seed``; exactly ``budget.steps`` AdamW steps (after ``selection``, if given, chose
+    the learning rate and step count on held-out rows: KL to the teacher there). The student
+    starts from the recipe's seeded LoRA, or from the adapter in ``init_adapter``. Returns a
+    record (losses, adapter dir, the selection).
     """
     n = input_ids.shape[0]
     if n == 0:
         raise ValueError("no sequences to distil on")
+    rows = (input_ids, attention_mask, target_mask)
+    chosen = None
+    if selection is not None:
+        def curve(lr, train_idx, val_idx, stops):
+            part = tuple(t[train_idx] for t in rows)
+            val = tuple(t[val_idx] for t in rows)
+            held_out, _ = _train(llm_path, recipe, teacher, part, replace(budget, lr=lr, steps=stops[-1]), seed,
+                                 meter, temperature, None, stage, device, init_adapter, val=val, stops=stops)
+            return held_out
+        chosen = choose(selection, budget.steps, n, seed, curve)
+        budget = replace(budget, lr=chosen.lr, steps=chosen.steps)
+    student, losses = _train(llm_path, recipe, teacher, rows, budget, seed, meter, temperature, progress, stage,
+                             device, init_adapter)
+    adapter_dir = Path(out_dir)
+    student.save_pretrained(str(adapter_dir), safe_serialization=True)
+    rec = {"adapter_dir": str(adapter_dir), "losses": [round(x, 6) for x in losses],
+           "first_loss": losses[0], "final_loss": losses[-1], "sequences": n, "temperature": temperature,
+           "steps": budget.steps, "batch_size": budget.batch_size, "lr": budget.lr,
+           "init_adapter": str(init_adapter) if init_adapter is not None else None}
+    if chosen is not None:
+        rec["selection"] = chosen.to_dict() | {"procedure": selection.to_dict()}
+    return rec
+
+
+def _train(llm_path, recipe, teacher, rows, budget, seed, meter, temperature, progress, stage, device,
+           init_adapter, val=None, stops=()):
+    """The distillation loop. Without ``val``: returns (student, losses). With ``val``: returns
+    (held-out KL at each step in ``stops``, losses)."""
+    input_ids, attention_mask, target_mask = rows
     torch.manual_seed(seed)
     student = attach_lora(load_model(llm_path, device=device), recipe)
+    if init_adapter is not None:
+        load_lora_weights(student, init_adapter)
     student.to(device)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=budget.lr, weight_decay=0.0)
     teacher.eval()
-    batches = batch_indices(n, budget.batch_size, seed)
+    batches = batch_indices(input_ids.shape[0], budget.batch_size, seed)
     tracker = Tracker(progress, stage, budget.steps)
-    losses = []
+    losses, curve = [], {}
     student.train()
     for step in range(budget.steps):
         idx = next(batches)
-        mask = attention_mask[idx]
-        k = int(mask.any(dim=0).nonzero().max()) + 1  # trim all-padding right columns
-        ids, mask, tgt = input_ids[idx, :k].to(device), mask[:, :k].to(device), target_mask[idx, :k].to(device)
+        ids, mask, tgt = _trimmed(input_ids[idx], attention_mask[idx], target_mask[idx], device)
         with torch.no_grad():
             t_logits = teacher(input_ids=ids, attention_mask=mask).logits
         s_logits = student(input_ids=ids, attention_mask=mask).logits
@@ -125,14 +160,54 @@ def distill(llm_path: str | Path, recipe: LoraRecipe, teacher: torch.nn.Module, 
         meter.add_tokens(ntok, "teacher")
         losses.append(loss.item())
         tracker.update(step + 1, f"kl {losses[-1]:.4f}")
+        if val is not None and step + 1 in stops:
+            curve[step + 1] = _held_out_kl(student, teacher, val, budget.batch_size, temperature, meter, device)
+            student.train()
     student.eval()
     if not all(torch.isfinite(p).all() for p in params):
+        if val is not None:  # this learning rate diverged: not a candidate
+            return {k: float("nan") for k in stops}, losses
         raise FloatingPointError("distillation diverged: non-finite LoRA weights (lower the learning rate)")
-    adapter_dir = Path(out_dir)
-    student.save_pretrained(str(adapter_dir), safe_serialization=True)
-    return {"adapter_dir": str(adapter_dir), "losses": [round(x, 6) for x in losses],
-            "first_loss": losses[0], "final_loss": losses[-1], "sequences": n, "temperature": temperature,
-            "steps": budget.steps, "batch_size": budget.batch_size, "lr": budget.lr}
+    return (curve if val is not None else student), losses
+
+
+def _trimmed(ids, mask, tgt, device):
+    k = int(mask.any(dim=0).nonzero().max()) + 1  # trim all-padding right columns
+    return ids[:, :k].to(device), mask[:, :k].to(device), tgt[:, :k].to(device)
+
+
+@torch.no_grad()
+def _held_out_kl(student, teacher, val, batch_size, temperature, meter, device) -> float:
+    student.eval()
+    total, count = 0.0, 0
+    ids_all, mask_all, tgt_all = val
+    for start in range(0, ids_all.shape[0], batch_size):
+        sl = slice(start, start + batch_size)
+        ids, mask, tgt = _trimmed(ids_all[sl], mask_all[sl], tgt_all[sl], device)
+        n = int(tgt[:, 1:].sum())
+        if n == 0:
+            continue
+        kl = kd_loss(student(input_ids=ids, attention_mask=mask).logits,
+                     teacher(input_ids=ids, attention_mask=mask).logits, tgt, temperature)
+        total += float(kl) * n
+        count += n
+        meter.add_tokens(2 * int(mask.sum()), "selection")
+    return total / count if count else float("nan")
+
+
+def load_lora_weights(peft_model: torch.nn.Module, adapter_dir: str | Path) -> None:
+    """Set a LoRA-wrapped model's adapter weights from a peft adapter folder of the same recipe."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from gtapp.evaluate import check_adapter_dir
+    from gtapp.lora.peft_format import WEIGHTS_NAME
+
+    state = load_file(str(check_adapter_dir(adapter_dir) / WEIGHTS_NAME))
+    result = set_peft_model_state_dict(peft_model, state)
+    missing = [k for k in getattr(result, "unexpected_keys", []) if "lora" in k]
+    if missing:
+        raise ValueError(f"{adapter_dir}: adapter keys the model does not have: {missing[:3]}")
 
 
 def start_ids(tokenizer, prefix: str) -> list[int]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import gtapp.baselines.distill as distill
 from gtapp.devices import resolve_device
 import gtapp.baselines.sft as sft
+from gtapp.baselines.selection import Selection
 from gtapp.baselines.common import (
     EVAL_MODEL,
     METHODS,
@@ -32,14 +33,17 @@ OPTIONS = {
     "weak_to_strong": {"max_new_tokens"},
     "datafree_kd": {"temperature", "sample_temperature", "n_samples", "sample_tokens", "min_sample_tokens",
                     "prefixes"},
+    "cross_lora": set(),
 }
+# the methods that train an LLM LoRA, hence pick lr and steps by the shared selection when given one
+TRAINED = ("oracle", "public_ft", "weak_to_strong", "kd_logit", "datafree_kd")
 
 
 def run_baseline(method: str, pair: ModelPair, tiny_adapter_dir: str | Path | None,
                  private_examples: Sequence[Example], public_examples: Sequence[Example], budget: Budget,
                  out_dir: str | Path, seed: int = 0, progress: ProgressFn | None = None, *,
                  task: Task | None = None, device: str = "cpu", options: dict | None = None,
-                 overwrite: bool = False) -> BaselineResult:
+                 overwrite: bool = False, selection: Selection | None = None) -> BaselineResult:
     """Run baseline ``method`` and return its :class:`BaselineResult` (also saved as
     ``out_dir/baseline.json``; trained adapters are written into ``out_dir``).
 
@@ -56,7 +60,9 @@ def run_baseline(method: str, pair: ModelPair, tiny_adapter_dir: str | Path | No
     (min(budget sequences, 1024)), ``sample_tokens`` (min(max_length - 1, 128)),
     ``min_sample_tokens`` (sample_tokens // 4), ``sample_temperature`` (1.0),
     ``temperature`` (KD, 1.0), ``prefixes`` ([""]: start from a document break);
-    proxy_tuning: ``alpha`` (1.0), ``limit``, ``batch_size``.
+    proxy_tuning: ``alpha`` (1.0), ``limit``, ``batch_size``. ``selection``: the shared
+    learning-rate and early-stopping procedure (gtapp.baselines.selection) for the methods in
+    :data:`TRAINED`, on a held-out part of each one's own training sequences.
     """
     if method not in METHODS:
         raise ValueError(f"unknown baseline '{method}'; choose one of {list(METHODS)}")
@@ -64,7 +70,8 @@ def run_baseline(method: str, pair: ModelPair, tiny_adapter_dir: str | Path | No
     unknown = set(options) - OPTIONS[method]
     if unknown:
         raise ValueError(f"{method}: unknown options {sorted(unknown)}; allowed {sorted(OPTIONS[method])}")
-    if tiny_adapter_dir is None and method in ("kd_logit", "weak_to_strong", "proxy_tuning", "datafree_kd"):
+    if tiny_adapter_dir is None and method in ("kd_logit", "weak_to_strong", "proxy_tuning", "datafree_kd",
+                                               "cross_lora"):
         raise ValueError(f"{method} needs the fine-tuned TinyLM's adapter (tiny_adapter_dir)")
     device = resolve_device(device)
     out_dir = Path(out_dir)
@@ -78,7 +85,8 @@ def run_baseline(method: str, pair: ModelPair, tiny_adapter_dir: str | Path | No
     else:
         with CostMeter(device) as meter:
             extra = _train(method, pair, tiny_adapter_dir, private_examples, public_examples, budget, out_dir,
-                           seed, progress, task, device, options, overwrite, meter)
+                           seed, progress, task, device, options, overwrite, meter,
+                           selection if method in TRAINED else None)
         result = BaselineResult(method=method, adapter_dir=str(out_dir), model=EVAL_MODEL[method], seed=seed,
                                 **meter.fields(), extra=extra | meter.details())
     result.extra.setdefault("uses", USES[method])
@@ -88,15 +96,19 @@ def run_baseline(method: str, pair: ModelPair, tiny_adapter_dir: str | Path | No
 
 
 def _train(method, pair, tiny_adapter_dir, private_examples, public_examples, budget, out_dir, seed,
-           progress, task, device, options, overwrite, meter) -> dict:
+           progress, task, device, options, overwrite, meter, selection=None) -> dict:
+    if method == "cross_lora":
+        from gtapp.baselines.cross_lora import run_cross_lora
+
+        return run_cross_lora(pair, tiny_adapter_dir, out_dir)
     if method == "oracle":
         return sft.run_sft(pair.llm_path, pair.recipes.llm, private_examples, budget, out_dir, seed, meter,
-                           progress, device, overwrite=overwrite)
+                           progress, device, overwrite=overwrite, selection=selection)
     if method == "public_ft":
         if not public_examples:
             raise ValueError("public_ft needs the provider's public examples")
         return sft.run_sft(pair.llm_path, pair.recipes.llm, public_examples, budget, out_dir, seed, meter,
-                           progress, device, overwrite=overwrite)
+                           progress, device, overwrite=overwrite, selection=selection)
     if method == "tiny_ft":
         tiny_budget = options.get("budget") or budget
         info = sft.run_sft(pair.tiny_path, pair.recipes.tiny, private_examples, tiny_budget, out_dir, seed, meter,
@@ -107,7 +119,7 @@ def _train(method, pair, tiny_adapter_dir, private_examples, public_examples, bu
         labelled = sft.teacher_labels(pair, tiny_adapter_dir, private_examples, max_new, meter,
                                       max_length=budget.max_length, device=device)
         info = sft.run_sft(pair.llm_path, pair.recipes.llm, labelled, budget, out_dir, seed, meter, progress,
-                           device, overwrite=overwrite)
+                           device, overwrite=overwrite, selection=selection)
         agree = sum(a.answer.strip() == b.answer.strip() for a, b in zip(labelled, private_examples))
         return info | {"labels": "TinyLM greedy answers", "max_new_tokens": max_new,
                        "label_gold_agreement": agree / len(labelled),
@@ -125,7 +137,7 @@ def _train(method, pair, tiny_adapter_dir, private_examples, public_examples, bu
             raise ValueError(f"kd_logit targets must be 'gold' or 'teacher', got {targets!r}")
         ids, mask, tgt = distill.encoded_examples(tokenizer, examples, budget.max_length)
         rec = distill.distill(pair.llm_path, pair.recipes.llm, teacher, ids, mask, tgt, budget, out_dir, seed,
-                              meter, temperature, progress, "kd_logit", device)
+                              meter, temperature, progress, "kd_logit", device, selection=selection)
         return rec | {"kd_inputs": f"private prompts + {targets} answers; KL on answer+EOS positions"}
     if method == "datafree_kd":  # never reads private_examples
         n_samples = int(options.get("n_samples", min(budget.sequences, 1024)))
@@ -139,7 +151,7 @@ def _train(method, pair, tiny_adapter_dir, private_examples, public_examples, bu
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         ids, mask, tgt = distill.pack_samples(samples, pad, budget.max_length)
         rec = distill.distill(pair.llm_path, pair.recipes.llm, teacher, ids, mask, tgt, budget, out_dir, seed,
-                              meter, temperature, progress, "datafree_kd", device)
+                              meter, temperature, progress, "datafree_kd", device, selection=selection)
         shown = [tokenizer.decode(s + b) for s, b in samples[:3]]
         return rec | {"kd_inputs": "texts sampled from the fine-tuned TinyLM; KL on every sampled position",
                       "n_samples": n_samples, "sample_tokens": sample_tokens, "min_sample_tokens": min_tokens,
@@ -186,7 +198,8 @@ def _tiny_from_record(pair, tiny_adapter_dir, private_examples, seed) -> Baselin
 
 
 def evaluate_result(result: BaselineResult, pair: ModelPair, task: Task, split: str = "test",
-                    limit: int | None = None, batch_size: int = 32, device: str = "cpu") -> dict:
+                    limit: int | None = None, batch_size: int = 32, device: str = "cpu",
+                    per_example: bool = False) -> dict:
     """Score a baseline on ``task``'s ``split`` with :func:`gtapp.evaluate.evaluate`: the LLM or
     TinyLM with the result's adapter, or (proxy-tuning) the combined decode-time model."""
     if result.model == "llm+tiny":
@@ -196,5 +209,5 @@ def evaluate_result(result: BaselineResult, pair: ModelPair, task: Task, split: 
                                       device=device)
     else:
         model, tokenizer = load_with_adapter(pair.path(result.model), result.adapter_dir, device=device)
-    out = evaluate(model, tokenizer, task, split=split, limit=limit, batch_size=batch_size)
+    out = evaluate(model, tokenizer, task, split=split, limit=limit, batch_size=batch_size, per_example=per_example)
     return out | {"method": result.method}

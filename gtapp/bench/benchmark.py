@@ -72,12 +72,8 @@ def run_benchmark(preset: str | BenchPreset = "ci", out: str | Path = "results.j
                                      shadow_datasets=shadow_datasets)
         if private_datasets:
             rows += _real_datasets(p, Path(zoo_dir), work, private_datasets, progress, log)
-        protocol.add_gap_recovery(rows)
-        summary = report.summarise(rows)
-        cost = report.cost_table(rows)
         result = {
-            "preset": p.to_dict(), "seeds": list(p.seeds), "zoo": _zoo_info(Path(zoo_dir)),
-            "rows": rows, "summary": summary, "targets": report.targets(summary, rows), "cost": cost,
+            "preset": p.to_dict(), "seeds": list(p.seeds), "zoo": _zoo_info(Path(zoo_dir)), **_analyse(rows),
             "timings": {**timings, "total_s": time.monotonic() - t0},
             "versions": versions(), "machine": machine(),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -122,8 +118,6 @@ def merge_results(paths: list[str | Path], out: str | Path, *, plot: bool = Fals
                 raise ValueError(f"{path}: row {key} is also in an earlier file; merge files of different seeds")
             seen.add(key)
             rows.append(dict(r))
-    protocol.add_gap_recovery(rows)
-    summary = report.summarise(rows)
     seeds = sorted({s for _, d in parts for s in d.get("seeds", [])})
     timings: dict = {}
     for _, d in parts:
@@ -134,8 +128,7 @@ def merge_results(paths: list[str | Path], out: str | Path, *, plot: bool = Fals
                 timings[k] = timings.get(k, []) + v
     result = {
         "preset": {**ref["preset"], "seeds": seeds}, "seeds": seeds, "zoo": ref.get("zoo"),
-        "rows": rows, "summary": summary, "targets": report.targets(summary, rows), "cost": report.cost_table(rows),
-        "timings": timings, "versions": ref.get("versions"), "machine": ref.get("machine"),
+        **_analyse(rows), "timings": timings, "versions": ref.get("versions"), "machine": ref.get("machine"),
         "merged_from": [{"path": str(p), "seeds": d.get("seeds"), "versions": d.get("versions"),
                          "machine": d.get("machine"), "timings": d.get("timings"), "created_at": d.get("created_at")}
                         for p, d in parts],
@@ -143,6 +136,18 @@ def merge_results(paths: list[str | Path], out: str | Path, *, plot: bool = Fals
     }
     _write(result, Path(out), plot)
     return result
+
+
+def _analyse(rows: list[dict]) -> dict:
+    """Gap recovery, summaries, paired comparisons, targets and the cost table from the rows."""
+    from gtapp.bench import stats
+
+    protocol.add_gap_recovery(rows)
+    boots = stats.bootstraps(rows)
+    summary = report.summarise(rows, boots)
+    comps = report.comparisons(rows, boots)
+    return {"rows": rows, "summary": summary, "comparisons": comps, "targets": report.targets(summary, rows, comps),
+            "cost": report.cost_table(rows)}
 
 
 def _write(result: dict, out: Path, plot: bool) -> None:
@@ -177,9 +182,10 @@ def _real_datasets(p: BenchPreset, zoo_dir: Path, work: Path, specs: dict[str, s
     for seed in sub.seeds:
         pairs, _ = protocol._shadow(ctx, sub.cross_shadow_tasks, sub.n_public, seed, work / "shadow" / f"cross_s{seed}")
         mappers = protocol._fit_mappers(ctx, pairs, protocol.mapper_kinds(sub))
+        provider = protocol.cross_provider_text(ctx, pairs, seed)
         for t in tasks:
             log(f"[seed {seed}] real dataset {t.name} as a private task")
-            protocol.run_private_task(ctx, "cross_task_real", t, t.train, None, mappers, seed)
+            protocol.run_private_task(ctx, "cross_task_real", t, t.train, None, mappers, seed, provider=provider)
     return ctx.rows
 
 

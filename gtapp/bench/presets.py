@@ -53,7 +53,7 @@ PRESETS: dict[str, BenchPreset] = {
         in_dist_tasks=("dialogue/meeting-short",),
         cross_shadow_tasks=("dialogue/shopping-short", "dialogue/borrow-short"),
         cross_private_tasks=("dialogue/travel-short",),
-        n_public=128, n_private=96, n_test=32, eval_limit=16,
+        n_public=128, n_private=96, n_test=64, eval_limit=64,
         shadow_subsets=3, shadow_subset_size=32, shadow_steps=12, shadow_snapshots=(8,),
         tiny_steps=12, tiny_lr=3e-3, llm_steps=12, llm_lr=3e-3, batch_size=8,
         dp_epsilons=(None, 8.0), clients=(1, 3),
@@ -69,7 +69,7 @@ PRESETS: dict[str, BenchPreset] = {
         # and 4 checkpoints per run, 2,052 cross-task shadow pairs
         cross_shadow_tasks=task_library(exclude=DEMO_PRIVATE),
         cross_private_tasks=DEMO_PRIVATE,
-        n_public=256, n_private=256, n_test=64, eval_limit=64,
+        n_public=256, n_private=256, n_test=256, eval_limit=256,
         shadow_subsets=9, shadow_subset_size=64, shadow_steps=60, shadow_snapshots=(15, 30, 45),
         tiny_steps=60, tiny_lr=3e-3, llm_steps=60, llm_lr=3e-3, batch_size=16,
         gt_config={"d_model": 64, "n_enc_layers": 1, "n_dec_layers": 1, "steps": 600, "max_time_s": 90},

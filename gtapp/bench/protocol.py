@@ -7,10 +7,13 @@ For each seed:
   cross-task       shadow pairs come from the shadow tasks; the private tasks are never
                    touched by shadow generation, mapper fitting or mapper selection.
 Then, per private task: base LLM/TinyLM; TinyLM fine-tuned on the private data (no DP and
-each ε); the mappers (gt, ridge, mean_shadow) map its update to an LLM adapter; the oracle
-(LLM fine-tuned on the private data), public_ft (LLM fine-tuned on the public data) and the
-distillation baselines run with the oracle's budget; every method is scored on the same
-test examples. Multi-client: the private data split three ways (in-distribution) or three
+each ε); the mappers (gt, ridge, mean_shadow) map its update to an LLM adapter; gt_refine
+refines the GT's adapter towards the proxy-tuned distribution on provider text (gtapp.refine);
+cross_lora moves the TinyLM update with no data; the oracle (LLM fine-tuned on the private
+data), public_ft (LLM fine-tuned on the public data) and the distillation baselines run with
+the oracle's budget, each choosing its learning rate and stopping step on a held-out part of
+its own training data (gtapp.baselines.selection); every method is scored on the same test
+examples, and each row keeps its per-example scores (for the paired bootstrap, gtapp.bench.stats). Multi-client: the private data split three ways (in-distribution) or three
 different private tasks (cross-task), TinyLM updates averaged then mapped.
 """
 
@@ -57,7 +60,8 @@ def _eval(ctx: Context, which: str, adapter_dir, task: Task) -> dict:
     from gtapp.evaluate import evaluate_paths
 
     pair = _pair(ctx)
-    return evaluate_paths(pair.path(which), task, adapter_dir=adapter_dir, limit=ctx.preset.eval_limit)
+    return evaluate_paths(pair.path(which), task, adapter_dir=adapter_dir, limit=ctx.preset.eval_limit,
+                          per_example=True)
 
 
 _PAIRS: dict = {}
@@ -77,6 +81,7 @@ def _row(ctx: Context, *, protocol: str, task: Task, method: str, seed: int, dp_
     row = {"protocol": protocol, "task": task.name, "family": task.family, "method": method,
            "dp_epsilon": dp_epsilon, "clients": clients, "seed": seed, "metric": ev["metric"],
            "value": ev["value"], "answer_nll": ev.get("answer_nll"), "n_eval": ev.get("n"),
+           "n_truncated": ev.get("n_truncated", 0), "examples": ev.get("examples"),
            "wall_s": wall_s, "peak_mem_mb": peak_mem_mb, "gap_recovery": None, **extra}
     ctx.rows.append(row)
     return row
@@ -131,11 +136,25 @@ def _generate(ctx: Context, mapper, tiny_adapters: list, out: Path) -> tuple[Pat
 MAPPER_METHOD = choices.MAPPER_METHOD
 
 
+def _baseline_row(ctx: Context, common: dict, method: str, res, ev: dict, **extra) -> Row:
+    """A baseline's row; ``selection_s`` is the learning-rate selection's share of its wall time
+    and ``final_fit_s`` the final training run's (what the cost table compares against)."""
+    sel = res.extra.get("selection") or {}
+    return _row(ctx, **common, method=method, dp_epsilon=None, clients=1, ev=ev, wall_s=res.wall_s,
+                peak_mem_mb=res.peak_mem_mb, tokens=res.tokens, selection_s=sel.get("selection_s"),
+                chosen_lr=sel.get("lr"), chosen_steps=sel.get("steps"),
+                final_fit_s=res.extra.get("finetune_wall_s"), **extra)
+
+
 def run_private_task(ctx: Context, protocol: str, task: Task, private, public, mappers: dict, seed: int,
-                     group_tasks: Optional[list[Task]] = None) -> None:
+                     group_tasks: Optional[list[Task]] = None, provider: Optional[list] = None) -> None:
     """Every method on one private task. ``group_tasks``: the three tasks of a cross-task
-    3-client setting (this task first)."""
+    3-client setting (this task first). ``provider``: the provider's public text the
+    refinement distils on (the public half in-distribution, the shadow tasks' examples
+    cross-task); never private data."""
     from gtapp.baselines import Budget, evaluate_result, run_baseline
+    from gtapp.baselines.selection import Selection
+    from gtapp.refine import RefineConfig, refine
 
     p = ctx.preset
     pair = _pair(ctx)
@@ -150,22 +169,22 @@ def run_private_task(ctx: Context, protocol: str, task: Task, private, public, m
         _row(ctx, **common, method="base_tiny", dp_epsilon=None, clients=1, ev=_eval(ctx, "tiny", None, task),
              wall_s=0.0, peak_mem_mb=0.0)
     ctx.tick("base models", task.name)
-    oracle_dir, w, m, rec = _finetune(ctx, "llm", private, d / "oracle", seed)
-    _row(ctx, **common, method="oracle", dp_epsilon=None, clients=1, ev=_eval(ctx, "llm", oracle_dir, task),
-         wall_s=w, peak_mem_mb=m)
-    ctx.tick("oracle", task.name)
-    if "public_ft" in methods and public:
-        pub_dir, w, m, _ = _finetune(ctx, "llm", public, d / "public_ft", seed)
-        _row(ctx, **common, method="public_ft", dp_epsilon=None, clients=1, ev=_eval(ctx, "llm", pub_dir, task),
-             wall_s=w, peak_mem_mb=m)
-    ctx.tick("public_ft", task.name)
+    budget = Budget(steps=p.llm_steps, batch_size=p.batch_size, lr=p.llm_lr)
+    selection = Selection()
+    trained = [("oracle", private)] + ([("public_ft", public)] if "public_ft" in methods and public else [])
+    for method, data in trained:
+        res = run_baseline(method, pair, None, list(data), list(data), budget, d / method, seed=seed, task=task,
+                           overwrite=True, selection=selection)
+        _baseline_row(ctx, common, method, res, evaluate_result(res, pair, task, limit=p.eval_limit, per_example=True))
+        ctx.tick(method, task.name)
+    if "public_ft" not in methods or not public:
+        ctx.tick("public_ft", task.name)
 
-    tiny_nodp = None
+    tiny_by_eps, gt_by_eps = {}, {}
     for eps in p.dp_epsilons:
         tag = "nodp" if eps is None else f"eps{eps:g}"
         tiny_dir, tw, tm, trec = _finetune(ctx, "tiny", private, d / f"tiny_{tag}", seed, dp_epsilon=eps)
-        if eps is None:
-            tiny_nodp = tiny_dir
+        tiny_by_eps[eps] = (tiny_dir, tw)
         extra = {"epsilon_spent": trec.get("epsilon")} if eps is not None else {}
         _row(ctx, **common, method="tiny_ft", dp_epsilon=eps, clients=1, ev=_eval(ctx, "tiny", tiny_dir, task),
              wall_s=tw, peak_mem_mb=tm, **extra)
@@ -173,20 +192,37 @@ def run_private_task(ctx: Context, protocol: str, task: Task, private, public, m
             if kind == "mean" and eps is not None:
                 continue  # ignores its input: one row is enough
             out, gw, gm, ood = _generate(ctx, mapper, [tiny_dir], d / f"{kind}_{tag}")
+            if kind == "gt":
+                gt_by_eps[eps] = (out, gw)
             _row(ctx, **common, method=MAPPER_METHOD[kind], dp_epsilon=eps if kind != "mean" else None, clients=1,
                  ev=_eval(ctx, "llm", out, task), wall_s=(tw + gw) if kind != "mean" else gw,
                  peak_mem_mb=max(tm, gm), generate_s=gw, tiny_finetune_s=tw, ood_score=ood, **extra)
         ctx.tick(f"dp {tag}", task.name)
 
-    budget = Budget(steps=p.llm_steps, batch_size=p.batch_size, lr=p.llm_lr)
-    for method in ("kd_logit", "weak_to_strong", "datafree_kd", "proxy_tuning"):
+    tiny_nodp = tiny_by_eps[None][0]
+    if "gt_refine" in methods and provider:
+        for eps in (None, 8.0):
+            if eps not in gt_by_eps:
+                continue
+            tag = "nodp" if eps is None else f"eps{eps:g}"
+            (gt_dir, gw), (tiny_dir, tw) = gt_by_eps[eps], tiny_by_eps[eps]
+            cfg = RefineConfig(steps=p.llm_steps, batch_size=p.batch_size, lr=p.llm_lr, seed=seed)
+            rec = refine(pair, tiny_dir, provider, d / f"gt_refine_{tag}", cfg, start_adapter=gt_dir)
+            _row(ctx, **common, method="gt_refine", dp_epsilon=eps, clients=1,
+                 ev=_eval(ctx, "llm", d / f"gt_refine_{tag}", task), wall_s=tw + gw + rec["wall_s"],
+                 peak_mem_mb=rec["peak_mem_mb"], generate_s=gw, tiny_finetune_s=tw, refine_s=rec["wall_s"],
+                 selection_s=rec.get("selection", {}).get("selection_s"), tokens=rec["tokens"],
+                 refine={k: rec[k] for k in ("lr", "steps", "text", "privacy")})
+        ctx.tick("gt_refine", task.name)
+
+    for method in ("kd_logit", "weak_to_strong", "datafree_kd", "proxy_tuning", "cross_lora"):
         if method not in methods:
             continue
         res = run_baseline(method, pair, tiny_nodp, list(private), list(public or []), budget,
-                           d / method, seed=seed, task=task, overwrite=True)
-        ev = evaluate_result(res, pair, task, limit=p.eval_limit)
-        _row(ctx, **common, method=method, dp_epsilon=None, clients=1, ev=ev, wall_s=res.wall_s,
-             peak_mem_mb=res.peak_mem_mb, tokens=res.tokens)
+                           d / method, seed=seed, task=task, overwrite=True, selection=selection)
+        ev = evaluate_result(res, pair, task, limit=p.eval_limit, per_example=True)
+        _baseline_row(ctx, common, method, res, ev,
+                      **({"tiny_finetune_s": tiny_by_eps[None][1]} if method == "cross_lora" else {}))
         ctx.tick(method, task.name)
 
     if 3 in p.clients:
@@ -235,6 +271,13 @@ def _shadow(ctx: Context, tasks: tuple[str, ...], n_train: int, seed: int, out: 
     return pairs, time.monotonic() - t
 
 
+def cross_provider_text(ctx: Context, pairs, seed: int) -> list:
+    """The provider's text for cross-task refinement: the shadow tasks' public examples."""
+    from gtapp.refine import provider_text
+
+    return provider_text(pairs.manifest, limit=4 * ctx.preset.n_public, seed=seed, dataset_paths=ctx.shadow_datasets)
+
+
 def mapper_kinds(preset: BenchPreset) -> tuple[str, ...]:
     kinds = []
     for method, kind in (("gt", "gt"), ("ridge", "ridge"), ("mean_shadow", "mean")):
@@ -244,7 +287,7 @@ def mapper_kinds(preset: BenchPreset) -> tuple[str, ...]:
 
 
 def count_steps(p: BenchPreset) -> int:
-    per_task = 3 + len(p.dp_epsilons) + 4 + (1 if 3 in p.clients else 0)
+    per_task = 3 + len(p.dp_epsilons) + 6 + (1 if 3 in p.clients else 0)
     n_tasks = len(p.in_dist_tasks) + len(p.cross_private_tasks)
     return len(p.seeds) * (n_tasks * per_task + len(p.in_dist_tasks) + 1)
 
@@ -269,7 +312,7 @@ def run(preset: BenchPreset, zoo_dir: Path, work: Path, progress: Optional[Progr
             timings["shadow_s"] += s
             ctx.tick("shadow pairs", name)
             mappers = _fit_mappers(ctx, pairs, kinds)
-            run_private_task(ctx, "in_distribution", task, private, public, mappers, seed)
+            run_private_task(ctx, "in_distribution", task, private, public, mappers, seed, provider=list(public))
         # ---------------------------------------------------------- cross-task
         if preset.cross_private_tasks:
             log(f"[seed {seed}] cross-task: shadow {len(preset.cross_shadow_tasks)} tasks, "
@@ -288,13 +331,15 @@ def run(preset: BenchPreset, zoo_dir: Path, work: Path, progress: Optional[Progr
             mappers = _fit_mappers(ctx, pairs, kinds)
             private_tasks = [make_task(n, seed=seed, n_train=preset.n_private, n_test=preset.n_test)
                              for n in preset.cross_private_tasks]
+            provider = cross_provider_text(ctx, pairs, seed)
             for i, task in enumerate(private_tasks):
                 group = None
                 if len(private_tasks) >= 3:
                     group = [task] + [t for t in private_tasks if t is not task][:2]
                 elif 3 in preset.clients:
                     group = None  # fewer than three private tasks: split this one three ways
-                run_private_task(ctx, "cross_task", task, task.train, None, mappers, seed, group_tasks=group)
+                run_private_task(ctx, "cross_task", task, task.train, None, mappers, seed, group_tasks=group,
+                                 provider=provider)
     return ctx.rows, timings
 
 

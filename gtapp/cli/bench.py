@@ -64,7 +64,10 @@ def _print(result: dict, out) -> None:
 
     print()
     print(report.format_table(result["summary"]))
-    print("\nCost (TinyLM fine-tune + generation vs LLM fine-tune):")
+    if result.get("comparisons"):
+        print("\nPaired differences of NLL gap recovery (bootstrap over test examples, then seeds):")
+        print(report.format_comparisons(result["comparisons"]))
+    print("\nCost (TinyLM fine-tune + generation + refinement vs the LLM fine-tune):")
     print(report.format_cost(result["cost"]))
     print("\nTargets:")
     print(report.format_targets(result["targets"]))

@@ -34,6 +34,8 @@ def _check_train_mapper(p: dict) -> None:
     unknown = sorted(set(cfg) - set(known))
     if unknown:
         raise ValueError(f"unknown config key(s) {unknown} for a {p['kind']} mapper; known: {sorted(known)}")
+    if not isinstance(p["learning_curve"], bool):
+        raise ValueError("learning_curve must be true or false")
     if p["name"] is not None and (not isinstance(p["name"], str) or not 0 < len(p["name"]) <= 200):
         raise ValueError("name must be a string of 1..200 characters")
     _check_device(p)
@@ -52,11 +54,13 @@ def _card_metrics(card: dict) -> dict:
 
 @job("train_mapper", queue="gpu", admin_only=True, requires=("gtapp.mapper",), validate=_check_train_mapper,
      defaults={"pair_set_id": None, "pair_id": None, "kind": "gt", "config": {}, "name": None, "promote": False,
-               "device": "auto"})
+               "device": "auto", "learning_curve": False})
 def train_mapper(params: dict, ctx) -> dict:
     """Fit a mapper (`kind` gt | ridge | mean, `config` its settings) on a pair set, split by
     shadow run; validation numbers (with the mean-of-shadow baseline beside them) go to its
-    card. Produces a mapper version (`promote`: also make it the pair's promoted one)."""
+    card. Produces a mapper version (`promote`: also make it the pair's promoted one).
+    `learning_curve`: first measure mean, ridge and this mapper's held-out run and held-out
+    task error at 100, 400, 1,600 and all pairs (gtapp.mapper.curve); the card keeps it."""
     from sqlalchemy import select
 
     from gtapp.mapper import make_mapper, recipe_fingerprint
@@ -97,8 +101,22 @@ def train_mapper(params: dict, ctx) -> dict:
     mapper = make_mapper(kind, pair_set.recipes, config)
     ctx.log(f"train_mapper: {kind} on pair set {ps_id} '{ps_name}' ({len(pair_set)} pairs, "
             f"{len(pair_set.runs)} runs, version {pair_set.version})")
-    ctx.progress(0.02, f"fitting {kind} mapper")
-    mapper.fit(pair_set, progress=_scaled_progress(ctx, 0.02, 0.95))
+    curve = None
+    start = 0.02
+    if params["learning_curve"]:
+        from gtapp.mapper.curve import learning_curve
+
+        ctx.progress(0.02, "learning curve (held-out shadow runs and tasks)")
+        kinds = {"mean": ("mean", None), "ridge": ("ridge", None)}
+        if kind not in kinds:
+            kinds[kind] = (kind, config)
+        curve = learning_curve(pair_set, kinds, seed=params["seed"], log=ctx.log,
+                               on_fit=lambda *_: ctx.check_cancel())
+        start = 0.5
+    ctx.progress(start, f"fitting {kind} mapper")
+    mapper.fit(pair_set, progress=_scaled_progress(ctx, start, 0.95))
+    if curve is not None:
+        mapper.card["learning_curve"] = curve
     ctx.check_cancel()
     ctx.progress(0.95, "saving mapper version")
     out = mapper.save(ctx.work_dir / "mapper")

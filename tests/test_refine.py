@@ -1,0 +1,67 @@
+"""Refinement (gtapp.refine): the refined adapter moves towards the proxy-tuned distribution on
+provider text it never trained on, starts from the mapped adapter, and records its privacy."""
+
+import pytest
+
+
+@pytest.mark.slow
+def test_refined_adapter_is_closer_to_the_proxy_than_its_start(micro_zoo, tmp_path):
+    from gtapp.baselines.distill import kl_to_teacher
+    from gtapp.baselines.proxy import load_proxy
+    from gtapp.evaluate import load_with_adapter
+    from gtapp.finetune import FinetuneConfig, finetune
+    from gtapp.models import ModelPair
+    from gtapp.refine import PRIVACY_NOTE, RefineConfig, refine
+    from gtapp.tasks.universe import make_task
+
+    pair = ModelPair.from_dir(micro_zoo)
+    private = make_task("math/add-fruit-easy", seed=5, n_train=32, n_test=2)
+    tiny = finetune(pair.tiny_path, pair.recipes.tiny, private.train,
+                    FinetuneConfig(steps=8, batch_size=8, lr=1e-2), tmp_path / "tiny").adapter_dir
+    public = make_task("math/sub-fruit-easy", seed=0, n_train=96, n_test=1).train
+    held_out = make_task("math/add-books-easy", seed=1, n_train=24, n_test=1).train  # never refined on
+    # the start: a fresh LLM LoRA written by a 1-step fine-tune (stands in for the mapped adapter)
+    start = finetune(pair.llm_path, pair.recipes.llm, public[:8], FinetuneConfig(steps=1, batch_size=8, lr=1e-4),
+                     tmp_path / "start").adapter_dir
+    cfg = RefineConfig(steps=20, batch_size=8, lr=1e-2, n_sequences=64, sample_tokens=12, select=False)
+    rec = refine(pair, tiny, public, tmp_path / "refined", cfg, start_adapter=start)
+    assert rec["privacy"] == PRIVACY_NOTE and rec["init_adapter"] == str(start)
+    assert rec["text"] == {"public_examples": 32, "tiny_samples": 32} and rec["final_loss"] < rec["first_loss"]
+
+    teacher, tok = load_proxy(pair, tiny)
+    before, _ = load_with_adapter(pair.llm_path, start)
+    after, _ = load_with_adapter(pair.llm_path, tmp_path / "refined")
+    kl_before = kl_to_teacher(before, teacher, tok, held_out)
+    kl_after = kl_to_teacher(after, teacher, tok, held_out)
+    print("KL to the proxy-tuned distribution on held-out text:", kl_before, "->", kl_after)
+    assert kl_after < 0.9 * kl_before
+
+
+def test_refine_refuses_bad_requests(micro_zoo, tmp_path):
+    from gtapp.models import ModelPair
+    from gtapp.refine import RefineConfig, refine
+
+    pair = ModelPair.from_dir(micro_zoo)
+    with pytest.raises(ValueError, match="provider text"):
+        refine(pair, tmp_path, [], tmp_path / "o")
+    with pytest.raises(ValueError, match="start_adapter"):
+        from gtapp.tasks.base import Example
+
+        refine(pair, tmp_path, [Example("q", "a")], tmp_path / "o")
+    with pytest.raises(ValueError, match="start"):
+        RefineConfig(start="somewhere")
+
+
+def test_provider_text_comes_from_the_pair_sets_shadow_tasks():
+    from gtapp.refine import provider_text
+    from gtapp.tasks.universe import make_task
+
+    manifest = {"settings": {"task_seed": 3, "n_train": 40},
+                "runs": {"a": {"task": "math/add-fruit-easy"}, "b": {"task": "lm/weather-0"}}}
+    text = provider_text(manifest, limit=20, seed=0)
+    assert len(text) == 20
+    pool = {(e.prompt, e.answer) for n in ("math/add-fruit-easy", "lm/weather-0")
+            for e in make_task(n, seed=3, n_train=40, n_test=1).train}
+    assert all((e.prompt, e.answer) in pool for e in text)
+    with pytest.raises(ValueError, match="no shadow tasks"):
+        provider_text({"runs": {}}, 5)
