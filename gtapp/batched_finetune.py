@@ -239,7 +239,8 @@ def batched_finetune(model: torch.nn.Module, tokenizer, recipe: LoraRecipe, runs
             if step in snaps:
                 for k in range(len(runs)):
                     kept[k][step] = lora.factors(k)
-            tracker.update(step, f"mean loss {sum(values) / len(values):.4f} over {len(runs)} runs")
+            tracker.update(step, f"mean loss {sum(values) / len(values):.4f} over {len(runs)} runs",
+                           **{"mean train loss": sum(values) / len(values)})
     finally:
         lora.remove()
         for p, flag in frozen:

@@ -153,7 +153,7 @@ def evaluate(model: torch.nn.Module, tokenizer, task: Task, split: str = "test",
            "answer_nll": nll, "n": len(examples), "n_tokens": n_tokens, "n_truncated": n_truncated,
            "wall_s": round(time.monotonic() - t0, 3)}
     if per_example:
-        out["examples"] = {"score": scores, "nll_sum": [round(x, 5) for x in sums], "n_tokens": counts}
+        out["examples"] = {"score": scores, "nll_sum": sums, "n_tokens": counts}
     return out
 
 

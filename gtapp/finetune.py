@@ -379,7 +379,8 @@ def finetune(model_path: str, recipe: LoraRecipe, examples: Sequence[Example], c
                     folder = stage / "snapshots" / f"step_{step}"
                     _save_adapter(peft_model, folder)
                     snapshots[step] = out_dir / "snapshots" / f"step_{step}"
-                tracker.update(step, f"loss {loss_value:.4f}" if loss_value is not None else "empty batch")
+                tracker.update(step, f"loss {loss_value:.4f}" if loss_value is not None else "empty batch",
+                               **({"train loss": loss_value} if loss_value is not None else {}))
 
         if engine is not None:
             train_model = train_model.to_standard_module()  # strip Opacus's wrapper and hooks

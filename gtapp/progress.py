@@ -8,7 +8,7 @@ to honour a cancel request at every step.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 
@@ -22,6 +22,9 @@ class Progress:
     stage: str  # short human-readable stage name, e.g. "pretrain llm"
     eta_s: Optional[float] = None  # seconds left, None when unknown
     message: str = ""
+    step: Optional[int] = None  # the stage's step count, where it has one
+    # numbers to plot against ``step`` (e.g. {"train loss": 1.9, "val": 2.1}): live curves
+    metrics: dict = field(default_factory=dict)
 
 
 ProgressFn = Callable[[Progress], None]
@@ -45,8 +48,9 @@ class Tracker:
         self.start, self.end = start, end
         self.t0 = time.monotonic()
 
-    def update(self, done: int, message: str = "") -> None:
+    def update(self, done: int, message: str = "", **metrics: float) -> None:
         frac_local = min(max(done / self.total, 0.0), 1.0)
         elapsed = time.monotonic() - self.t0
         eta = elapsed * (1 - frac_local) / frac_local if frac_local > 0 else None
-        self.fn(Progress(self.start + (self.end - self.start) * frac_local, self.stage, eta, message))
+        self.fn(Progress(self.start + (self.end - self.start) * frac_local, self.stage, eta, message, step=int(done),
+                         metrics={k: float(v) for k, v in metrics.items() if v is not None}))

@@ -29,9 +29,13 @@ def examples_to_jsonl(examples: Iterable) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def read_examples(store: ArtifactStore, sha: str) -> list[dict]:
+def jsonl_to_examples(data: bytes) -> list[dict]:
+    """The one reader of the stored format :func:`examples_to_jsonl` writes. Records are split
+    on LF only: ``json.dumps`` escapes LF inside strings, but other characters that
+    ``str.splitlines`` treats as line breaks (U+2028, U+2029, U+0085, VT, FF, FS/GS/RS) stay
+    raw inside the text (``ensure_ascii=False``) and must not end a record."""
     out = []
-    for i, line in enumerate(store.read_bytes(sha).decode().splitlines()):
+    for i, line in enumerate(data.decode("utf-8").split("\n")):
         if line.strip():
             d = json.loads(line)
             if not isinstance(d, dict) or not isinstance(d.get("prompt"), str) or not isinstance(d.get("answer"), str):
@@ -40,12 +44,18 @@ def read_examples(store: ArtifactStore, sha: str) -> list[dict]:
     return out
 
 
+def read_examples(store: ArtifactStore, sha: str) -> list[dict]:
+    """A stored dataset's examples (what every job trains and evaluates on)."""
+    return jsonl_to_examples(store.read_bytes(sha))
+
+
 def create_dataset(session: Session, store: ArtifactStore, org_id: int, name: str, examples: Iterable,
                    user_id: Optional[int] = None, task: Optional[str] = None,
                    epsilon_budget: Optional[float] = None, delta: float = 1e-5,
                    source: Optional[dict] = None) -> Dataset:
     data = examples_to_jsonl(examples)
-    n = sum(1 for line in data.splitlines() if line.strip())
+    # read back by the very reader the jobs use: a dataset that is stored is one that trains
+    n = len(jsonl_to_examples(data))
     sha = store.put_bytes(data)
     if epsilon_budget is not None and epsilon_budget <= 0:
         raise ValueError("epsilon_budget must be positive")

@@ -4,9 +4,16 @@ A DP job *reserves* its requested ε when it is submitted, inside the transactio
 creates the job, after checking that the composed spend (everything already reserved or
 spent on the dataset, plus this request) stays within the dataset's budget; otherwise it
 is refused before anything runs, with the budget, the spend so far and the request in the
-message. When the job finishes its entry becomes *spent* with the ε the accountant
-reported; a job cancelled before it started releases its reservation; a job that failed
-or was cancelled while running keeps it (its data may already have been touched).
+message. Privacy is *charged* when private data is used in training, not when a job is
+queued: when the job succeeds its entry becomes *spent* with the ε the accountant reported;
+a job that fails or is cancelled before its first DP step gives its reservation back
+(*released*); one stopped part-way is charged for the steps it ran (the accountant over the
+steps actually taken); a job whose worker was lost, so that the steps taken are unknown, is
+charged in full. Each entry's note says which.
+
+A fine-tune *without* DP on a dataset that has a budget is refused, unless the organisation
+has marked the dataset "no DP required" (an explicit choice, recorded with who and when);
+such a job's entry is ε = ∞, and after it no DP job on that dataset can promise anything.
 
 Composition is ``gtapp.privacy.compose_entries`` (the one place privacy numbers are
 computed): RDP over each job's noise_multiplier/sample_rate/steps when every entry carries
@@ -16,6 +23,7 @@ them, else basic composition (the sum of the ε's). Each entry records which was
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -49,6 +57,13 @@ class DPRequest:
     mechanism: dict  # whatever is known up front (noise_multiplier, sample_rate, steps, max_grad_norm)
 
 
+@dataclass(frozen=True)
+class NonDPRequest:
+    """A job that trains on a dataset without DP (allowed only on datasets marked "no DP required")."""
+
+    dataset_id: int
+
+
 def _entry_dict(e: PrivacyLedgerEntry) -> dict:
     return {"epsilon": e.epsilon, "delta": e.delta, "mechanism": e.mechanism or {}}
 
@@ -74,6 +89,35 @@ def _lock_dataset(session: Session, dataset_id: int) -> Dataset:
     return ds
 
 
+def record(session: Session, request, org_id: int, job_id: Optional[int] = None) -> Optional[PrivacyLedgerEntry]:
+    """The ledger's part of submitting a job: :func:`reserve` a DP request, :func:`non_dp` the rest."""
+    if isinstance(request, NonDPRequest):
+        return non_dp(session, request, org_id, job_id)
+    return reserve(session, request, org_id, job_id)
+
+
+def non_dp(session: Session, request: NonDPRequest, org_id: int, job_id: Optional[int] = None) -> Optional[PrivacyLedgerEntry]:
+    """A non-DP job on a dataset: nothing to record without a budget; refused on a budgeted
+    dataset unless it is marked "no DP required"; then an ε = ∞ entry. Caller commits."""
+    ds = _lock_dataset(session, request.dataset_id)
+    if ds.org_id != org_id:
+        raise PermissionError(f"dataset {request.dataset_id} belongs to another organisation")
+    if ds.epsilon_budget is None:
+        return None
+    if not ds.no_dp_required:
+        raise ValueError(
+            f"dataset '{ds.name}' has a privacy budget (ε={ds.epsilon_budget:g}); a fine-tune without DP would "
+            "void it. Turn DP on (set a target ε), or first mark the dataset 'no DP required' (Fine-tune tab, "
+            "below the privacy ledger) if its owner decided it needs no privacy guarantee")
+    entry = PrivacyLedgerEntry(dataset_id=ds.id, org_id=ds.org_id, job_id=job_id, epsilon=math.inf,
+                               delta=float(ds.delta), mechanism={"dp": False}, status="reserved",
+                               total_epsilon=math.inf, accountant="basic",
+                               note="non-DP job (dataset marked 'no DP required'): ε = ∞")
+    session.add(entry)
+    session.flush()
+    return entry
+
+
 def reserve(session: Session, request: DPRequest, org_id: int, job_id: Optional[int] = None) -> PrivacyLedgerEntry:
     """Check the budget and reserve the request (raises BudgetExceeded). Caller commits."""
     ds = _lock_dataset(session, request.dataset_id)
@@ -87,6 +131,9 @@ def reserve(session: Session, request: DPRequest, org_id: int, job_id: Optional[
         raise ValueError(f"requested δ={request.delta:g} is larger than dataset '{ds.name}' δ={ds.delta:g}")
     existing = [_entry_dict(e) for e in active_entries(session, ds.id)]
     before = compose_entries(existing, ds.delta)
+    if math.isinf(before.epsilon):
+        raise ValueError(f"dataset '{ds.name}' has been used without DP (ε = ∞ in its ledger): no DP job on it can "
+                         "give a privacy guarantee any more")
     after = compose_entries(existing + [{"epsilon": request.epsilon, "delta": request.delta,
                                          "mechanism": request.mechanism}], ds.delta)
     if after.epsilon > ds.epsilon_budget + EPS_TOLERANCE:
@@ -102,24 +149,45 @@ def reserve(session: Session, request: DPRequest, org_id: int, job_id: Optional[
 
 
 def settle(session: Session, job_id: int, outcome: str, epsilon: Optional[float] = None,
-           mechanism: Optional[dict] = None, note: str = "") -> Optional[PrivacyLedgerEntry]:
+           mechanism: Optional[dict] = None, note: str = "", steps_taken: Optional[int] = None
+           ) -> Optional[PrivacyLedgerEntry]:
     """Close a job's reservation. ``outcome``: 'succeeded' (spent, with the accountant's ε),
-    'not_started' (released), or 'failed'/'cancelled' (kept as spent, conservatively)."""
+    'not_started' (released), or 'failed'/'cancelled': released when ``steps_taken`` is 0 (no
+    private data was trained on), charged for ``steps_taken`` steps when known, else (the
+    steps are unknown) kept in full as spent."""
     entry = session.scalars(select(PrivacyLedgerEntry).where(PrivacyLedgerEntry.job_id == job_id)).one_or_none()
     if entry is None or entry.status != "reserved":
         return entry
     ds = _lock_dataset(session, entry.dataset_id)
+    mech = dict(entry.mechanism or {})
     if outcome == "not_started":
         entry.status = "released"
         entry.note = note or "released: job never started"
+    elif outcome != "succeeded" and steps_taken == 0:
+        entry.status = "released"
+        entry.note = f"released: job {outcome} before its first training step (no private data was trained on)"
+    elif outcome != "succeeded" and steps_taken is not None and mech.get("steps") and steps_taken < mech["steps"] \
+            and mech.get("noise_multiplier") and mech.get("sample_rate"):
+        from gtapp.privacy import epsilon as dp_epsilon
+
+        entry.status = "spent"
+        entry.epsilon = float(dp_epsilon(mech["noise_multiplier"], mech["sample_rate"], int(steps_taken),
+                                         float(entry.delta)))
+        entry.mechanism = {**mech, "steps": int(steps_taken), "steps_planned": mech["steps"]}
+        entry.note = (f"job {outcome} after {steps_taken} of {mech['steps']} steps: charged for the steps it ran"
+                      + (f" ({note})" if note else ""))
     else:
         entry.status = "spent"
         if epsilon is not None and outcome == "succeeded":
             entry.epsilon = float(epsilon)
         if mechanism:
-            entry.mechanism = {**(entry.mechanism or {}), **mechanism}
-        entry.note = note or ("spent" if outcome == "succeeded"
-                              else f"job {outcome}: reservation kept as spent (data may have been used)")
+            entry.mechanism = {**mech, **mechanism}
+        if outcome == "succeeded":
+            entry.note = note or "spent"
+        elif steps_taken is None:
+            entry.note = (f"job {outcome}, steps taken unknown: charged in full" + (f" ({note})" if note else ""))
+        else:
+            entry.note = f"job {outcome} after all its steps: charged in full" + (f" ({note})" if note else "")
     session.flush()
     total = spent(session, ds)
     entry.total_epsilon, entry.accountant = total.epsilon, total.accountant
@@ -145,6 +213,11 @@ def summary(session: Session, dataset: Dataset) -> dict:
     }
 
 
+def shown(eps: Optional[float]):
+    """An ε for display and JSON: '∞' for a non-DP entry (JSON has no infinity)."""
+    return "∞" if eps is not None and math.isinf(eps) else eps
+
+
 def current(session: Session, dataset: Dataset) -> dict:
     """A dataset's privacy ledger for display, like :func:`summary` but without re-running the
     accountant (tens of milliseconds per dataset, on every page load): every change to the
@@ -161,7 +234,8 @@ def current(session: Session, dataset: Dataset) -> dict:
     return {"dataset_id": dataset.id, "dataset": dataset.name, "budget": budget, "delta": dataset.delta,
             "spent": spent, "accountant": latest.accountant if latest is not None else "basic",
             "remaining": None if budget is None else max(budget - spent, 0.0), "active": len(active),
-            "entries": [{"id": e.id, "job_id": e.job_id, "epsilon": e.epsilon, "delta": e.delta,
-                         "status": e.status, "total_epsilon": e.total_epsilon, "accountant": e.accountant,
+            "no_dp_required": bool(dataset.no_dp_required),
+            "entries": [{"id": e.id, "job_id": e.job_id, "epsilon": shown(e.epsilon), "delta": e.delta,
+                         "status": e.status, "total_epsilon": shown(e.total_epsilon), "accountant": e.accountant,
                          "note": e.note, "created_at": e.created_at.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")}
                         for e in entries]}

@@ -142,6 +142,10 @@ class Dataset(Base):
     source: Mapped[dict[str, Any]] = mapped_column(default=dict)
     epsilon_budget: Mapped[Optional[float]] = mapped_column(Float)  # None: no DP budget set
     delta: Mapped[float] = mapped_column(Float, default=1e-5)
+    # the organisation's explicit choice that this budgeted dataset may be trained on without DP
+    no_dp_required: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    no_dp_marked_by: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    no_dp_marked_at: Mapped[Optional[dt.datetime]] = mapped_column()
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
@@ -289,3 +293,56 @@ class PrivacyLedgerEntry(Base):
     note: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+COLLAB_STATUSES = ("open", "running", "done", "failed")
+MEMBER_STATES = ("invited", "accepted", "declined", "withdrawn")
+
+
+class Collaboration(Base):
+    """Several organisations pooling TinyLM updates into one LLM adapter (storage.collaborations).
+    ``organisation`` and ``method`` are gtapp.combine's; ``weighting`` data_size | equal | given."""
+
+    __tablename__ = "collaborations"
+    __table_args__ = (_enum_check("status", COLLAB_STATUSES),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    model_pair_id: Mapped[int] = mapped_column(ForeignKey("model_pairs.id", ondelete="RESTRICT"))
+    mapper_id: Mapped[Optional[int]] = mapped_column(ForeignKey("mapper_versions.id", ondelete="SET NULL"))
+    organisation: Mapped[str] = mapped_column(String(32), default="average_then_map")
+    method: Mapped[str] = mapped_column(String(32), default="mean")
+    weighting: Mapped[str] = mapped_column(String(32), default="data_size")
+    created_by_org: Mapped[int] = mapped_column(ForeignKey("organisations.id", ondelete="RESTRICT"), index=True)
+    created_by_user: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    job_id: Mapped[Optional[int]] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)  # what every member may see of the run
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class CollaborationMember(Base):
+    """One organisation in a collaboration: its consent and (only for the worker) its contribution."""
+
+    __tablename__ = "collaboration_members"
+    __table_args__ = (UniqueConstraint("collaboration_id", "org_id"), _enum_check("state", MEMBER_STATES))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    collaboration_id: Mapped[int] = mapped_column(ForeignKey("collaborations.id", ondelete="CASCADE"), index=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organisations.id", ondelete="RESTRICT"), index=True)
+    state: Mapped[str] = mapped_column(String(16), default="invited")
+    adapter_id: Mapped[Optional[int]] = mapped_column(ForeignKey("adapters.id", ondelete="SET NULL"))
+    weight: Mapped[Optional[float]] = mapped_column(Float)  # for weighting 'given'
+    result_adapter_id: Mapped[Optional[int]] = mapped_column(ForeignKey("adapters.id", ondelete="SET NULL"))
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class CollaborationEvent(Base):
+    """The audit log every member of a collaboration can read."""
+
+    __tablename__ = "collaboration_events"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    collaboration_id: Mapped[int] = mapped_column(ForeignKey("collaborations.id", ondelete="CASCADE"), index=True)
+    org_id: Mapped[Optional[int]] = mapped_column(ForeignKey("organisations.id", ondelete="SET NULL"))
+    user_id: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    action: Mapped[str] = mapped_column(String(50))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)

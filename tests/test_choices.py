@@ -43,3 +43,10 @@ def test_choices_import_no_torch():
     code = "import sys, gtapp.choices, workers.jobs, ui.admin, ui.generate, ui.upload; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_dashboards_adapter_file_names_are_gtapps():
+    from gtapp.lora import peft_format
+    from ui.service import adapters
+
+    assert (adapters.WEIGHTS_NAME, adapters.SIDECAR_NAME) == (peft_format.WEIGHTS_NAME, peft_format.SIDECAR_NAME)

@@ -22,3 +22,20 @@ def layer_norms(summary: Optional[dict]) -> go.Figure:
     fig.update_layout(title=title, yaxis_title="Frobenius norm", **{**LAYOUT, "height": 300})
     return fig
 
+
+
+def loss_curve(curve: Optional[dict], title: str = "Training curve") -> go.Figure:
+    """A job's live curve (workers.runner's curve.json: {"<stage>: <metric>": [[step, value], ...]}):
+    one line per series, train solid and validation dashed, steps on x."""
+    if not curve:
+        return empty_figure("no training curve for this job (yet)")
+    fig = go.Figure()
+    for name, points in sorted(curve.items()):
+        if not points:
+            continue
+        xs, ys = zip(*points)
+        fig.add_trace(go.Scatter(x=list(xs), y=list(ys), mode="lines+markers" if len(xs) < 30 else "lines",
+                                 name=name, line={"dash": "dash" if "val" in name.lower() else "solid"}))
+    fig.update_layout(**{**LAYOUT, "title": {"text": title}, "xaxis_title": "step", "yaxis_title": "value",
+                         "height": 320, "legend": {"orientation": "h", "y": -0.3}})
+    return fig

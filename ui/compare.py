@@ -124,10 +124,11 @@ def build_compare_tab(svc: Service, demo):
             seed = gr.Dropdown(label="Seed", choices=[ALL], value=ALL, scale=1, elem_id="cmp-seed")
         tasks = gr.Dropdown(label="Tasks (empty: all)", choices=[], multiselect=True, elem_id="cmp-tasks")
         info = gr.Markdown(elem_id="cmp-info")
-        plots = []
+        plots = []  # one per charts.ALL entry, in its order
+        plots.append(gr.Plot(elem_id="cmp-metric", show_label=False))
         with gr.Row():
-            plots.append(gr.Plot(elem_id="cmp-metric", show_label=False))
             plots.append(gr.Plot(elem_id="cmp-gap", show_label=False))
+            plots.append(gr.Plot(elem_id="cmp-gap_nll", show_label=False))
         with gr.Row():
             plots.append(gr.Plot(elem_id="cmp-epsilon", show_label=False))
             plots.append(gr.Plot(elem_id="cmp-clients", show_label=False))

@@ -23,14 +23,21 @@ def dataset_choices(svc: Service, who) -> list[tuple[str, int]]:
                              + (f", ε budget {d['budget']:g})" if d["budget"] else ", no DP budget)"))
 
 
+def _eps(x) -> str:
+    return "∞" if x in ("∞", float("inf")) else f"{x:.4g}"
+
+
 def ledger_markdown(led: dict) -> str:
     if led["budget"] is None:
         head = (f"Dataset **{md_escape(led['dataset'])}** has **no privacy budget**: DP fine-tunes on it are "
                 "refused until one is set (below). Non-DP fine-tunes do not touch the ledger.")
     else:
         head = (f"Dataset **{md_escape(led['dataset'])}**: budget **ε={led['budget']:g}** at δ={led['delta']:g} · "
-                f"spent **ε={led['spent']:.4g}** ({led['accountant']} composition) · "
-                f"remaining **ε={led['remaining']:.4g}**")
+                f"spent **ε={_eps(led['spent'])}** ({led['accountant']} composition) · "
+                f"remaining **ε={_eps(led['remaining'])}**")
+        head += (" · marked **no DP required**: non-DP fine-tunes are accepted and enter the ledger as ε = ∞"
+                 if led.get("no_dp_required") else
+                 " · a fine-tune **without DP is refused** on this dataset (it would void the budget)")
     return head
 
 
@@ -124,6 +131,11 @@ def build_finetune_tab(svc: Service, demo):
                     budget = gr.Number(label="Set / raise the dataset's budget ε", value=None, elem_id="ft-budget")
                     set_btn = gr.Button("Set budget", size="sm", elem_id="ft-set-budget")
                 budget_msg = gr.Markdown()
+                with gr.Row():
+                    no_dp_ok = gr.Checkbox(label="I confirm: this dataset needs no privacy guarantee (non-DP "
+                                                 "fine-tunes give ε = ∞; recorded with my name)", value=False,
+                                           elem_id="ft-no-dp-confirm")
+                    no_dp_btn = gr.Button("Mark 'no DP required'", size="sm", elem_id="ft-no-dp")
 
     def load(current_ds, current_pair, request: gr.Request):
         who = svc.who(request)
@@ -146,6 +158,12 @@ def build_finetune_tab(svc: Service, demo):
             raise ValueError("choose a dataset")
         return status(True, svc.set_budget(svc.who(request), int(ds), value))
 
+    @guarded(budget_msg)
+    def on_no_dp(ds, confirm, request: gr.Request):
+        if ds in (None, ""):
+            raise ValueError("choose a dataset")
+        return status(True, svc.mark_no_dp_required(svc.who(request), int(ds), bool(confirm)))
+
     outs = [dataset, pair, ledger_md, ledger_tbl]
     demo.load(load, [dataset, pair], outs, api_name=False)
     tab.select(load, [dataset, pair], outs, api_name=False)
@@ -153,6 +171,8 @@ def build_finetune_tab(svc: Service, demo):
     start.click(on_start, [dataset, pair, steps, lr, batch, maxlen, dp, eps, delta, clip, name], msg,
                 api_name="start_finetune").then(on_dataset, dataset, [ledger_md, ledger_tbl], api_name=False)
     set_btn.click(on_budget, [dataset, budget], budget_msg, api_name=False) \
+        .then(on_dataset, dataset, [ledger_md, ledger_tbl], api_name=False)
+    no_dp_btn.click(on_no_dp, [dataset, no_dp_ok], budget_msg, api_name=False) \
         .then(on_dataset, dataset, [ledger_md, ledger_tbl], api_name=False)
     return tab
 

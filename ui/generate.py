@@ -8,7 +8,7 @@ from typing import Any, Optional, Sequence
 
 import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 
-from ui.common import choices, first, guarded, status, table
+from ui.common import choices, first, guarded, md_escape, status, table
 from ui.service import Service, _num
 from ui.upload import pair_choices
 from workers.jobs import (  # constants only (no torch)
@@ -18,6 +18,7 @@ from workers.jobs import (  # constants only (no torch)
 )
 
 PROMOTED = "promoted version (default)"
+NO_PROMOTED = "no promoted mapper yet (an admin promotes one; generating is refused until then)"
 CONTRIB_COLUMNS = [("id", "adapter"), ("name", "name"), ("org", "organisation"), ("origin", "origin"),
                    ("epsilon", "ε spent (DP)"), ("weight", "weight")]
 
@@ -30,8 +31,10 @@ def adapter_label(a: dict) -> str:
 def mapper_choices(svc: Service, pair_id: Any) -> list[tuple[str, Any]]:
     if pair_id in (None, ""):
         return [(PROMOTED, PROMOTED)]
-    out = [(PROMOTED, PROMOTED)]
-    for m in svc.list_mappers(int(pair_id)):
+    mappers = svc.list_mappers(int(pair_id))
+    label = PROMOTED if any(m["promoted"] for m in mappers) else NO_PROMOTED
+    out = [(label, PROMOTED)]
+    for m in mappers:
         star = " ★ promoted" if m["promoted"] else ""
         out.append((f"v{m['version']} {m['kind']} (id {m['id']}){star} {m['metrics_text']}".strip(), m["id"]))
     return out
@@ -115,6 +118,21 @@ def downloads_html(adapters: Sequence[dict]) -> str:
     return "<ul class='gt-downloads'>" + "".join(items) + "</ul>"
 
 
+def results_markdown(results: list[dict]) -> str:
+    """Each recent generated adapter: its warnings (out of distribution: expect a poor LLM
+    update) and its gains over the base LLM and the provider's mean baseline, with intervals."""
+    from ui.jobs import result_lines
+
+    if not results:
+        return "No generated adapter yet. Evaluate one (the checkbox above) to see its gain over the base LLM."
+    blocks = []
+    for r in results:
+        head = f"**{md_escape(r['name'])}** (adapter {r['id']})"
+        body = result_lines({**r, "warnings": r["warnings"]}) or ["\n(not evaluated)"]
+        blocks.append(head + "".join("\n" + line.lstrip("\n") for line in body))
+    return "\n\n".join(blocks)
+
+
 def build_generate_tab(svc: Service, demo):
     from ui.finetune import dataset_choices
 
@@ -153,6 +171,8 @@ def build_generate_tab(svc: Service, demo):
             with gr.Column():
                 gr.Markdown("### Contributions")
                 contrib = gr.Dataframe(table([], CONTRIB_COLUMNS), interactive=False, elem_id="gen-contrib")
+                gr.Markdown("### Your latest results")
+                results = gr.Markdown(elem_id="gen-results")
                 gr.Markdown("### Downloads\nStandard peft folders (zip), loadable by `PeftModel.from_pretrained`.")
                 refresh = gr.Button("Refresh", size="sm", elem_id="gen-refresh")
                 dl = gr.HTML(elem_id="gen-downloads")
@@ -174,7 +194,8 @@ def build_generate_tab(svc: Service, demo):
         tasks = task_names()
         return (gr.Dropdown(choices=pc, value=p), ads, maps,
                 gr.Dropdown(choices=tasks, value=tasks[0] if tasks else None),
-                gr.Dropdown(choices=[("(none)", "")] + dc, value=""), downloads_html(svc.list_adapters(who)))
+                gr.Dropdown(choices=[("(none)", "")] + dc, value=""), downloads_html(svc.list_adapters(who)),
+                results_markdown(svc.generated_results(who)))
 
     @guarded(msg)
     def on_start(p, a, w, m, ev, t, eds, org, meth, wt, mg, nm, nt, request: gr.Request):
@@ -184,9 +205,10 @@ def build_generate_tab(svc: Service, demo):
         return contributions(svc, svc.who(request), a, w)
 
     def on_refresh(request: gr.Request):
-        return downloads_html(svc.list_adapters(svc.who(request)))
+        who = svc.who(request)
+        return downloads_html(svc.list_adapters(who)), results_markdown(svc.generated_results(who))
 
-    outs = [pair, adapters, mapper, task, eval_ds, dl]
+    outs = [pair, adapters, mapper, task, eval_ds, dl, results]
     demo.load(load, pair, outs, api_name=False)
     tab.select(load, pair, outs, api_name=False)
     pair.input(pair_changed, pair, [adapters, mapper], api_name=False)
@@ -194,5 +216,5 @@ def build_generate_tab(svc: Service, demo):
     weights.change(on_contrib, [adapters, weights], contrib, api_name=False)
     start.click(on_start, [pair, adapters, weights, mapper, evaluate, task, eval_ds, organisation, method, weighting,
                            merged, name, n_test], msg, api_name="start_generate")
-    refresh.click(on_refresh, outputs=dl, api_name=False)
+    refresh.click(on_refresh, outputs=[dl, results], api_name=False)
     return tab

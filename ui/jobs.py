@@ -11,6 +11,7 @@ from typing import Any, Optional, Sequence
 
 import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 
+from ui.charts import loss_curve
 from ui.common import guarded, md_code, md_escape, status
 from ui.service import Service, _num
 
@@ -87,11 +88,12 @@ def compact(obj: Any, depth: int = 0) -> Any:
     return obj
 
 
-def job_detail(svc: Service, request, job_id: Any) -> tuple[str, str]:
+def job_detail(svc: Service, request, job_id: Any) -> tuple[str, str, Any]:
+    """(details markdown, log tail, the live training curve)."""
     who = svc.who(request)
     jid = _num(job_id)
     if jid is None or jid != int(jid) or jid < 1:
-        return "Enter a job id from the table to see its details.", ""
+        return "Enter a job id from the table to see its details.", "", loss_curve(None)
     v = svc.client.get(int(jid), who)
     who_started = svc.usernames(who).get(v.user_id, "—")
     lines = [f"**Job {v.id}** · {md_escape(v.kind)} · **{md_escape(v.status)}** · {md_escape(v.stage or '')} · "
@@ -100,11 +102,41 @@ def job_detail(svc: Service, request, job_id: Any) -> tuple[str, str]:
         lines.append(f"ETA {fmt_duration(v.eta_s)}")
     if v.error:
         lines.append(f"\n**Error:** {md_escape(v.error)}")
+        tb = svc.job_traceback(who, v.id)  # admins only; members see the plain message above
+        if tb:
+            lines.append("\n<details><summary>Traceback (admins only)</summary>\n\n" + md_code(tb[-6000:], "text")
+                         + "\n</details>")
+    lines += result_lines(v.outputs or {})
     # user text (a job's name, file names) lives in these: a code block they cannot close
     lines.append("\n**Parameters**\n" + md_code(json.dumps(compact(v.params), default=str)[:2000], "json"))
     if v.outputs:
         lines.append("\n**Outputs**\n" + md_code(json.dumps(compact(v.outputs), indent=1, default=str)[:3000], "json"))
-    return "\n".join(lines), v.log_tail or ""
+    return "\n".join(lines), v.log_tail or "", loss_curve(svc.job_curve(who, v.id), f"Job {v.id}: training curve")
+
+
+def result_lines(outputs: dict) -> list[str]:
+    """A generate job's result in words: warnings first (an out-of-distribution input means
+    "expect a poor LLM update"), then the gain over the base LLM and over the provider's mean
+    baseline on the same examples, each with its 95 % interval."""
+    lines = [f"\n⚠ **{md_escape(w)}**" for w in outputs.get("warnings") or []]
+    gains = outputs.get("gains") or {}
+    if gains:
+        lines.append(f"\n**Result** on {md_escape(str(outputs.get('task')))} ({outputs.get('n')} test examples): "
+                     f"{md_escape(str(outputs.get('metric')))} = {float(outputs.get('value') or 0):.4g}")
+        for key, label in (("over_base_llm", "the base LLM"), ("over_mean_shadow", "the provider's mean baseline")):
+            g = gains.get(key)
+            if not g:
+                continue
+            parts = []
+            for kind, what in (("metric", "task metric"), ("nll", "answer NLL, nats/token")):
+                d = g.get(kind) or {}
+                if d.get("diff") is None or d["diff"] != d["diff"]:
+                    continue
+                lo, hi = d.get("ci95") or [float("nan")] * 2
+                verdict = "better" if lo > 0 else ("worse" if hi < 0 else "no difference shown")
+                parts.append(f"{what} {d['diff']:+.3g} [{lo:+.3g}, {hi:+.3g}] ({verdict})")
+            lines.append(f"- gain over {label}: " + "; ".join(parts))
+    return lines
 
 
 def cancel_job(svc: Service, request, job_id: Any) -> str:
@@ -143,6 +175,7 @@ def build_jobs_tab(svc: Service, demo):
             retry = gr.Button("Retry job", scale=0, elem_id="job-retry")
         action = gr.Markdown(elem_id="job-action")
         detail = gr.Markdown(elem_id="job-detail")
+        curve = gr.Plot(label="Training curve (live)", elem_id="job-curve")
         logs = gr.Textbox(label="Log tail", lines=10, max_lines=20, interactive=False, elem_id="job-log")
         timer = gr.Timer(POLL_S)
 
@@ -154,19 +187,19 @@ def build_jobs_tab(svc: Service, demo):
 
             tbl = f"<p class='gt-error'>{html.escape(user_message(e))}</p>"
         try:
-            d, lg = job_detail(svc, request, jid) if jid else (gr.skip(), gr.skip())
+            d, lg, fig = job_detail(svc, request, jid) if jid else (gr.skip(), gr.skip(), gr.skip())
         except Exception as e:  # noqa: BLE001
             from ui.service import user_message
 
-            d, lg = status(False, user_message(e)), ""
-        return tbl, d, lg
+            d, lg, fig = status(False, user_message(e)), "", gr.skip()
+        return tbl, d, lg, fig
 
     def load(request: gr.Request):
         who = svc.who(request)
         kinds = ["all"] + sorted(k for k, spec in svc.job_kinds(who).items() if spec["allowed"])
         return gr.Dropdown(choices=kinds, value="all")
 
-    @guarded(detail, n_outputs=2)
+    @guarded(detail, n_outputs=3)
     def on_show(jid, request: gr.Request):
         return job_detail(svc, request, jid)
 
@@ -179,13 +212,13 @@ def build_jobs_tab(svc: Service, demo):
         return retry_job(svc, request, jid)
 
     demo.load(load, outputs=kind, api_name=False)
-    demo.load(tick, [st, kind, job_id], [table_html, detail, logs], api_name=False)
-    timer.tick(tick, [st, kind, job_id], [table_html, detail, logs], api_name=False, show_progress="hidden")
+    demo.load(tick, [st, kind, job_id], [table_html, detail, logs, curve], api_name=False)
+    timer.tick(tick, [st, kind, job_id], [table_html, detail, logs, curve], api_name=False, show_progress="hidden")
     live.change(lambda on: gr.Timer(active=bool(on)), live, timer, api_name=False)
     for c in (st, kind):
-        c.change(tick, [st, kind, job_id], [table_html, detail, logs], api_name=False)
-    tab.select(tick, [st, kind, job_id], [table_html, detail, logs], api_name=False)
-    show.click(on_show, job_id, [detail, logs], api_name="job_detail")
+        c.change(tick, [st, kind, job_id], [table_html, detail, logs, curve], api_name=False)
+    tab.select(tick, [st, kind, job_id], [table_html, detail, logs, curve], api_name=False)
+    show.click(on_show, job_id, [detail, logs, curve], api_name="job_detail")
     cancel.click(on_cancel, job_id, action, api_name="cancel_job")
     retry.click(on_retry, job_id, action, api_name="retry_job")
     return tab

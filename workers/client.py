@@ -151,6 +151,8 @@ class JobClient:
             if spec.admin_only and not who.is_admin:
                 raise PermissionError(f"job kind '{kind}' is for admins only")
             _check_references(s, clean, who)
+            if spec.precheck is not None:
+                spec.precheck(clean, s, who)
             _check_share(s, clean, who, self.settings)
             job = Job(kind=kind, queue=spec.queue, params=clean, status="queued", progress=0.0, stage="queued",
                       max_attempts=attempts, org_id=who.org_id, user_id=who.user_id, created_at=utcnow())
@@ -158,7 +160,7 @@ class JobClient:
             s.flush()
             request = spec.privacy(clean, s) if spec.privacy else None
             if request is not None:
-                ledger.reserve(s, request, org_id=who.org_id, job_id=job.id)  # BudgetExceeded rolls back
+                ledger.record(s, request, org_id=who.org_id, job_id=job.id)  # a refusal rolls back
             job_id = job.id
         try:
             send(self.settings, job_id, kind, spec.queue)

@@ -44,11 +44,17 @@ from typing import Any, Callable, Optional
 from sqlalchemy import select, update
 
 from storage import ledger
+from gtapp.files import atomic_write_text
 from storage.artifacts import ArtifactStore, StagedStore, atomic_write_json
 from storage.db import session_scope
 from storage.models import Job, utcnow
 from storage.settings import Settings, get_settings
 from workers.jobs import JobNotAvailable, get_spec
+from workers.redact import redact
+
+TRACEBACK_FILE = "traceback.txt"  # in the run folder: for admins (the Jobs tab), never a member
+CURVE_FILE = "curve.json"  # in the run folder: the live loss curve the Jobs tab plots
+CURVE_POINTS = 2000
 
 log = logging.getLogger("gtapp.jobs")
 
@@ -118,6 +124,9 @@ class JobContext:
         self.lost_event = threading.Event()
         self._success_hooks: list[Callable[[Any, Job], Optional[dict]]] = []
         self._privacy: Optional[tuple[Optional[float], dict]] = None
+        self.steps_taken: Optional[int] = None  # training steps on private data (see training_steps)
+        self._curve: dict[str, list[list[float]]] = {}
+        self._curve_written = 0.0
         self._tail: collections.deque[str] = collections.deque(maxlen=settings.log_tail_lines)
         self._tail_dirty = False
         self._log_fh: Optional[Any] = open(self.run_dir / "log.txt", "a", buffering=1, encoding="utf-8")
@@ -131,11 +140,12 @@ class JobContext:
 
     # --- for job functions ------------------------------------------------------------------
     def log(self, message: str) -> None:
-        """A line in the run folder's log.txt and in the row's log tail. Never raises: a log
-        that cannot be written (disk full) must not stop the job's outcome being recorded."""
+        """A line in the run folder's log.txt and in the row's log tail (which members see:
+        without server paths, workers.redact). Never raises: a log that cannot be written (disk
+        full) must not stop the job's outcome being recorded."""
         line = f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%S')}Z {message}"
         with self._lock:
-            self._tail.append(line[:500])
+            self._tail.append(redact(line)[:500])
             self._tail_dirty = True
             self._append_log_file(line)
 
@@ -190,8 +200,31 @@ class JobContext:
             self.database_unreachable(e)
 
     def progress_fn(self, p) -> None:
-        """A gtapp.progress.ProgressFn."""
+        """A gtapp.progress.ProgressFn; its metrics become the job's live curve (curve.json)."""
+        if getattr(p, "metrics", None) and p.step is not None:
+            self.curve_point(p.stage, p.step, p.metrics)
         self.progress(p.fraction, p.stage, p.eta_s, getattr(p, "message", ""))
+
+    def curve_point(self, stage: str, step: int, metrics: dict) -> None:
+        """Add a point to the live curve (``run_dir/curve.json``: {series: [[step, value], ...]},
+        series named '<stage>: <metric>'); written at most once a second, and at the end."""
+        for name, value in metrics.items():
+            series = self._curve.setdefault(f"{stage}: {name}", [])
+            if not series or series[-1][0] != step:
+                series.append([int(step), float(value)])
+            if len(series) > CURVE_POINTS:  # keep it small: every other point
+                del series[::2]
+        if time.monotonic() - self._curve_written >= 1.0:
+            self.write_curve()
+
+    def write_curve(self) -> None:
+        if not self._curve:
+            return
+        self._curve_written = time.monotonic()
+        try:
+            atomic_write_json(self.run_dir / CURVE_FILE, self._curve)
+        except OSError:
+            pass  # a curve that cannot be written (disk full) never stops the job
 
     def run_here(self, job_id: int) -> str:
         """Run another queued job in this process now (a job working through its own fanned-out
@@ -206,6 +239,12 @@ class JobContext:
     def privacy_spent(self, epsilon: Optional[float], mechanism: Optional[dict] = None) -> None:
         """The ε (and mechanism) the accountant reported; settled in the ledger on success."""
         self._privacy = (epsilon, mechanism or {})
+
+    def training_steps(self, steps: int) -> None:
+        """Optimizer steps taken on the job's private data so far (0 before the first). A job
+        that stops is charged in the privacy ledger for these; never called: unknown (charged
+        in full)."""
+        self.steps_taken = max(int(steps), self.steps_taken or 0)
 
     # --- internals ----------------------------------------------------------------------------
     def _tail_text(self) -> str:
@@ -241,6 +280,7 @@ class JobContext:
                      f"once the database is back")
 
     def close(self) -> None:
+        self.write_curve()
         with self._lock:
             self._closed = True
             with contextlib.suppress(Exception):
@@ -295,9 +335,11 @@ def _claim(job_id: int, worker: str, settings: Settings) -> Optional[Job]:
     return retry_db(settings, f"claiming job {job_id}", attempt)
 
 
-def _finish(job_id: int, worker: str, settings: Settings, status: str, **values) -> bool:
+def _finish(job_id: int, worker: str, settings: Settings, status: str, steps_taken: Optional[int] = None,
+            **values) -> bool:
     """CAS running(by us) -> terminal, retried while the database is unreachable. Returns
-    False if the row was no longer ours."""
+    False if the row was no longer ours. ``steps_taken``: training steps the job ran on its
+    private data (the privacy ledger charges those), None if unknown."""
     def attempt() -> bool:
         with session_scope(settings=settings) as s:
             res = s.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.worker == worker)
@@ -305,7 +347,7 @@ def _finish(job_id: int, worker: str, settings: Settings, status: str, **values)
             if res.rowcount != 1:  # ours already, if a retried commit went through after all
                 row = s.get(Job, job_id)
                 return row is not None and row.status == status and row.worker == worker
-            ledger.settle(s, job_id, status, note=values.get("error") or "")
+            ledger.settle(s, job_id, status, note=values.get("error") or "", steps_taken=steps_taken)
         return True
 
     return retry_db(settings, f"recording the outcome of job {job_id}", attempt)
@@ -377,12 +419,16 @@ def _record_failure(ctx: JobContext, e: BaseException, t0: float) -> str:
             ctx.log(f"worker interrupted ({type(e).__name__}); the job will be requeued")
             raise e
         status = "cancelled" if isinstance(e, Cancelled) else "failed"
-        error = "cancelled by request" if status == "cancelled" else _error_text(e)
+        raw = "cancelled by request" if status == "cancelled" else _error_text(e)
+        error = redact(raw)  # what the organisation sees; the traceback is for admins
         if status == "failed":
             ctx.log("error: " + error)
-            for line in traceback.format_exception(type(e), e, e.__traceback__)[-12:]:
-                for sub in line.rstrip().splitlines():
-                    ctx.log("  " + sub)
+            tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+            log.warning("job %s failed: %s", ctx.job_id, tb[-4000:])
+            try:
+                atomic_write_text(ctx.run_dir / TRACEBACK_FILE, tb)
+            except OSError:
+                pass
         else:
             ctx.log("cancelled")
         dropped = ctx.store.discard()
@@ -390,12 +436,12 @@ def _record_failure(ctx: JobContext, e: BaseException, t0: float) -> str:
             ctx.log(f"dropped {dropped} object(s) this attempt had stored")
         try:
             atomic_write_json(ctx.run_dir / "failure.json", {
-                "job_id": ctx.job_id, "status": status, "error": error, "attempt": ctx.attempt,
+                "job_id": ctx.job_id, "status": status, "error": raw, "attempt": ctx.attempt,
                 "wall_s": round(time.monotonic() - t0, 3), "finished_at": utcnow()})
         except OSError as write_error:  # e.g. the disk is full: the row is what counts
             log.warning("job %s: could not write failure.json: %s", ctx.job_id, write_error)
         done = _finish(ctx.job_id, ctx.worker, ctx.settings, status, error=error, eta_s=None,
-                       progress=ctx.last_fraction, log_tail=ctx._tail_text())
+                       progress=ctx.last_fraction, log_tail=ctx._tail_text(), steps_taken=ctx.steps_taken)
         if not done:
             ctx.log("row was taken over meanwhile; outcome not recorded")
             return "lost"

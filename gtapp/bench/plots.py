@@ -13,8 +13,25 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import plotly.graph_objects as go
 
 NO_DP = "no DP"
-LAYOUT = dict(template="plotly_white", height=380, margin=dict(l=50, r=20, t=60, b=50),
-              legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0))
+# the legend below the plot, clear of the title
+LAYOUT = dict(template="plotly_white", height=420, margin=dict(l=60, r=20, t=70, b=120),
+              legend=dict(orientation="h", yanchor="top", y=-0.28, xanchor="left", x=0))
+
+# one fixed colour per method in every chart (no two methods share one)
+METHOD_COLOURS = {
+    "base_llm": "#7f7f7f", "base_tiny": "#c7c7c7", "tiny_ft": "#bcbd22", "oracle": "#2ca02c",
+    "mean_shadow": "#8c564b", "public_ft": "#e377c2", "ridge": "#9467bd", "gt": "#d62728",
+    "gt_refine": "#ff7f0e", "kd_logit": "#1f77b4", "weak_to_strong": "#17becf", "proxy_tuning": "#000080",
+    "datafree_kd": "#aec7e8", "cross_lora": "#98df8a",
+}
+_SPARE = ("#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5", "#393b79", "#637939")
+GAP_CLIP = (-1.0, 1.5)  # gap recovery beyond this range is drawn at the edge and marked
+
+
+def colour(method: str) -> str:
+    if method in METHOD_COLOURS:
+        return METHOD_COLOURS[method]
+    return _SPARE[sum(map(ord, method)) % len(_SPARE)]
 
 
 def empty_figure(title: str, why: str = "no data for the current selection") -> go.Figure:
@@ -49,36 +66,62 @@ def _metric_label(rows: Sequence[dict]) -> str:
 
 
 def metric_by_method(rows: Sequence[dict]) -> go.Figure:
-    """Task metric per method per task (grouped bars; mean over seeds and settings)."""
-    title = "Task metric per method and task"
+    """Task metric per method per task: one panel per metric (exact match, ROUGE-L and
+    perplexity never share an axis), grouped bars (mean over seeds and settings)."""
+    from plotly.subplots import make_subplots
+
+    title = "Task metric per method and task (one panel per metric)"
     if not rows:
         return empty_figure(title)
-    means = _mean_by(rows, lambda r: (r["method"], r["task"]), "value")
-    tasks = sorted({t for _, t in means})
-    fig = go.Figure()
-    for method in _ordered(r["method"] for r in rows):
-        ys = [means.get((method, t)) for t in tasks]
-        fig.add_trace(go.Bar(name=method, x=tasks, y=ys))
-    fig.update_layout(title=title, barmode="group", yaxis_title=_metric_label(rows), xaxis_title="task", **LAYOUT)
+    metrics = sorted({r.get("metric") or "value" for r in rows})
+    fig = make_subplots(rows=len(metrics), cols=1, subplot_titles=metrics, vertical_spacing=0.12)
+    shown = set()
+    for i, metric in enumerate(metrics, start=1):
+        part = [r for r in rows if (r.get("metric") or "value") == metric]
+        means = _mean_by(part, lambda r: (r["method"], r["task"]), "value")
+        tasks = sorted({t for _, t in means})
+        for method in _ordered(r["method"] for r in part):
+            fig.add_trace(go.Bar(name=method, x=tasks, y=[means.get((method, t)) for t in tasks],
+                                 marker_color=colour(method), legendgroup=method, showlegend=method not in shown),
+                          row=i, col=1)
+            shown.add(method)
+        fig.update_yaxes(title_text=metric + (" (lower is better)" if metric == "perplexity" else ""), row=i, col=1)
+    fig.update_layout(title=title, barmode="group", **{**LAYOUT, "height": 300 + 260 * len(metrics)})
     return fig
 
 
-def gap_recovery(rows: Sequence[dict]) -> go.Figure:
-    """Gap recovery (method − base LLM) / (oracle − base LLM) per method and task."""
-    title = "Gap recovery = (method − base LLM) / (oracle − base LLM)"
-    rows = [r for r in rows if r.get("gap_recovery") is not None]
+def gap_recovery(rows: Sequence[dict], field: str = "gap_recovery") -> go.Figure:
+    """Gap recovery (method − base LLM) / (oracle − base LLM) per method and task, on the task
+    metric (``gap_recovery``) or on answer NLL (``gap_recovery_nll``); the axis is clipped to
+    GAP_CLIP and bars beyond it are drawn at the edge with their value written on them."""
+    what = "answer NLL" if field == "gap_recovery_nll" else "task metric"
+    title = f"Gap recovery on the {what} = (method − base LLM) / (oracle − base LLM)"
+    rows = [r for r in rows if r.get(field) is not None]
     if not rows:
         return empty_figure(title, "no gap-recovery numbers in the current selection")
-    means = _mean_by(rows, lambda r: (r["method"], r["task"]), "gap_recovery")
+    means = _mean_by(rows, lambda r: (r["method"], r["task"]), field)
     tasks = sorted({t for _, t in means})
+    lo, hi = GAP_CLIP
     fig = go.Figure()
     for method in _ordered(r["method"] for r in rows):
-        fig.add_trace(go.Bar(name=method, x=tasks, y=[means.get((method, t)) for t in tasks]))
+        raw = [means.get((method, t)) for t in tasks]
+        ys = [None if v is None else min(max(v, lo), hi) for v in raw]
+        text = [f"{v:.0%}" if v is not None and not lo <= v <= hi else "" for v in raw]
+        fig.add_trace(go.Bar(name=method, x=tasks, y=ys, text=text, textposition="inside",
+                             marker_color=colour(method),
+                             marker_pattern_shape=["/" if t else "" for t in text],
+                             hovertext=[f"{method}: {v:.1%}" if v is not None else "" for v in raw],
+                             hoverinfo="text"))
     fig.add_hline(y=1.0, line_dash="dot", line_color="#888", annotation_text="oracle")
-    fig.add_hline(y=0.0, line_color="#bbb")
-    fig.update_layout(title=title, barmode="group", yaxis_title="gap recovered", yaxis_tickformat=".0%",
-                      xaxis_title="task", **LAYOUT)
+    fig.add_hline(y=0.0, line_color="#bbb", annotation_text="base LLM", annotation_position="bottom right")
+    fig.update_layout(title=title, barmode="group", yaxis_title=f"gap recovered (clipped to {lo:.0%}..{hi:.0%}; "
+                      "hatched bars lie beyond, value written)", yaxis_tickformat=".0%",
+                      yaxis_range=[lo - 0.05, hi + 0.05], xaxis_title="task", **LAYOUT)
     return fig
+
+
+def gap_recovery_nll(rows: Sequence[dict]) -> go.Figure:
+    return gap_recovery(rows, "gap_recovery_nll")
 
 
 def _eps_key(v: Optional[float]) -> str:
@@ -98,7 +141,8 @@ def metric_vs_epsilon(rows: Sequence[dict]) -> go.Figure:
         ys = [means.get((method, x)) for x in xs]
         if sum(y is not None for y in ys) == 0:
             continue
-        fig.add_trace(go.Scatter(name=method, x=xs, y=ys, mode="lines+markers", connectgaps=True))
+        fig.add_trace(go.Scatter(name=method, x=xs, y=ys, mode="lines+markers", connectgaps=True,
+                                 line_color=colour(method)))
     fig.update_layout(title=title, xaxis_title="ε (δ as configured)", xaxis_type="category",
                       yaxis_title=_metric_label(rows), **LAYOUT)
     return fig
@@ -141,8 +185,8 @@ def cost(rows: Sequence[dict]) -> go.Figure:
     return fig
 
 
-ALL = (("metric", metric_by_method), ("gap", gap_recovery), ("epsilon", metric_vs_epsilon),
-       ("clients", clients), ("cost", cost))
+ALL = (("metric", metric_by_method), ("gap", gap_recovery), ("gap_nll", gap_recovery_nll),
+       ("epsilon", metric_vs_epsilon), ("clients", clients), ("cost", cost))
 
 
 def all_figures(rows: Sequence[dict]) -> dict[str, go.Figure]:

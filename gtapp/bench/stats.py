@@ -157,3 +157,27 @@ def average_gap(boots: Iterable[TaskBootstrap], method: str, kind: str = "nll") 
 
 def finite(x) -> bool:
     return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def paired_gain(a: dict, b: dict, kind: str = "metric", n_boot: int = N_BOOT, seed: int = 0) -> dict:
+    """``a`` minus ``b`` on the same test examples (per-example records of
+    gtapp.evaluate.evaluate(per_example=True)): the task metric's mean (``kind="metric"``;
+    higher is better) or the answer NLL per token (``kind="nll"``; reported as b − a, so that
+    a positive gain is better there too), with a paired bootstrap 95 % interval."""
+    na = len(a["nll_sum"])
+    if na != len(b["nll_sum"]) or na == 0:
+        raise ValueError("a paired gain needs the same test examples on both sides")
+    idx = np.random.default_rng(seed).integers(0, na, size=(n_boot, na))
+    if kind == "nll":
+        def per_token(e, ix):
+            return np.asarray(e["nll_sum"], float)[ix].sum(-1) / np.asarray(e["n_tokens"], float)[ix].sum(-1)
+        full = per_token(b, np.arange(na)) - per_token(a, np.arange(na))
+        reps = per_token(b, idx) - per_token(a, idx)
+    else:
+        if any(x is None for x in a["score"]) or any(x is None for x in b["score"]):
+            return {"kind": kind, "diff": float("nan"), "ci95": [float("nan"), float("nan")]}
+        sa, sb = np.asarray(a["score"], float), np.asarray(b["score"], float)
+        full = float((sa - sb).mean())
+        reps = (sa[idx] - sb[idx]).mean(-1)
+    lo, hi = interval(reps)
+    return {"kind": kind, "diff": float(full), "ci95": [lo, hi], "n": na}

@@ -311,6 +311,13 @@ class Mapper:
             out = self.llm.unstack(self.predict_tensors(self.tiny.stack(fs)))
         return [UpdateVector.from_factors(f, self.recipes.llm, {"source": "mapper", "mapper": self.kind}) for f in out]
 
+    def mean_update(self) -> UpdateVector:
+        """The provider-only baseline: the mean LLM update of the shadow pairs this mapper was
+        fitted on (what the ``mean`` mapper predicts for any input)."""
+        stacked = {t: (ma.unsqueeze(0), mb.unsqueeze(0)) for t, (ma, mb) in self.norm_out.mean.items()}
+        (factors,) = self.llm.unstack(stacked)
+        return UpdateVector.from_factors(factors, self.recipes.llm, {"source": "mapper", "mapper": "mean"})
+
     def evaluate(self, pairs: Sequence) -> dict:
         """Relative Frobenius error and cosine of predicted vs true LLM updates, per pair and summarised."""
         pairs = list(pairs)

@@ -28,7 +28,7 @@ import pytest
 from gtapp import datasets
 from gtapp.datasets import DatasetError, Limits, load_user_dataset
 from gtapp.datasets._io import iter_csv, iter_records, read_json_object, read_text
-from storage.catalog import examples_to_jsonl
+from storage.catalog import examples_to_jsonl, jsonl_to_examples
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -64,7 +64,11 @@ def assert_valid(task) -> None:
     for e in examples:
         assert isinstance(e.prompt, str) and isinstance(e.answer, str) and e.answer.strip()
         assert all(isinstance(r, str) for r in e.references)
-    examples_to_jsonl(examples)  # what ingest stores: must encode (no lone surrogates)
+    # what ingest stores must encode (no lone surrogates) and read back, by the jobs' reader,
+    # to the very same examples: any dataset that validates, trains
+    stored = jsonl_to_examples(examples_to_jsonl(examples))
+    assert [(d["prompt"], d["answer"], d["references"]) for d in stored] == \
+        [(e.prompt, e.answer, list(e.references)) for e in examples]
 
 
 # every write-ish operation while a loader runs (audit hooks cannot be removed: gate on a flag)
@@ -605,3 +609,40 @@ def test_long_values_are_cut_in_messages(box):
     assert isinstance(e, DatasetError) and len(str(e)) < 400
     e = run(box, "user.csv", ("\x1b[31m" + "q" * 99 + ",answer\nx,y\n").encode())
     assert isinstance(e, DatasetError) and "\x1b" not in str(e)
+
+
+# ------------------------------------------------------------------ validates => trains
+
+_SEPARATORS = "\u2028\u2029\u0085\x0b\x0c\x1c\x1d\x1e\r"
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.text(alphabet=st.characters(blacklist_categories=("Cs",)) | st.sampled_from(_SEPARATORS),
+                                  min_size=1, max_size=40),
+                          st.text(alphabet=st.characters(blacklist_categories=("Cs",)) | st.sampled_from(_SEPARATORS),
+                                  min_size=1, max_size=20).filter(str.strip)),
+                min_size=1, max_size=12),
+       st.sampled_from(["utf-8", "utf-8-sig", "utf-16"]), st.sampled_from(["\n", "\r\n"]))
+def test_any_user_file_that_validates_is_stored_and_read_back_unchanged(tmp_path_factory, records, encoding, eol):
+    """The bug: a GSM8K row with U+2028 validated, then its fine-tune failed on a JSONDecodeError
+    (the training reader split lines with str.splitlines). Validation's examples must come back,
+    unchanged, from the reader every job uses."""
+    folder = tmp_path_factory.mktemp("sep")
+    path = folder / "train.jsonl"
+    text = eol.join(json.dumps({"prompt": p, "answer": a}, ensure_ascii=False) for p, a in records) + eol
+    path.write_bytes(text.encode(encoding))
+    try:
+        task = load_user_dataset(path, metric="exact_match")
+    except DatasetError as e:
+        assert_clear(e, path)
+        return
+    examples = list(task.train) + list(task.test)
+    stored = jsonl_to_examples(examples_to_jsonl(examples))
+    assert [(d["prompt"], d["answer"]) for d in stored] == [(e.prompt, e.answer) for e in examples]
+
+
+def test_the_gsm8k_row_with_a_line_separator_round_trips():
+    from gtapp.tasks.base import Example
+
+    ex = [Example("Janet has 3\u2028apples. How many?", "3"), Example("next\u2029para", "4")]
+    assert [d["prompt"] for d in jsonl_to_examples(examples_to_jsonl(ex))] == [e.prompt for e in ex]

@@ -84,7 +84,7 @@ def test_settle_spent_released_and_failed(settings):
         assert ledger.settle(s, jobs[0], "succeeded", epsilon=0.8).status == "spent"
         assert ledger.settle(s, jobs[1], "not_started").status == "released"
         kept = ledger.settle(s, jobs[2], "failed")
-        assert kept.status == "spent" and "kept" in kept.note
+        assert kept.status == "spent" and "charged in full" in kept.note
     with session_scope(settings=settings) as s:
         from storage.models import Dataset
 

@@ -16,9 +16,10 @@ from storage import db
 from storage.models import Base
 from testkit.services import REPO_ROOT, temp_postgres_database
 
-HEAD = "0005"  # the newest revision in storage/migrations/versions
+HEAD = "0007"  # the newest revision in storage/migrations/versions
 TABLES = {"organisations", "users", "datasets", "model_pairs", "adapters", "benchmarks", "pair_sets",
           "mapper_versions", "jobs", "evaluations", "privacy_ledger", "revoked_sessions", "sign_in_failures",
+          "collaborations", "collaboration_members", "collaboration_events",
           "alembic_version"}
 
 

@@ -64,7 +64,7 @@ ADMIN_REFUSAL = ("this needs an admin account", "for admins only")
 
 # alice's objects of each kind, as a slot that selects one would hold them; and a missing twin
 OBJECTS = {"dataset": ([41], MISSING), "adapter": ([41, 42], MISSING), "job": (list(ALICE_INTS), MISSING),
-           "bench": ([BENCH_KEY], MISSING_BENCH_KEY)}
+           "bench": ([BENCH_KEY], MISSING_BENCH_KEY), "collaboration": ([41], MISSING)}
 
 # --------------------------------------------------------------------------- classification
 
@@ -96,6 +96,8 @@ KINDS = {
 _U, _F, _G, _J, _C, _A = ("ui.upload:build_upload_tab.<locals>.", "ui.finetune:build_finetune_tab.<locals>.",
                           "ui.generate:build_generate_tab.<locals>.", "ui.jobs:build_jobs_tab.<locals>.",
                           "ui.compare:build_compare_tab.<locals>.", "ui.admin:build_admin_tab.<locals>.")
+_L = "ui.collaborations:build_collaborations_tab.<locals>."
+_PICK = (("col-pick", "collaboration"),)
 
 # Keys: "<module>:<qualname>" of the handler (a lambda also names its outputs). Every wiring of a
 # handler is probed with its own inputs; the classification is per handler.
@@ -114,6 +116,17 @@ EVENTS: dict[str, Ev] = {
     _F + "on_start": Ev("tenant_write", "a fine-tune job on a dataset", selects=(("ft-dataset", "dataset"),)),
     _F + "on_budget": Ev("tenant_write", "sets a dataset's privacy budget", selects=(("ft-dataset", "dataset"),),
                          fill=(("ft-budget", 50.0),)),
+    _F + "on_no_dp": Ev("tenant_write", "marks a dataset 'no DP required'", selects=(("ft-dataset", "dataset"),),
+                        fill=(("ft-no-dp-confirm", True),)),
+    _L + "refresh": Ev("tenant_read", "the collaborations the organisation is in; model pairs (shared)"),
+    _L + "show": Ev("tenant_read", "a collaboration the organisation is in (never another member's contribution), "
+                                   "its audit log, the organisation's own TinyLM adapters", selects=_PICK),
+    _L + "on_create": Ev("own_create", "creates a collaboration of the caller's organisation, inviting others"),
+    _L + "on_accept": Ev("tenant_write", "accepts an invitation of the caller's organisation", selects=_PICK),
+    _L + "on_decline": Ev("tenant_write", "declines an invitation of the caller's organisation", selects=_PICK),
+    _L + "on_withdraw": Ev("tenant_write", "withdraws the caller's organisation", selects=_PICK),
+    _L + "on_contribute": Ev("tenant_write", "contributes one of the caller's adapters", selects=_PICK),
+    _L + "on_start": Ev("tenant_write", "starts a collaboration the caller's organisation created", selects=_PICK),
     _G + "load": Ev("tenant_read", "pairs, the organisation's adapters, datasets and downloads"),
     _G + "pair_changed": Ev("tenant_read", "the organisation's TinyLM adapters of a pair; mappers (shared)"),
     _G + "on_contrib": Ev("tenant_read", "the chosen adapters' contributions", selects=(("gen-adapters", "adapter"),)),
@@ -332,8 +345,8 @@ def _make_objects(svc, settings, tmp: Path) -> dict:
     from gtapp.tasks import task_names
     from storage import accounts
     from storage.catalog import recipe_fingerprint
-    from storage.models import (Adapter, Dataset, Evaluation, Job, MapperVersion, ModelPairRecord, PairSetRecord,
-                                PrivacyLedgerEntry, User, utcnow)
+    from storage.models import (Adapter, Collaboration, CollaborationEvent, CollaborationMember, Dataset, Evaluation,
+                                Job, MapperVersion, ModelPairRecord, PairSetRecord, PrivacyLedgerEntry, User, utcnow)
 
     svc.bootstrap()  # the first admin ("admin", password from the test settings)
     store = svc.store
@@ -408,11 +421,18 @@ def _make_objects(svc, settings, tmp: Path) -> dict:
                          metric="exact_match", value=0.75, seed=0, meta={"protocol": "orga-protocol-q7"}))
         s.add(PrivacyLedgerEntry(id=41, dataset_id=41, org_id=a_org, job_id=42, epsilon=1.5, delta=1e-5,
                                  status="spent", total_epsilon=1.5, accountant="basic", note="ALICE-LEDGER-NOTE-q7"))
+        s.add(Collaboration(id=41, name="orga-collab-q7", model_pair_id=pid, created_by_org=a_org, created_by_user=a_uid,
+                            status="open", result={}))
+        s.flush()
+        s.add(CollaborationMember(collaboration_id=41, org_id=a_org, state="accepted", adapter_id=41))
+        s.add(CollaborationEvent(collaboration_id=41, org_id=a_org, user_id=a_uid, action="created",
+                                 detail="ALICE-COLLAB-EVENT-q7"))
     secrets = ["orga-private-dataset-q7", "ALICE-SECRET-PROMPT", "ALICE-SECRET-ANSWER", "alice-file-q7",
                "orga-tiny-adapter-q7", "orga-llm-adapter-q7", "alice-weights-q7", "ALICE-RECORD-q7", "ALICE-LLM-q7",
                "ALICE-ADAPTER-BYTES", "orga-job-name-q7", "orga-failed-job-q7", "ALICE-JOB-LOG-q7",
                "ALICE-JOB-ERROR-q7", "orga/bench-task-q7", "orga/eval-task-q7", "orga-protocol-q7",
-               "ALICE-LEDGER-NOTE-q7", "orga/session-task-q7", ORG_A, "alice", BENCH_KEY,
+               "ALICE-LEDGER-NOTE-q7", "orga/session-task-q7", "orga-collab-q7", "ALICE-COLLAB-EVENT-q7", ORG_A,
+               "alice", BENCH_KEY,
                ds_sha, results_sha, trees["alice-tiny"], trees["alice-llm"]]
     return {"pair_id": pid, "secrets": secrets,
             "artifact_paths": [store.path(ds_sha), store.path(results_sha)]}
@@ -511,7 +531,8 @@ def normalise(text: str) -> str:
 def db_state(w: World) -> dict:
     from sqlalchemy import func, select
 
-    from storage.models import BenchmarkRecord, Dataset, Job, MapperVersion, ModelPairRecord, PairSetRecord, User
+    from storage.models import (BenchmarkRecord, Collaboration, CollaborationMember, Dataset, Job, MapperVersion,
+                                ModelPairRecord, PairSetRecord, User)
 
     with w.svc.session() as s:
         return {
@@ -524,9 +545,12 @@ def db_state(w: World) -> dict:
             "pairs": s.scalar(select(func.count(ModelPairRecord.id))),
             "pair_sets": s.scalar(select(func.count(PairSetRecord.id))),
             "promoted": sorted((m.id, m.promoted) for m in s.scalars(select(MapperVersion))),
-            "budgets": sorted((d.id, d.epsilon_budget, d.delta) for d in s.scalars(select(Dataset))
+            "budgets": sorted((d.id, d.epsilon_budget, d.delta, d.no_dp_required) for d in s.scalars(select(Dataset))
                               if d.id != BOB_DATASET),
             "benchmarks": sorted((b.id, b.name, b.artifact) for b in s.scalars(select(BenchmarkRecord))),
+            "collaborations": sorted((c.id, c.status, c.job_id) for c in s.scalars(select(Collaboration))),
+            "members": sorted((m.collaboration_id, m.org_id, m.state, m.adapter_id)
+                              for m in s.scalars(select(CollaborationMember))),
         }
 
 
@@ -763,7 +787,8 @@ def test_events_return_nothing_of_another_organisation(world):
 
     # alice's objects are as they were: nothing cancelled, retried, re-budgeted
     after = db_state(w)
-    for k in ("alice_jobs", "users", "pairs", "promoted", "budgets", "benchmarks", "admin_jobs"):
+    for k in ("alice_jobs", "users", "pairs", "promoted", "budgets", "benchmarks", "admin_jobs", "collaborations",
+              "members"):
         assert after[k] == before[k], (k, before[k], after[k])
     print(f"\n{calls} event calls as bob ({refused} foreign objects refused) in {time.monotonic() - t0:.1f}s")
 

@@ -48,11 +48,12 @@ def test_filters_and_csv():
 
 def test_figures_carry_the_numbers():
     rows, _ = parse_results(json.dumps(ROWS).encode())
-    metric, gap, eps, clients, cost = compare.figures(rows)
+    metric, gap, gap_nll, eps, clients, cost = compare.figures(rows)
     by_name = {t.name: t for t in metric.data}
     assert set(by_name) == {"gt", "base_llm"} and list(by_name["gt"].x) == ["csqa/x", "math/add"]
     assert by_name["gt"].y[1] == pytest.approx(0.55) and by_name["base_llm"].y[1] == pytest.approx(0.2)
     assert {t.name for t in gap.data} == {"gt"} and gap.data[0].y[1] == pytest.approx(0.7)
+    assert gap_nll.data == ()  # these rows carry no NLL gap recovery: an empty state, not a wrong chart
     assert list(eps.data[0].x) == ["1", "8", "no DP"]
     assert {t.name for t in clients.data} == {"1 client", "3 clients"}
     assert [t.name for t in cost.data] == ["wall_s", "peak_mem_mb"] and cost.data[0].y[0] == pytest.approx(12.0)

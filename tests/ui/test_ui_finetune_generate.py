@@ -79,3 +79,20 @@ def test_downloads_html_escapes_names():
     html = generate.downloads_html([{"id": 3, "name": "<b>x</b>", "model": "llm", "origin": "produced",
                                      "org": "acme", "created": "now", "epsilon": 1.5}])
     assert "href='download/adapter/3'" in html and "&lt;b&gt;" in html and "ε=1.5" in html
+
+
+def test_generate_without_a_promoted_mapper_is_refused_at_submit(svc, users, pair_id):
+    from storage.models import Adapter
+
+    alice = svc.who(users["alice"])
+    assert generate.mapper_choices(svc, pair_id)[0][0] == generate.NO_PROMOTED
+    with svc.session() as s:
+        a = Adapter(org_id=alice.org_id, user_id=alice.user_id, model_pair_id=pair_id, model="tiny",
+                    origin="uploaded", name="t", artifact="0" * 64, meta={})
+        s.add(a)
+        s.flush()
+        aid = a.id
+    run = guarded(None)(lambda *a: generate.start_generate(svc, users["alice"], *a))
+    msg = run(pair_id, [aid], "", generate.PROMOTED, False, None, "")
+    assert msg.startswith("✖") and "no promoted mapper yet" in msg, msg
+    assert svc.client.list(alice) == []  # refused before anything was queued

@@ -44,7 +44,11 @@ SCRIPT = textwrap.dedent("""
         with svc.session() as s:
             pair = ModelPairRecord(name="p", tiny_path="/x", llm_path="/y", recipe={{}}, recipe_fingerprint="0" * 64)
             s.add(pair); s.flush(); pid = pair.id
-        assert "queued" in ui.finetune.start_finetune(svc, r, ds["id"], pid, 5, 1e-3, 4, 64, False, 1, None, 1, "")
+        try:  # without DP on a budgeted dataset: refused (no 'no DP required' choice was made)
+            ui.finetune.start_finetune(svc, r, ds["id"], pid, 5, 1e-3, 4, 64, False, 1, None, 1, "")
+            raise AssertionError("a non-DP fine-tune on a budgeted dataset was accepted")
+        except ValueError as e:
+            assert "without DP would void it" in str(e)
         # a DP fine-tune: the noise is calibrated and the ledger charged at submission (dp-accounting)
         assert "queued" in ui.finetune.start_finetune(svc, r, ds["id"], pid, 5, 1e-3, 4, 64, True, 1.0, None, 1, "dp")
         led = svc.ledger(who, ds["id"])

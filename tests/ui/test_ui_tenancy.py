@@ -92,7 +92,7 @@ def test_jobs_are_visible_only_to_their_organisation(svc, users, tmp_path, pair_
         jobs.job_detail(svc, users["bob"], 1)
     with pytest.raises(LookupError, match="not found"):
         jobs.cancel_job(svc, users["bob"], 1)
-    detail, log = jobs.job_detail(svc, users["alice"], 1)
+    detail, log, _ = jobs.job_detail(svc, users["alice"], 1)
     assert "finetune" in detail and '"dataset_id"' in detail
     assert "cancelled" in jobs.cancel_job(svc, users["alice"], 1)
     assert "retried as job 2" in jobs.retry_job(svc, users["alice"], 1)

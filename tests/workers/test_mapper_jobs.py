@@ -169,6 +169,15 @@ def test_shadow_ridge_finetune_generate_through_real_worker(celery_pg, micro_zoo
     gen = env.run("generate", {"adapter_ids": [tiny], "evaluate_task": TASK, "n_test": 8, "device": "cpu"},
                   user="alice")
     assert gen.outputs["mapper_id"] == mv.id and len(gen.outputs["ood"]) == 1 and gen.outputs["n"] == 8
+    # the member sees the gain over the base LLM and the provider's mean baseline, on the same examples
+    assert set(gen.outputs["baselines"]) == {"base_llm", "mean_shadow"}
+    for name in ("over_base_llm", "over_mean_shadow"):
+        nll = gen.outputs["gains"][name]["nll"]
+        assert nll["n"] == 8 and nll["ci95"][0] <= nll["diff"] <= nll["ci95"][1]
+    base_nll = gen.outputs["baselines"]["base_llm"]["answer_nll"]
+    with session_scope(settings=settings) as s:
+        ours_nll = s.get(Evaluation, gen.outputs["evaluation_id"]).meta["answer_nll"]
+    assert gen.outputs["gains"]["over_base_llm"]["nll"]["diff"] == pytest.approx(base_nll - ours_nll, rel=1e-6)
     with session_scope(settings=settings) as s:
         a = s.get(Adapter, gen.outputs["adapter_id"])
         assert (a.model, a.origin, a.org_id, a.model_pair_id, a.job_id) == ("llm", "generated", env.alice.org_id,
@@ -194,13 +203,15 @@ def test_gt_mapper_and_two_organisation_style_generate(emb, tmp_path):
         assert (mv.kind, mv.promoted, mv.pair_set_id) == ("gt", False, shadow.outputs["pair_set_id"])
         assert mv.metrics["card"]["config"]["steps"] == 20 and mv.metrics["card"]["config"]["d_model"] == 16
     ds = emb.dataset(emb.alice, "alice-a", seed=2, epsilon_budget=50.0)
-    plain = emb.tiny_adapter(ds, seed=0)
+    plain = emb.tiny_adapter(emb.dataset(emb.alice, "alice-plain", seed=2), seed=0)  # no budget: no DP needed
     dp = emb.run("finetune", {"pair_id": emb.pair_id, "dataset_id": ds, "steps": 3, "batch_size": 4,
                               "max_length": 64, "seed": 1, "device": "cpu", "dp": {"noise_multiplier": 1.0}},
                  user="alice").outputs["adapter_id"]
-    # no promoted mapper for the pair yet: the job says so
-    view = emb.client.wait(emb.client.submit("generate", {"adapter_ids": [plain]}, emb.users["alice"]), 120)
-    assert view.status == "failed" and "no promoted mapper version" in view.error
+    # no promoted mapper for the pair yet: refused at submission, saying so; nothing is queued
+    before = emb.count_jobs()
+    with pytest.raises(ValueError, match="no promoted mapper yet.*nothing was queued"):
+        emb.client.submit("generate", {"adapter_ids": [plain]}, emb.users["alice"])
+    assert emb.count_jobs() == before
     gen = emb.run("generate", {"adapter_ids": [plain, dp], "mapper_id": mv.id, "weights": [1, 3],
                                "organisation": "map_then_average", "device": "cpu"}, user="alice")
     assert gen.outputs["weights"] == pytest.approx([0.25, 0.75]) and len(gen.outputs["ood"]) == 2

@@ -34,7 +34,7 @@ def cli_env(tmp_path, monkeypatch):
 
 def test_admin_and_jobs_commands(cli_env, capsys):
     assert main(["admin", "db", "upgrade"]) == 0
-    assert "revision 0005" in capsys.readouterr().out  # the newest migration
+    assert "revision 0007" in capsys.readouterr().out  # the newest migration
     assert main(["admin", "create-user", "--org", "acme", "--username", "alice", "--password", "password123"]) == 0
     assert main(["admin", "create-user", "--org", "prov", "--username", "boss", "--role", "admin",
                  "--password", "password123"]) == 0

@@ -29,6 +29,11 @@ log = logging.getLogger("gtapp.dashboard")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VALIDATE_TIMEOUT_S = 180
 MAX_ADAPTER_FILES = 3
+# gtapp.lora.peft_format's names (that module imports torch; tests/test_choices.py checks they agree)
+WEIGHTS_NAME = "adapter_model.safetensors"
+SIDECAR_NAME = "gtapp_recipe.json"
+SIDECAR_RECIPE_KEYS = ("architecture", "base_fingerprint", "init_fingerprint", "init_seed", "rank", "alpha",
+                       "target_modules")
 
 class Adapters(ServiceBase):
     @contextlib.contextmanager
@@ -70,7 +75,7 @@ class Adapters(ServiceBase):
         record = meta.get("record") or {}
         summary = meta.get("summary") or {}
         eps = record.get("epsilon")
-        notes = []
+        notes = [privacy_text(a)]
         mapper = meta.get("mapper")
         if isinstance(mapper, dict):
             notes.append(f"mapper v{mapper.get('version')} {mapper.get('kind')}")
@@ -86,6 +91,21 @@ class Adapters(ServiceBase):
                 "rank": summary.get("rank") or record.get("rank"), "created": _iso(a.created_at),
                 "notes": ", ".join(notes)}
 
+    def generated_results(self, who: Principal, n: int = 5) -> list[dict]:
+        """The organisation's latest generated LLM adapters with what their generate job found:
+        warnings (out of distribution) and the gains over the base LLM and the mean baseline."""
+        with self.session() as s:
+            q = owned(select(Adapter).where(Adapter.origin == "generated").order_by(Adapter.id.desc()), Adapter, who,
+                      admins_see_all=False).limit(n)
+            out = []
+            for a in s.scalars(q):
+                meta = a.meta or {}
+                ev = meta.get("evaluation") or {}
+                out.append({"id": a.id, "name": a.name, "warnings": list(meta.get("warnings") or []),
+                            "task": ev.get("task"), "metric": ev.get("metric"), "value": ev.get("value"),
+                            "n": ev.get("n"), "gains": ev.get("gains") or {}})
+            return out
+
     def get_adapter(self, who: Principal, adapter_id: Any) -> dict:
         try:
             aid = int(adapter_id)
@@ -100,13 +120,46 @@ class Adapters(ServiceBase):
             return d
 
     def adapter_zip(self, who: Principal, adapter_id: Any) -> tuple[str, bytes]:
-        """(file name, zip bytes) of an adapter folder, for ``who`` only."""
+        """(file name, zip bytes) of an adapter folder, for ``who`` only. Its ``gtapp_recipe.json``
+        carries the adapter's privacy record (``privacy``), so it travels with the adapter: uploaded
+        again, it is shown as *verified* (its weights match a record of ours) or *claimed*."""
         a = self.get_adapter(who, adapter_id)
+        manifest = self.store.manifest(a["artifact"])
+        if SIDECAR_NAME in manifest:
+            sidecar = json.loads(self.store.path(manifest[SIDECAR_NAME]["sha256"]).read_text())
+        else:
+            with self.session() as s:
+                recipe = (s.get(ModelPairRecord, a["pair_id"]).recipe or {}).get(a["model"]) or {}
+            sidecar = {"gtapp_recipe": 1, **{k: recipe[k] for k in SIDECAR_RECIPE_KEYS if k in recipe}}
+            if "target_modules" in sidecar:
+                sidecar["target_modules"] = sorted(sidecar["target_modules"])
+        weights = manifest.get(WEIGHTS_NAME, {}).get("sha256", "")
+        sidecar["privacy"] = privacy_record(a["meta"], weights, a.get("job_id"))
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-            for rel, entry in sorted(self.store.manifest(a["artifact"]).items()):
-                zf.write(self.store.path(entry["sha256"]), rel)
+            for rel, entry in sorted(manifest.items()):
+                if rel != SIDECAR_NAME:
+                    zf.write(self.store.path(entry["sha256"]), rel)
+            zf.writestr(SIDECAR_NAME, json.dumps(sidecar, indent=2, sort_keys=True))
         return f"{a['model']}-adapter-{a['id']}-{safe_filename(a['name'], 'adapter')}.zip", buf.getvalue()
+
+    def _privacy_of_upload(self, s, sidecar_path: Path, weights_sha: str) -> dict:
+        """An uploaded adapter's privacy: the sidecar's claim, *verified* when its weights are
+        byte-identical to an adapter of ours whose record says the same."""
+        if not sidecar_path.is_file():
+            return {"status": "none"}
+        claim = (json.loads(sidecar_path.read_text()) or {}).get("privacy")
+        if not isinstance(claim, dict):
+            return {"status": "none"}
+        for other in s.scalars(select(Adapter).where(Adapter.origin != "uploaded")):
+            entry = self.store.manifest(other.artifact).get(WEIGHTS_NAME, {}) if other.artifact else {}
+            if entry.get("sha256") == weights_sha:
+                ours = privacy_record(other.meta or {}, weights_sha, other.job_id)
+                if ours["dp"] == bool(claim.get("dp")) and ours["epsilon"] == claim.get("epsilon"):
+                    return {**ours, "status": "verified"}
+                return {**{k: claim.get(k) for k in ("dp", "epsilon", "delta")}, "status": "claimed",
+                        "note": "the claim differs from our record of these weights"}
+        return {**{k: claim.get(k) for k in ("dp", "epsilon", "delta")}, "status": "claimed"}
 
     def ingest_adapter(self, who: Principal, uploads: Sequence[tuple[str, str]], pair_id: Any,
                        name: Optional[str] = None) -> dict:
@@ -161,6 +214,9 @@ class Adapters(ServiceBase):
                         raise UploadError("validated files are not where they should be; upload again")
                     shutil.copyfile(src_path, clean / fixed)
             sha = self.store.put_tree(clean)
+            with self.session() as s:
+                weights_sha = self.store.manifest(sha).get(WEIGHTS_NAME, {}).get("sha256", "")
+                privacy = self._privacy_of_upload(s, clean / SIDECAR_NAME, weights_sha)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         summary = result["summary"]
@@ -170,13 +226,44 @@ class Adapters(ServiceBase):
             a = Adapter(org_id=who.org_id, user_id=who.user_id, model_pair_id=pid, model="tiny", origin="uploaded",
                         name=name, artifact=sha,
                         meta={"summary": summary, "uploaded_files": names, "uploaded_by": who.username,
-                              "pair": pair_name})
+                              "pair": pair_name, "privacy_claim": privacy,
+                              # only a verified record counts as DP where privacy is composed (generate)
+                              **({"record": {k: privacy[k] for k in ("dp", "epsilon", "delta")}}
+                                 if privacy["status"] == "verified" else {})})
             s.add(a)
             s.flush()
             aid = a.id
-        return {"id": aid, "name": name, "pair": pair_name, "summary": summary}
+        return {"id": aid, "name": name, "pair": pair_name, "summary": summary, "privacy": privacy}
 
 
+
+
+def privacy_record(meta: dict, weights_sha: str, job_id: Optional[int]) -> dict:
+    """What an adapter's training spent, as written into the sidecar of a download."""
+    claim = meta.get("privacy_claim") or {}
+    record = meta.get("record") or {}
+    if claim.get("status") in ("claimed", "none") and not record:
+        dp, eps, delta = bool(claim.get("dp")), claim.get("epsilon"), claim.get("delta")
+        note = "as claimed at upload, not verified" if claim.get("status") == "claimed" else "no privacy record"
+    else:
+        eps = _num(record.get("epsilon"))
+        dp = bool(record.get("dp")) or eps is not None
+        delta, note = _num(record.get("delta")), None
+    return {"dp": dp, "epsilon": eps if dp else None, "delta": delta if dp else None, "weights_sha256": weights_sha,
+            "job_id": job_id, "issued_by": "gtapp", "note": note}
+
+
+def privacy_text(a: Adapter) -> str:
+    """'DP ε=8 (verified)', 'DP ε=8 (claimed)', 'no DP'."""
+    meta = a.meta or {}
+    claim = meta.get("privacy_claim") or {}
+    record = meta.get("record") or {}
+    eps = _num(record.get("epsilon"))
+    if eps is not None:
+        return f"DP ε={eps:g}" + (" (verified)" if claim.get("status") == "verified" else "")
+    if claim.get("status") == "claimed" and claim.get("dp") and _num(claim.get("epsilon")) is not None:
+        return f"DP ε={float(claim['epsilon']):g} (claimed, not verified: counted as no DP)"
+    return "no DP"
 
 
 def validate_in_child(recipe: Optional[dict], source: Any, workdir: str, model_name: Optional[str] = None,

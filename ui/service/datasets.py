@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -13,11 +14,14 @@ from gtapp.choices import USER_METRICS
 from storage.accounts import Principal
 from storage.catalog import create_dataset, read_examples
 from storage.ledger import current as ledger_view
-from storage.models import Dataset, Organisation
+from storage.ledger import shown
+from storage.models import Dataset, Organisation, utcnow
 from storage.tenancy import owned, visible
 from ui.service.base import (KNOWN_FORMATS, PREVIEW_ROWS, USER_FORMAT, ServiceBase, UploadError, _iso, _num,
                                  clean_name, safe_filename)
 from ui.uploads import copy_upload
+
+log = logging.getLogger("gtapp.ui")
 
 class Datasets(ServiceBase):
     def list_datasets(self, who: Principal, own_only: bool = False) -> list[dict]:
@@ -30,7 +34,8 @@ class Datasets(ServiceBase):
                 out.append({"id": d.id, "name": d.name, "org": orgs.get(d.org_id, "?"), "org_id": d.org_id,
                             "examples": d.n_examples, "format": (d.source or {}).get("format", ""),
                             "metric": (d.source or {}).get("metric", d.task or ""),
-                            "budget": d.epsilon_budget, "delta": d.delta, "spent": spent,
+                            "budget": d.epsilon_budget, "delta": d.delta, "spent": shown(spent),
+                            "no_dp_required": bool(d.no_dp_required),
                             "created": _iso(d.created_at)})
             return out
 
@@ -48,6 +53,25 @@ class Datasets(ServiceBase):
         with self.session() as s:
             d = visible(s, Dataset, int(dataset_id), who, "dataset")
             return ledger_view(s, d)
+
+    def mark_no_dp_required(self, who: Principal, dataset_id: int, confirm: bool) -> str:
+        """The organisation's explicit choice that a budgeted dataset may be fine-tuned without
+        DP; recorded with who and when (and logged). Non-DP jobs on it then enter the ledger as
+        ε = ∞, after which no DP job on it can promise anything."""
+        if not confirm:
+            raise ValueError("tick the confirmation first: a fine-tune without DP gives this dataset no privacy "
+                             "guarantee at all (ε = ∞ in its ledger)")
+        with self.session() as s:
+            d = visible(s, Dataset, int(dataset_id), who, "dataset")
+            if d.org_id != who.org_id:
+                raise PermissionError("only the dataset's organisation decides whether it needs DP")
+            if d.no_dp_required:
+                return f"dataset '{d.name}' is already marked 'no DP required'"
+            d.no_dp_required, d.no_dp_marked_by, d.no_dp_marked_at = True, who.user_id, utcnow()
+            log.warning("dataset %s ('%s', org %s) marked 'no DP required' by user %s", d.id, d.name, d.org_id,
+                        who.user_id)
+            return (f"dataset '{d.name}' marked 'no DP required' (recorded with your name): non-DP fine-tunes on it "
+                    "are now accepted and enter its ledger as ε = ∞")
 
     def set_budget(self, who: Principal, dataset_id: int, epsilon: Any, delta: Any = None) -> str:
         eps = _num(epsilon)

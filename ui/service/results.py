@@ -112,6 +112,7 @@ def normalise_row(r: Any) -> Optional[dict]:
             "clients": int(clients) if _num(clients) is not None else None,
             "seed": int(r["seed"]) if _num(r.get("seed")) is not None else None,
             "metric": str(r.get("metric") or ""), "value": value, "gap_recovery": _num(r.get("gap_recovery")),
+            "gap_recovery_nll": _num(r.get("gap_recovery_nll")), "answer_nll": _num(r.get("answer_nll")),
             "wall_s": _num(r.get("wall_s")), "peak_mem_mb": _num(r.get("peak_mem_mb"))}
 
 

@@ -156,7 +156,15 @@ def submit_children(ctx, kind: str, params_list: list[dict]) -> list[int]:
 def _scaled_progress(ctx, lo: float, hi: float):
     """A ProgressFn mapping a step's 0..1 onto lo..hi of the job."""
     def fn(p) -> None:
-        ctx.progress(lo + (hi - lo) * p.fraction, p.stage, None, getattr(p, "message", ""))
+        if getattr(p, "metrics", None) and p.step is not None:
+            ctx.curve_point(p.stage, p.step, p.metrics)
+        # the step's ETA covers its own part (lo..hi) of the job: the rest of the job is assumed
+        # to go at the same pace per unit of progress
+        eta = None
+        if p.eta_s is not None and 0 < p.fraction < 1 and hi > lo:
+            step_total = p.eta_s / (1 - p.fraction)
+            eta = p.eta_s + (1 - hi) * step_total / (hi - lo)
+        ctx.progress(lo + (hi - lo) * p.fraction, p.stage, eta, getattr(p, "message", ""))
     return fn
 
 

@@ -6,6 +6,7 @@ import json
 
 from workers.jobs.common import _check_device, _dataset_examples
 from workers.jobs.registry import job
+from workers.redact import redact_json_files
 
 
 def _check_finetune(p: dict) -> None:
@@ -34,16 +35,17 @@ def _check_finetune(p: dict) -> None:
 
 
 def _finetune_privacy(p: dict, session):
-    """The ledger request of a DP fine-tune: ε, δ and the DP-SGD mechanism (noise multiplier
-    calibrated as gtapp.finetune will, so the RDP accountant can compose it up front)."""
-    if not p.get("dp"):
-        return None
-    from storage.ledger import DPRequest
+    """The ledger request of a fine-tune: for DP, ε, δ and the DP-SGD mechanism (noise
+    multiplier calibrated as gtapp.finetune will, so the RDP accountant can compose it up
+    front); without DP, a NonDPRequest (refused on a budgeted dataset not marked "no DP required")."""
+    from storage.ledger import DPRequest, NonDPRequest
     from storage.models import Dataset
 
     ds = session.get(Dataset, p["dataset_id"])
     if ds is None:
         raise ValueError(f"dataset {p['dataset_id']} not found")
+    if not p.get("dp"):
+        return NonDPRequest(dataset_id=p["dataset_id"])
     if not ds.n_examples:
         raise ValueError(f"dataset '{ds.name}' has no examples")
     dp = p["dp"]
@@ -75,6 +77,7 @@ def finetune(params: dict, ctx) -> dict:
     from storage.models import Adapter, Dataset, ModelPairRecord
     from storage.tenancy import of_org
 
+    ctx.training_steps(0)  # nothing trained yet: a failure from here to the first step refunds the reservation
     with ctx.session() as s:
         pair = s.get(ModelPairRecord, params["pair_id"])
         if pair is None:
@@ -93,8 +96,14 @@ def finetune(params: dict, ctx) -> dict:
                          noise_multiplier=d.get("noise_multiplier"), max_grad_norm=float(d.get("max_grad_norm") or 1.0))
     config = ft.FinetuneConfig(steps=params["steps"], lr=params["lr"], batch_size=params["batch_size"],
                                max_length=params["max_length"], seed=params["seed"], dp=dp, device=params["device"])
-    result = ft.finetune(model_path, recipe, examples, config, ctx.work_dir / "adapter", progress=ctx.progress_fn)
+    def progress(p) -> None:
+        if p.stage == "finetune":  # steps taken so far: what a stopped job is charged for
+            ctx.training_steps(round(p.fraction * params["steps"]))
+        ctx.progress_fn(p)
+
+    result = ft.finetune(model_path, recipe, examples, config, ctx.work_dir / "adapter", progress=progress)
     ctx.progress(0.99, "storing adapter")
+    redact_json_files(result.adapter_dir)  # the organisation downloads it: no server paths inside
     sha = ctx.store.put_tree(result.adapter_dir)
     record = json.loads(json.dumps(getattr(result, "record", {}) or {}, default=str))
     if dp is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from storage.catalog import pair_model_name
 from workers.jobs.common import (
     COMBINE_METHODS,
@@ -22,6 +24,8 @@ from workers.jobs.common import (
 )
 from workers.jobs.evaluate import EVAL_METRICS
 from workers.jobs.registry import job
+from storage.artifacts import atomic_write_json
+from workers.redact import redact_json_files
 
 
 def _check_generate(p: dict) -> None:
@@ -76,7 +80,50 @@ def _check_generate(p: dict) -> None:
     _check_device(p)
 
 
-@job("generate", queue="gpu", requires=("gtapp.generate",), validate=_check_generate,
+def resolve_mapper(s, params: dict, adapters: list[dict]):
+    """The mapper version a generate job uses (``mapper_id``, else the pair's promoted one),
+    checked against the adapters' model pair; ValueError saying what to do otherwise."""
+    from storage.catalog import promoted_mapper
+    from storage.models import MapperVersion
+
+    if params["mapper_id"] is not None:
+        mv = s.get(MapperVersion, params["mapper_id"])
+        if mv is None:
+            raise ValueError(f"mapper {params['mapper_id']} not found")
+    else:
+        pair_ids = sorted({a["pair_id"] for a in adapters})
+        pid = params["pair_id"] if params["pair_id"] is not None else pair_ids[0]
+        if params["pair_id"] is None and len(pair_ids) > 1:
+            raise ValueError(f"the adapters belong to different model pairs {pair_ids}: one mapper maps one pair")
+        mv = promoted_mapper(s, pid)
+        if mv is None:
+            raise ValueError(f"model pair {pid} has no promoted mapper yet: an admin trains and promotes one "
+                             f"(Admin tab), or choose a mapper version; nothing was queued")
+    if params["pair_id"] is not None and mv.model_pair_id != params["pair_id"]:
+        raise ValueError(f"mapper {mv.id} maps model pair {mv.model_pair_id}, not {params['pair_id']}")
+    wrong = [a["id"] for a in adapters if a["pair_id"] != mv.model_pair_id]
+    if wrong:
+        raise ValueError(f"adapter(s) {wrong} are not TinyLM adapters of model pair {mv.model_pair_id}, which "
+                         f"mapper version {mv.version} (id {mv.id}) maps")
+    return mv
+
+
+def _precheck_generate(params: dict, s, who=None) -> None:
+    """At submission: the adapters are TinyLM adapters of one pair that has a mapper to use."""
+    from storage.models import Adapter
+
+    adapters = []
+    for aid in params["adapter_ids"]:
+        a = s.get(Adapter, aid)
+        if a is None:
+            raise ValueError(f"adapter {aid} not found")
+        if a.model != "tiny":
+            raise ValueError(f"adapter {aid} ('{a.name}') is an LLM adapter: generate maps TinyLM adapters")
+        adapters.append({"id": a.id, "pair_id": a.model_pair_id})
+    resolve_mapper(s, params, adapters)
+
+
+@job("generate", queue="gpu", requires=("gtapp.generate",), validate=_check_generate, precheck=_precheck_generate,
      defaults={"adapter_ids": [], "mapper_id": None, "pair_id": None, "weights": None,
                "organisation": "average_then_map", "method": "mean", "weighting": "data_size", "merged": False,
                "evaluate_task": None, "dataset_id": None, "metric": "exact_match", "n_test": 128, "limit": None,
@@ -93,8 +140,7 @@ def generate(params: dict, ctx) -> dict:
     from gtapp.generate import generate as run_generate
     from gtapp.mapper import load_mapper
     from gtapp.privacy import contributors_privacy
-    from storage.catalog import promoted_mapper
-    from storage.models import Adapter, Dataset, Evaluation, MapperVersion
+    from storage.models import Adapter, Dataset, Evaluation
     from storage.tenancy import of_org
 
     ctx.progress(0.0, "preparing")
@@ -109,25 +155,7 @@ def generate(params: dict, ctx) -> dict:
                              "origin": a.origin, "dataset_id": a.dataset_id,
                              "epsilon": record.get("epsilon"),
                              "delta": record.get("delta")})
-        if params["mapper_id"] is not None:
-            mv = s.get(MapperVersion, params["mapper_id"])
-            if mv is None:
-                raise ValueError(f"mapper {params['mapper_id']} not found")
-        else:
-            pair_ids = sorted({a["pair_id"] for a in adapters})
-            pid = params["pair_id"] if params["pair_id"] is not None else pair_ids[0]
-            if params["pair_id"] is None and len(pair_ids) > 1:
-                raise ValueError(f"the adapters belong to different model pairs {pair_ids}: one mapper maps one pair")
-            mv = promoted_mapper(s, pid)
-            if mv is None:
-                raise ValueError(f"model pair {pid} has no promoted mapper version yet: an admin trains and promotes "
-                                 f"one (or give mapper_id)")
-        if params["pair_id"] is not None and mv.model_pair_id != params["pair_id"]:
-            raise ValueError(f"mapper {mv.id} maps model pair {mv.model_pair_id}, not {params['pair_id']}")
-        wrong = [a["id"] for a in adapters if a["pair_id"] != mv.model_pair_id]
-        if wrong:
-            raise ValueError(f"adapter(s) {wrong} are not TinyLM adapters of model pair {mv.model_pair_id}, which "
-                             f"mapper version {mv.version} (id {mv.id}) maps")
+        mv = resolve_mapper(s, params, adapters)
         mapper_info = {"mapper_id": mv.id, "version": mv.version, "kind": mv.kind, "promoted": mv.promoted,
                        "version_hash": (mv.metrics or {}).get("version_hash")}
         mapper_artifact, pair_id = mv.artifact, mv.model_pair_id
@@ -173,6 +201,7 @@ def generate(params: dict, ctx) -> dict:
     all_dp = privacy["all_dp"]
     ood = [o.get("score") if isinstance(o, dict) else None for o in (record.get("ood") or [])]
     ctx.progress(0.6 if evaluating else 0.9, "storing the LLM adapter")
+    redact_json_files(out)  # generate.json names the work folders: the organisation downloads this
     sha = ctx.store.put_tree(out)
 
     evaluation = None
@@ -183,12 +212,16 @@ def generate(params: dict, ctx) -> dict:
                           params["metric"])
         ctx.progress(0.65, f"evaluating on {task.name}")
         evaluation = _jsonable(ev.evaluate_paths(pair["llm_path"], task, adapter_dir=out, split="test",
-                                                 limit=params["limit"], batch_size=32, device=device))
+                                                 limit=params["limit"], batch_size=32, device=device,
+                                                 per_example=True))
         ctx.check_cancel()
         evaluation.pop("adapter", None)  # this attempt's scratch folder: gone once the job ends
         evaluation["task"] = task.name
+        ctx.progress(0.8, "scoring the base LLM and the provider's mean baseline on the same examples")
+        evaluation.update(_against_baselines(ctx, pair, mapper, task, params, device, evaluation))
+        evaluation.pop("examples", None)  # the per-example numbers served the intervals; rows stay small
         ctx.log(f"generated adapter on {task.name}: {evaluation['metric']} = {evaluation['value']:.4f} "
-                f"(n={evaluation['n']})")
+                f"(n={evaluation['n']}); " + "; ".join(_gain_text(evaluation["gains"])))
     name = params["name"] or f"llm-gen-job{ctx.job_id}"
     method = MAPPER_METHOD.get(mapper_info["kind"], mapper_info["kind"])
     meta = {"record": {"epsilon": privacy["epsilon"], "delta": privacy["delta"], "dp": all_dp,
@@ -225,5 +258,54 @@ def generate(params: dict, ctx) -> dict:
         outputs["merged_artifact"] = merged_sha
     if evaluation is not None:
         outputs.update({"task": evaluation["task"], "metric": evaluation["metric"], "value": evaluation["value"],
-                        "n": evaluation["n"]})
+                        "n": evaluation["n"], "baselines": evaluation["baselines"], "gains": evaluation["gains"]})
     return outputs
+
+
+def _against_baselines(ctx, pair: dict, mapper, task, params: dict, device: str, ours: dict) -> dict:
+    """The base LLM and the provider-only mean baseline (the mapper's mean shadow update) on the
+    very examples ours was scored on (cached per pair, mapper and test set), and our gain over
+    each with a paired bootstrap 95 % interval (gtapp.bench.stats.paired_gain)."""
+    import hashlib
+
+    from gtapp import evaluate as ev
+    from gtapp.bench.stats import paired_gain
+    from gtapp.data import data_fingerprint
+
+    examples = list(task.test)[: params["limit"]] if params["limit"] else list(task.test)
+    key_of = {"base_llm": [pair["fingerprint"], "base"],
+              "mean_shadow": [pair["fingerprint"], (mapper.card or {}).get("version"), "mean"]}
+    cache = ctx.settings.data_dir / "cache" / "baseline_evaluations"
+    out = {"baselines": {}, "gains": {}}
+    for name, key in key_of.items():
+        digest = hashlib.sha256(json.dumps(key + [data_fingerprint(examples), task.metric]).encode()).hexdigest()
+        path = cache / f"{digest}.json"
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError):
+            adapter = None
+            if name == "mean_shadow":
+                adapter = ctx.work_dir / "mean_baseline"
+                mapper.mean_update().write_peft(mapper.recipes.llm, adapter)
+            result = _jsonable(ev.evaluate_paths(pair["llm_path"], task, adapter_dir=adapter, split="test",
+                                                 limit=params["limit"], batch_size=32, device=device,
+                                                 per_example=True))
+            result.pop("adapter", None)
+            result.pop("model", None)
+            cache.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, result)
+        ctx.check_cancel()
+        out["baselines"][name] = {k: result.get(k) for k in ("metric", "value", "answer_nll", "n")}
+        out["gains"][f"over_{name}"] = {kind: paired_gain(ours["examples"], result["examples"], kind, seed=params["seed"])
+                                        for kind in ("metric", "nll")}
+    return out
+
+
+def _gain_text(gains: dict) -> list[str]:
+    lines = []
+    for name, g in gains.items():
+        m, n = g["metric"], g["nll"]
+        lines.append(f"gain {name.replace('over_', 'over ')}: task metric {m['diff']:+.3f} "
+                     f"[{m['ci95'][0]:+.3f}, {m['ci95'][1]:+.3f}], answer NLL {n['diff']:+.3f} nats "
+                     f"[{n['ci95'][0]:+.3f}, {n['ci95'][1]:+.3f}] (positive: better)")
+    return lines

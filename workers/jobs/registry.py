@@ -26,6 +26,8 @@ class JobSpec:
     requires: tuple[str, ...] = ()  # gtapp modules that must be importable
     validate: Optional[Callable[[dict], None]] = None  # extra checks; raise ValueError
     privacy: Optional[Callable[[dict, Any], Any]] = None  # (params, session) -> ledger.DPRequest | None
+    # (params, session, principal): refuse at submission what the job would refuse later
+    precheck: Optional[Callable[[dict, Any, Any], None]] = None
     soft_time_limit_s: Optional[int] = None  # default: settings.job_soft_time_limit_s
 
     def available(self) -> tuple[bool, str]:

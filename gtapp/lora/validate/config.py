@@ -115,16 +115,49 @@ def check_config(config: Any, recipe: LoraRecipe) -> list[str]:
     return warnings
 
 
+PRIVACY_KEYS = {"dp": bool, "epsilon": (int, float, type(None)), "delta": (int, float, type(None)),
+                "accountant": (str, type(None)), "weights_sha256": str, "job_id": (int, type(None)),
+                "issued_by": str, "note": (str, type(None))}
+
+
+def check_privacy_claim(claim: Any) -> dict:
+    """The ``privacy`` record gtapp writes into the sidecar of an adapter it hands out: what the
+    adapter's training spent. An uploaded one is only a *claim* until matched to our records."""
+    where = f"{SIDECAR_NAME} 'privacy'"
+    if not isinstance(claim, dict):
+        raise AdapterError(f"{where}: expected a JSON object; delete the key or write it with gtapp")
+    unknown = set(claim) - set(PRIVACY_KEYS)
+    if unknown:
+        raise AdapterError(f"{where}: unknown keys {_list_preview(unknown)}; delete the key or write it with gtapp")
+    for key, kind in PRIVACY_KEYS.items():
+        if key in claim and (not isinstance(claim[key], kind) or (kind is not bool and isinstance(claim[key], bool))):
+            raise AdapterError(f"{where}: '{key}' has the wrong type; delete the key or write it with gtapp")
+    eps = claim.get("epsilon")
+    if eps is not None and not (eps > 0 and eps < 1e6):
+        raise AdapterError(f"{where}: epsilon must be a positive number")
+    if isinstance(claim.get("weights_sha256"), str) and not _is_hex64(claim["weights_sha256"]):
+        raise AdapterError(f"{where}: weights_sha256 must be 64 hex digits")
+    if isinstance(claim.get("note"), str) and len(claim["note"]) > 500:
+        raise AdapterError(f"{where}: note is longer than 500 characters")
+    return claim
+
+
+def _is_hex64(s: str) -> bool:
+    return len(s) == 64 and all(c in "0123456789abcdef" for c in s)
+
+
 def check_sidecar(sidecar: Any, recipe: LoraRecipe) -> None:
     """``gtapp_recipe.json``, if present, must describe this recipe."""
     where = SIDECAR_NAME
     if not isinstance(sidecar, dict):
         raise AdapterError(f"{where}: expected a JSON object; delete the file or write it with gtapp")
     expected = recipe_fingerprints(recipe)
-    allowed = set(expected) | {"gtapp_recipe", "base_model"}
+    allowed = set(expected) | {"gtapp_recipe", "base_model", "privacy"}
     unknown = set(sidecar) - allowed
     if unknown:
         raise AdapterError(f"{where}: unknown keys {_list_preview(unknown)}; delete the file or write it with gtapp")
+    if "privacy" in sidecar:
+        check_privacy_claim(sidecar["privacy"])
     for key in ("base_fingerprint", "init_fingerprint"):
         if key not in sidecar:
             raise AdapterError(f"{where}: missing '{key}'; delete the file or write it with gtapp")

@@ -336,7 +336,7 @@ class GTMapper(Mapper):
                 else:
                     bad_evals += 1
                 msg = f"train {rec['train_prod']:.4g}" + (f" val {rec['val_prod']:.4g}" if "val_prod" in rec else "")
-                tracker.update(step, msg)
+                tracker.update(step, msg, **{"train L_prod": rec["train_prod"], "val L_prod": rec.get("val_prod")})
                 if val_x is not None and bad_evals >= int(cfg.patience):
                     stopped = "early_stopping"
                     break
