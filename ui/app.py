@@ -45,6 +45,7 @@ CSS = """
 def build_blocks(svc: Service):
     from ui.admin import build_admin_tab
     from ui.auth import build_account_tab
+    from ui.collaborations import build_collaborations_tab
     from ui.common import md_escape
     from ui.compare import build_compare_tab
     from ui.finetune import build_finetune_tab
@@ -62,6 +63,7 @@ def build_blocks(svc: Service):
             build_upload_tab(svc, demo)
             build_finetune_tab(svc, demo)
             build_generate_tab(svc, demo)
+            build_collaborations_tab(svc, demo)
             build_jobs_tab(svc, demo)
             build_compare_tab(svc, demo)
             build_admin_tab(svc, demo)

@@ -24,12 +24,14 @@ the upload deleted: nothing a user typed becomes a path.
     adapters.py   an organisation's adapters: upload (validated in a child), listing, download
     results.py    evaluations and stored benchmark results (the Compare tab)
     jobs.py       submitting jobs, the job kinds
+    collaborations.py  several organisations pooling TinyLM adapters (storage.collaborations)
 """
 
 from __future__ import annotations
 
 from ui.service.accounts import Accounts
 from ui.service.adapters import MAX_ADAPTER_FILES, VALIDATE_TIMEOUT_S, Adapters, validate_in_child
+from ui.service.collaborations import Collaborations
 from ui.service.base import (KNOWN_FORMATS, PREVIEW_ROWS, USER_FORMAT, MiB, NotFound, ServiceBase, UploadError,
                                  _num, clean_name, safe_filename, user_message)
 from ui.service.datasets import Datasets
@@ -43,7 +45,7 @@ __all__ = ["Service", "NotFound", "UploadError", "KNOWN_FORMATS", "USER_FORMAT",
            "parse_results", "safe_filename", "user_message", "validate_in_child", "_num"]
 
 
-class Service(Accounts, Pairs, Datasets, Adapters, Results, Jobs, ServiceBase):
+class Service(Accounts, Pairs, Datasets, Adapters, Results, Jobs, Collaborations, ServiceBase):
     """The dashboard's data access, bound to one deployment's settings."""
 
     def bootstrap(self) -> list[str]:

@@ -14,6 +14,7 @@ this module, so a worker's parent process never touches CUDA before it forks.
 
 from workers.jobs import (  # noqa: F401,E402
     bench,
+    collaborate,
     evaluate,
     finetune,
     generate,
