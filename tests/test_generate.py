@@ -130,6 +130,31 @@ def test_several_adapters_and_cli(setup, tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_generate_refine_cli_writes_a_static_adapter_closer_to_the_proxy(setup, tmp_path, capsys):
+    """`gtapp generate --refine`: the mapped adapter refined towards the proxy-tuned distribution on
+    the pair set's shadow-task text; a stock peft adapter whose record says DP carries over."""
+    from gtapp.baselines.distill import kl_to_teacher
+    from gtapp.baselines.proxy import load_proxy
+    from gtapp.cli import main
+    from gtapp.evaluate import load_with_adapter
+    from gtapp.tasks.universe import make_task, task_names
+
+    rc = main(["generate", "--mapper", str(setup["mapper"]), "--tiny-adapter", str(setup["adapters"][1]),
+               "--zoo", str(setup["zoo"]), "--out", str(tmp_path / "r"), "--refine", "--refine-steps", "6"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["refine"]["text"]["public_examples"] > 0 and "post-processing" in out["refine"]["privacy"]
+    assert (tmp_path / "r" / "adapter_model.safetensors").is_file()
+    teacher, tok = load_proxy(setup["pair"], setup["adapters"][1])
+    held_out = make_task(task_names("math")[1], seed=77, n_train=16, n_test=1).train
+    mapped, _ = load_with_adapter(setup["pair"].llm_path, tmp_path / "r" / "mapped")
+    refined, _ = load_with_adapter(setup["pair"].llm_path, tmp_path / "r")
+    assert kl_to_teacher(refined, teacher, tok, held_out) < kl_to_teacher(mapped, teacher, tok, held_out)
+    assert main(["generate", "--mapper", str(setup["mapper"]), "--tiny-adapter", str(setup["adapters"][0]),
+                 "--tiny-adapter", str(setup["adapters"][1]), "--out", str(tmp_path / "x"), "--refine"]) == 2
+
+
 def test_mapper_cli_train_info_eval(setup, tmp_path, capsys):
     from gtapp.cli import main
 

@@ -69,7 +69,7 @@ def contributions(svc: Service, who, adapter_ids: Sequence[Any], weights_text: s
 def generate_params(pair_id: Any, adapter_ids: Sequence[Any], weights_text: str, mapper: Any,
                     evaluate: bool, eval_task: Optional[str], eval_dataset: Any, organisation: str = ORGANISATIONS[0],
                     method: str = COMBINE_METHODS[0], weighting: str = WEIGHTINGS[0], merged: bool = False,
-                    name: str = "", n_test: Any = None) -> dict:
+                    name: str = "", n_test: Any = None, refine: bool = False) -> dict:
     """The ``generate`` job's parameters from the form (checked again by the job API)."""
     if pair_id in (None, ""):
         raise ValueError("choose a model pair")
@@ -81,6 +81,8 @@ def generate_params(pair_id: Any, adapter_ids: Sequence[Any], weights_text: str,
                     "weights": parse_weights(weights_text, len(ids)), "organisation": organisation or ORGANISATIONS[0],
                     "method": method or COMBINE_METHODS[0], "weighting": weighting or WEIGHTINGS[0],
                     "merged": bool(merged), "name": (name or "").strip()[:200] or None}
+    if refine:
+        params["refine"] = True
     if evaluate:
         if eval_dataset not in (None, ""):
             params["dataset_id"] = int(eval_dataset)
@@ -160,6 +162,9 @@ def build_generate_tab(svc: Service, demo):
                 with gr.Row():
                     name = gr.Textbox(label="LLM adapter name (optional)", max_length=200, elem_id="gen-name")
                     merged = gr.Checkbox(label="Also store the merged LLM", value=False, elem_id="gen-merged")
+                refine = gr.Checkbox(label="Refine towards the proxy-tuned distribution (one adapter; slower; the "
+                                           "provider's text only, never your data; DP carries over)", value=False,
+                                     elem_id="gen-refine")
                 evaluate = gr.Checkbox(label="Evaluate the LLM adapter afterwards", value=True, elem_id="gen-eval")
                 with gr.Row():
                     task = gr.Dropdown(label="on a generated task", choices=[], elem_id="gen-task")
@@ -198,8 +203,8 @@ def build_generate_tab(svc: Service, demo):
                 results_markdown(svc.generated_results(who)))
 
     @guarded(msg)
-    def on_start(p, a, w, m, ev, t, eds, org, meth, wt, mg, nm, nt, request: gr.Request):
-        return start_generate(svc, request, p, a, w, m, ev, t, eds, org, meth, wt, mg, nm, nt)
+    def on_start(p, a, w, m, ev, t, eds, org, meth, wt, mg, nm, nt, rf, request: gr.Request):
+        return start_generate(svc, request, p, a, w, m, ev, t, eds, org, meth, wt, mg, nm, nt, rf)
 
     def on_contrib(a, w, request: gr.Request):
         return contributions(svc, svc.who(request), a, w)
@@ -215,6 +220,6 @@ def build_generate_tab(svc: Service, demo):
     adapters.change(on_contrib, [adapters, weights], contrib, api_name=False)
     weights.change(on_contrib, [adapters, weights], contrib, api_name=False)
     start.click(on_start, [pair, adapters, weights, mapper, evaluate, task, eval_ds, organisation, method, weighting,
-                           merged, name, n_test], msg, api_name="start_generate")
+                           merged, name, n_test, refine], msg, api_name="start_generate")
     refresh.click(on_refresh, outputs=[dl, results], api_name=False)
     return tab

@@ -21,6 +21,7 @@ COMMANDS = [
     ("shadow", "gtapp.cli.shadow"),
     ("mapper", "gtapp.cli.mapper"),
     ("generate", "gtapp.cli.generate"),
+    ("collab", "gtapp.cli.collab"),
     ("bench", "gtapp.cli.bench"),
 ]
 

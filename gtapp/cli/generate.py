@@ -23,16 +23,51 @@ def register(sub) -> None:
     p.add_argument("--organisation", default="average_then_map", choices=["average_then_map", "map_then_average"])
     p.add_argument("--method", default="mean", choices=["mean", "median", "clip"],
                    help="how several updates are combined (median/clip resist a hostile update)")
+    p.add_argument("--refine", action="store_true",
+                   help="then refine the adapter towards the proxy-tuned distribution on the provider's text "
+                        "(gtapp.refine; one TinyLM adapter, needs --zoo; DP carries over by post-processing)")
+    p.add_argument("--pairs", type=Path, default=None,
+                   help="with --refine: the pair set whose shadow tasks give the provider's text (default: the "
+                        "one the mapper's card names)")
+    p.add_argument("--refine-steps", type=int, default=60)
+    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
     from gtapp.generate import generate
 
-    res = generate(args.mapper, [str(a) for a in args.tiny_adapter], args.out, weights=args.weight, zoo=args.zoo,
-                   llm_path=args.llm, merged=args.merged, organisation=args.organisation, method=args.method)
+    if args.refine and (args.zoo is None or len(args.tiny_adapter) != 1):
+        print("error: --refine needs --zoo and exactly one --tiny-adapter", file=sys.stderr)
+        return 2
+    out = args.out / "mapped" if args.refine else args.out
+    res = generate(args.mapper, [str(a) for a in args.tiny_adapter], out, weights=args.weight, zoo=args.zoo,
+                   llm_path=args.llm, merged=args.merged and not args.refine, organisation=args.organisation,
+                   method=args.method)
     for w in res.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    print(json.dumps({"adapter_dir": str(res.adapter_dir), "merged_dir": str(res.merged_dir) if res.merged_dir else None,
-                      "ood": res.ood, "warnings": res.warnings, "timing": res.timing}, indent=2, default=str))
+    report = {"adapter_dir": str(res.adapter_dir), "merged_dir": str(res.merged_dir) if res.merged_dir else None,
+              "ood": res.ood, "warnings": res.warnings, "timing": res.timing}
+    if args.refine:
+        report["refine"] = _refine(args, res.adapter_dir)
+        report["adapter_dir"] = str(args.out)
+    print(json.dumps(report, indent=2, default=str))
     return 0
+
+
+def _refine(args, mapped_dir: Path) -> dict:
+    from gtapp.mapper.registry import load_mapper
+    from gtapp.models import ModelPair
+    from gtapp.pairset import PairSet
+    from gtapp.refine import RefineConfig, provider_text, refine
+
+    pairs = args.pairs
+    if pairs is None:
+        pairs = Path(((load_mapper(args.mapper).card or {}).get("pair_set") or {}).get("path") or "")
+    if not (pairs / "pairset.json").is_file():
+        raise SystemExit(f"error: --refine needs the provider's text: give --pairs (a pair set folder); "
+                         f"'{pairs}' is not one")
+    text = provider_text(PairSet.load(pairs).manifest, limit=1024, seed=args.seed)
+    rec = refine(ModelPair.from_dir(args.zoo), args.tiny_adapter[0], text, args.out,
+                 RefineConfig(steps=args.refine_steps, seed=args.seed), start_adapter=mapped_dir)
+    return {k: rec[k] for k in ("lr", "steps", "text", "privacy", "wall_s", "final_loss")}

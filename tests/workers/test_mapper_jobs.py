@@ -223,6 +223,20 @@ def test_gt_mapper_and_two_organisation_style_generate(emb, tmp_path):
         assert a.meta["privacy"]["all_dp"] is False and a.meta["record"]["epsilon"] is None
         artifact = a.artifact
     assert _loads_in_peft(emb, artifact, tmp_path / "gt_adapter")
+    # refined towards the proxy-tuned distribution on the pair set's shadow-task text (one adapter only)
+    with pytest.raises(ValueError, match="refine works on one TinyLM adapter"):
+        emb.client.submit("generate", {"adapter_ids": [plain, dp], "mapper_id": mv.id, "refine": True},
+                          emb.users["alice"])
+    ref = emb.run("generate", {"adapter_ids": [dp], "mapper_id": mv.id, "refine": True, "device": "cpu"},
+                  user="alice")
+    with session_scope(settings=emb.settings) as s:
+        a = s.get(Adapter, ref.outputs["adapter_id"])
+        rec = a.meta["refine"]
+        assert rec["text"]["public_examples"] > 0 and "post-processing" in rec["privacy"]
+        assert a.meta["record"]["epsilon"] == pytest.approx(spend[dp]["epsilon"])  # DP carried over unchanged
+        artifact = a.artifact
+    assert "refine.json" in emb.store.manifest(artifact)
+    assert _loads_in_peft(emb, artifact, tmp_path / "refined")
 
 
 def test_cancelled_shadow_keeps_finished_runs_and_retry_resumes(emb):

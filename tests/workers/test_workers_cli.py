@@ -50,7 +50,9 @@ def test_admin_and_jobs_commands(cli_env, capsys):
     assert [j["status"] for j in listed] == ["failed", "succeeded"] and listed[1]["params"]["seed"] == 4
     assert main(["jobs", "show", "1", "--json", "--user", "alice"]) == 0
     assert json.loads(capsys.readouterr().out)["outputs"]["bytes"] == 64 * 1024
-    # queued without --wait in embedded mode: nothing runs it until a worker does; cancel it
+    # queued without --wait in embedded mode: nothing runs it until a worker does; cancel it (the
+    # --wait runs above left this process's embedded worker polling the queue: stop it first)
+    stop_all()
     assert main(["jobs", "submit", "selftest", "--user", "alice", "-q"]) == 0
     job_id = int(capsys.readouterr().out.strip())
     assert main(["jobs", "cancel", str(job_id), "--user", "alice"]) == 0
@@ -88,3 +90,43 @@ def test_entry_point_and_import_hygiene(tmp_path):
     probe = "import sys, workers.celery_app, workers.client; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stdout + out.stderr
+
+
+def test_collaboration_cli_mirrors_the_tab(cli_env, capsys):
+    """`gtapp collab`: create with invitations, accept, contribute an own adapter, show (members and
+    whether each contributed, never what); an outsider is told it does not exist."""
+    from storage import accounts
+    from storage.db import session_scope
+    from storage.models import Adapter, ModelPairRecord
+
+    settings = settings_mod.get_settings()
+    assert main(["admin", "db", "upgrade"]) == 0
+    with session_scope(settings=settings) as s:
+        for org, user in (("acme", "alice"), ("globex", "bob"), ("initech", "carol")):
+            accounts.create_user(s, org, user, "password123", "member")
+        pair = ModelPairRecord(name="p", tiny_path="/x", llm_path="/y", recipe={}, recipe_fingerprint="0" * 64)
+        s.add(pair)
+        s.flush()
+        bob = accounts.principal(s, "bob")
+        a = Adapter(org_id=bob.org_id, model_pair_id=pair.id, model="tiny", origin="uploaded", name="bob-secret",
+                    artifact="1" * 64, meta={})
+        s.add(a)
+        s.flush()
+        pid, aid = pair.id, a.id
+    capsys.readouterr()
+    assert main(["collab", "--user", "alice", "create", "shops", "--pair", str(pid), "--invite", "globex",
+                 "--method", "median"]) == 0
+    cid = json.loads(capsys.readouterr().out)["id"]
+    assert main(["collab", "--user", "bob", "accept", str(cid)]) == 0
+    assert main(["collab", "--user", "bob", "contribute", str(cid), "--adapter", str(aid)]) == 0
+    capsys.readouterr()
+    assert main(["collab", "--user", "alice", "show", str(cid), "--events"]) == 0
+    shown = capsys.readouterr().out
+    data = json.loads(shown)
+    assert [(m["org"], m["state"], m["contributed"]) for m in data["members"]] == \
+        [("acme", "accepted", False), ("globex", "accepted", True)]
+    assert "bob-secret" not in shown and [e["action"] for e in data["events"]][-1] == "contributed"
+    assert main(["collab", "--user", "carol", "show", str(cid)]) == 2
+    assert f"collaboration {cid} not found" in capsys.readouterr().err
+    assert main(["collab", "--user", "alice", "start", str(cid)]) == 2
+    assert "at least 2" in capsys.readouterr().err

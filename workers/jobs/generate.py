@@ -50,6 +50,10 @@ def _check_generate(p: dict) -> None:
         raise ValueError(f"adapter_ids has duplicates: {ids}")
     if len(ids) > 64:
         raise ValueError("at most 64 adapters can be combined in one job")
+    if p["refine"] and len(ids) != 1:
+        raise ValueError("refine works on one TinyLM adapter (the proxy-tuned teacher is built from it)")
+    if p["refine"] and p["merged"]:
+        raise ValueError("refine and merged: choose one (merge the refined adapter after downloading it)")
     w = p["weights"]
     if w is not None:
         if not isinstance(w, list) or not all(_is_num(x) and x >= 0 for x in w):
@@ -127,7 +131,7 @@ def _precheck_generate(params: dict, s, who=None) -> None:
      defaults={"adapter_ids": [], "mapper_id": None, "pair_id": None, "weights": None,
                "organisation": "average_then_map", "method": "mean", "weighting": "data_size", "merged": False,
                "evaluate_task": None, "dataset_id": None, "metric": "exact_match", "n_test": 128, "limit": None,
-               "name": None, "device": "auto", "config": None})
+               "name": None, "device": "auto", "config": None, "refine": False})
 def generate(params: dict, ctx) -> dict:
     """Map your TinyLM adapter(s) to an LLM adapter (stock peft) with a mapper version
     (`mapper_id`; default: the model pair's promoted one). Several adapters are combined
@@ -140,7 +144,7 @@ def generate(params: dict, ctx) -> dict:
     from gtapp.generate import generate as run_generate
     from gtapp.mapper import load_mapper
     from gtapp.privacy import contributors_privacy
-    from storage.models import Adapter, Dataset, Evaluation
+    from storage.models import Adapter, Dataset, Evaluation, PairSetRecord
     from storage.tenancy import of_org
 
     ctx.progress(0.0, "preparing")
@@ -159,6 +163,13 @@ def generate(params: dict, ctx) -> dict:
         mapper_info = {"mapper_id": mv.id, "version": mv.version, "kind": mv.kind, "promoted": mv.promoted,
                        "version_hash": (mv.metrics or {}).get("version_hash")}
         mapper_artifact, pair_id = mv.artifact, mv.model_pair_id
+        pair_set_artifact = None
+        if params["refine"]:
+            ps = s.get(PairSetRecord, mv.pair_set_id) if mv.pair_set_id is not None else None
+            if ps is None:
+                raise ValueError(f"mapper version {mv.version} names no pair set: refinement needs the provider's "
+                                 "shadow-task text")
+            pair_set_artifact = ps.artifact
         ds_examples = ds_name = None
         if params["dataset_id"] is not None:
             ds = of_org(s, Dataset, params["dataset_id"], ctx.org_id, "dataset")
@@ -200,6 +211,9 @@ def generate(params: dict, ctx) -> dict:
     privacy = contributors_privacy(contributors)
     all_dp = privacy["all_dp"]
     ood = [o.get("score") if isinstance(o, dict) else None for o in (record.get("ood") or [])]
+    refine_rec = None
+    if params["refine"]:
+        out, refine_rec = _refine(ctx, zoo_dir, tiny_dirs[0], out, pair_set_artifact, params, device)
     ctx.progress(0.6 if evaluating else 0.9, "storing the LLM adapter")
     redact_json_files(out)  # generate.json names the work folders: the organisation downloads this
     sha = ctx.store.put_tree(out)
@@ -228,7 +242,7 @@ def generate(params: dict, ctx) -> dict:
                        "rank": mapper.recipes.llm.rank},  # what adapter lists read (as for fine-tuned ones)
             "mapper": mapper_info, "contributors": contributors, "privacy": privacy, "ood": ood,
             "warnings": list(result.warnings), "combine": record.get("combine"), "timing": record.get("timing"),
-            "merged_artifact": merged_sha, "evaluation": evaluation}
+            "merged_artifact": merged_sha, "evaluation": evaluation, "refine": refine_rec}
 
     def register(s, job_row) -> dict:
         a = Adapter(org_id=job_row.org_id, user_id=job_row.user_id, model_pair_id=pair_id, model="llm",
@@ -260,6 +274,26 @@ def generate(params: dict, ctx) -> dict:
         outputs.update({"task": evaluation["task"], "metric": evaluation["metric"], "value": evaluation["value"],
                         "n": evaluation["n"], "baselines": evaluation["baselines"], "gains": evaluation["gains"]})
     return outputs
+
+
+def _refine(ctx, zoo_dir, tiny_dir: str, mapped, pair_set_artifact: str, params: dict, device: str):
+    """Refine the mapped adapter towards the proxy-tuned distribution on the provider's text
+    (the mapper's pair set's shadow tasks; gtapp.refine). Returns (adapter folder, record)."""
+    from gtapp.models import ModelPair
+    from gtapp.pairset import PairSet
+    from gtapp.refine import RefineConfig, provider_text, refine
+
+    ctx.progress(0.5, "refining towards the proxy-tuned distribution (provider text only)")
+    pairs = PairSet.load(ctx.store.materialize(pair_set_artifact, ctx.work_dir / "pairset"), verify=False)
+    text = provider_text(pairs.manifest, limit=1024, seed=params["seed"])
+    out = ctx.work_dir / "refined"
+    rec = refine(ModelPair.from_dir(zoo_dir), tiny_dir, text, out, RefineConfig(seed=params["seed"]),
+                 start_adapter=mapped, progress=_scaled_progress(ctx, 0.5, 0.6), device=device)
+    record = {k: rec[k] for k in ("lr", "steps", "text", "privacy", "wall_s", "final_loss", "teacher")}
+    (out / "refine.json").write_text(json.dumps(record, indent=2, default=str))
+    ctx.log(f"refined: {rec['steps']} steps at lr {rec['lr']:g} on {sum(rec['text'].values())} provider sequences "
+            f"in {rec['wall_s']:.1f}s; {rec['privacy']}")
+    return out, record
 
 
 def _against_baselines(ctx, pair: dict, mapper, task, params: dict, device: str, ours: dict) -> dict:
