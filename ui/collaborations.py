@@ -13,8 +13,9 @@ from ui.service import Service
 LIST_COLUMNS = (("id", "id"), ("name", "name"), ("status", "status"), ("your_state", "your organisation"),
                 ("contributions", "contributions"), ("method", "combining"))
 EVENT_COLUMNS = (("at", "when"), ("org", "organisation"), ("action", "what"), ("detail", "detail"))
-PRIVACY_NOTE = ("The combined adapter is (ε_i, δ_i)-DP with respect to member *i*'s data: the members' datasets "
-                "are disjoint, and combining and mapping are post-processing. A member without DP has no guarantee.")
+PRIVACY_NOTE = ("Privacy: with respect to each member's data, the combined adapter keeps that member's own (ε, δ), "
+                "by post-processing (the members' datasets are disjoint; combining and mapping touch no data). A "
+                "member without DP has no guarantee.")
 
 
 def collab_markdown(c: dict) -> str:
@@ -67,7 +68,9 @@ def build_collaborations_tab(svc: Service, demo):
             with gr.Column():
                 gr.Markdown("### Your collaborations")
                 listing = gr.Dataframe(table([], LIST_COLUMNS), interactive=False, elem_id="col-list")
-                pick = gr.Dropdown(label="Collaboration", choices=[], elem_id="col-pick")
+                with gr.Row():
+                    pick = gr.Dropdown(label="Collaboration", choices=[], elem_id="col-pick", scale=4)
+                    reload = gr.Button("Refresh", size="sm", scale=1, elem_id="col-refresh")
                 detail = gr.Markdown(elem_id="col-detail")
                 with gr.Row():
                     accept = gr.Button("Accept", size="sm", elem_id="col-accept")
@@ -134,6 +137,7 @@ def build_collaborations_tab(svc: Service, demo):
     demo.load(refresh, pick, outs, api_name=False)
     tab.select(refresh, pick, outs, api_name=False)
     pick.change(show, pick, shown, api_name=False)
+    reload.click(show, pick, shown, api_name=False).then(refresh, pick, outs, api_name=False)
     create.click(on_create, [name, pair, invite, organisation, method, weighting], create_msg,
                  api_name="create_collaboration").then(refresh, pick, outs, api_name=False)
     for btn, fn, inputs, api in ((accept, on_accept, [pick], "collab_accept"),
