@@ -88,6 +88,38 @@ def submit_provider_job(svc: Service, request, kind: str, params: dict) -> str:
     return status(True, f"{kind} job {job_id} queued; follow it in the Jobs tab")
 
 
+def learning_curve_figure(curve):
+    """Held-out relative error against shadow pairs, one line per mapper, held-out tasks solid and
+    held-out runs dotted, 95 % intervals as error bars; where the GT crosses ridge in the title."""
+    import plotly.graph_objects as go
+
+    from ui.charts import LAYOUT, colour, empty_figure
+
+    if not curve or not curve.get("points"):
+        return empty_figure("Learning curve", "this mapper version has no learning curve (tick 'Learning curve "
+                                              "first' when training)")
+    fig = go.Figure()
+    labels = sorted({p["label"] for p in curve["points"]})
+    for label in labels:
+        pts = sorted((p for p in curve["points"] if p["label"] == label), key=lambda p: p["pairs"])
+        for where, dash in (("held_out_tasks", "solid"), ("held_out_runs", "dot")):
+            ys = [p[where]["rel_err"] for p in pts]
+            lo = [p[where]["ci95"][0] for p in pts]
+            hi = [p[where]["ci95"][1] for p in pts]
+            fig.add_trace(go.Scatter(
+                x=[p["pairs"] for p in pts], y=ys, mode="lines+markers", name=f"{label} ({where.replace('_', ' ')})",
+                line={"dash": dash, "color": colour({"gt": "gt", "ridge": "ridge", "mean": "mean_shadow"}.get(
+                    label, label))},
+                error_y={"type": "data", "symmetric": False, "array": [h - y for h, y in zip(hi, ys)],
+                         "arrayminus": [y - lw for y, lw in zip(ys, lo)]}))
+    cross = curve.get("crossing") or {}
+    where = (f"GT below ridge on held-out tasks from {cross['first_below_at_pairs']} pairs"
+             if cross.get("first_below_at_pairs") else "GT not below ridge on held-out tasks at any size")
+    fig.update_layout(**{**LAYOUT, "title": {"text": f"Learning curve: {where}"}, "xaxis_title": "shadow pairs",
+                         "xaxis_type": "log", "yaxis_title": "relative error of the LLM update (lower is better)"})
+    return fig
+
+
 def build_admin_tab(svc: Service, demo):
     with gr.Tab("Admin", id="admin", visible=False) as tab:
         refresh = gr.Button("Refresh", size="sm", elem_id="admin-refresh")
@@ -146,6 +178,8 @@ def build_admin_tab(svc: Service, demo):
                 tm_kind = gr.Dropdown(label="Mapper kind", choices=list(MAPPER_KINDS), value=MAPPER_KINDS[0], scale=1,
                                       elem_id="admin-train-kind")
                 tm_promote = gr.Checkbox(label="Promote when trained", value=False, scale=1)
+                tm_curve = gr.Checkbox(label="Learning curve first (mean, ridge and it at 100/400/1600/all pairs)",
+                                       value=False, scale=1, elem_id="admin-train-curve")
             with gr.Row():
                 cfg = gr.Textbox(label="Mapper settings (JSON object, optional)", placeholder='{"epochs": 200}',
                                  lines=1, scale=3, elem_id="admin-job-config")
@@ -164,6 +198,8 @@ def build_admin_tab(svc: Service, demo):
                 mapper_pick = gr.Dropdown(label="Mapper version", choices=[], elem_id="admin-mapper-pick")
                 promote = gr.Button("Promote", variant="primary", elem_id="admin-promote")
             mapper_msg = gr.Markdown(elem_id="admin-mapper-status")
+            curve_plot = gr.Plot(label="Learning curve of the chosen version (from its model card)",
+                                 elem_id="admin-learning-curve")
 
     overview_outputs = [users, pairs, mappers, recipe_pair, zoo_folder, mapper_pick, job_pair, zoo_md, sh_tasks,
                         pair_sets, tm_set]
@@ -227,10 +263,11 @@ def build_admin_tab(svc: Service, demo):
         return submit_provider_job(svc, request, "shadow", provider_params("shadow", pid, fields, extra))
 
     @guarded(job_msg)
-    def on_train(pid, set_id, kind, promote_it, c, request: gr.Request):
+    def on_train(pid, set_id, kind, promote_it, c, with_curve, request: gr.Request):
         if pid in (None, "") and set_id in (None, ""):
             raise ValueError("choose a model pair or a pair set")
-        params = {"kind": kind, "promote": bool(promote_it), "config": parse_config(c) or {}}
+        params = {"kind": kind, "promote": bool(promote_it), "config": parse_config(c) or {},
+                  "learning_curve": bool(with_curve)}
         if set_id not in (None, ""):
             params["pair_set_id"] = int(set_id)
         else:
@@ -267,7 +304,15 @@ def build_admin_tab(svc: Service, demo):
     recipe_pair.change(on_recipe, recipe_pair, recipe, api_name=False)
     shadow.click(on_shadow, [job_pair, sh_tasks, sh_subsets, sh_size, sh_steps, sh_seeds, sh_extra], job_msg,
                  api_name="admin_shadow")
-    train.click(on_train, [job_pair, tm_set, tm_kind, tm_promote, cfg], job_msg, api_name="admin_train_mapper")
+    train.click(on_train, [job_pair, tm_set, tm_kind, tm_promote, cfg, tm_curve], job_msg,
+                api_name="admin_train_mapper")
+
+    def on_mapper(mid, request: gr.Request):
+        if not svc.who(request).is_admin or mid in (None, ""):
+            return learning_curve_figure(None)
+        return learning_curve_figure(svc.mapper_card(int(mid)).get("learning_curve"))
+
+    mapper_pick.change(on_mapper, mapper_pick, curve_plot, api_name=False)
     bench.click(on_bench, [job_pair, b_preset, b_on_pair, b_record], job_msg, api_name="admin_bench")
     chain(job_pair.input(lambda: None, api_name=False))
     chain(promote.click(on_promote, mapper_pick, mapper_msg, api_name="admin_promote"))

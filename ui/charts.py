@@ -7,7 +7,7 @@ from typing import Optional
 
 import plotly.graph_objects as go
 
-from gtapp.bench.plots import (ALL, LAYOUT, NO_DP, clients, cost, empty_figure, gap_recovery,  # noqa: F401
+from gtapp.bench.plots import (ALL, LAYOUT, NO_DP, clients, colour, cost, empty_figure, gap_recovery,  # noqa: F401
                                metric_by_method, metric_vs_epsilon)
 
 

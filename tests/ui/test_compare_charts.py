@@ -3,6 +3,8 @@ the outliers marked, one fixed colour per method in every chart, the legend belo
 
 from __future__ import annotations
 
+import pytest
+
 from gtapp.bench import plots
 
 
@@ -52,3 +54,21 @@ def test_one_fixed_colour_per_method_across_charts():
 def test_legend_sits_below_the_plot_clear_of_the_title():
     fig = plots.gap_recovery(_rows())
     assert fig.layout.legend.y < 0 and fig.layout.legend.yanchor == "top"
+
+
+def test_admin_learning_curve_chart_shows_each_mapper_with_intervals_and_the_crossing():
+    from gtapp.mapper.curve import crossing
+    from ui.admin import learning_curve_figure
+
+    def pt(label, n, task_err, run_err):
+        return {"label": label, "pairs": n, "held_out_tasks": {"rel_err": task_err, "ci95": [task_err - .05, task_err + .05]},
+                "held_out_runs": {"rel_err": run_err, "ci95": [run_err - .02, run_err + .02]}}
+
+    points = [pt("mean", 100, 1.0, 0.9), pt("ridge", 100, 0.8, 0.5), pt("gt", 100, 0.9, 0.6),
+              pt("mean", 1600, 1.0, 0.9), pt("ridge", 1600, 0.7, 0.4), pt("gt", 1600, 0.5, 0.3)]
+    fig = learning_curve_figure({"points": points, "crossing": crossing(points, "gt", "ridge")})
+    assert len(fig.data) == 6 and {t.name.split(" ")[0] for t in fig.data} == {"mean", "ridge", "gt"}
+    gt_tasks = next(t for t in fig.data if t.name == "gt (held out tasks)")
+    assert list(gt_tasks.x) == [100, 1600] and list(gt_tasks.error_y.array) == pytest.approx([0.05, 0.05])
+    assert "from 1600 pairs" in fig.layout.title.text
+    assert "no learning curve" in learning_curve_figure(None).layout.annotations[0].text

@@ -118,6 +118,7 @@ EVENTS: dict[str, Ev] = {
                          fill=(("ft-budget", 50.0),)),
     _F + "on_no_dp": Ev("tenant_write", "marks a dataset 'no DP required'", selects=(("ft-dataset", "dataset"),),
                         fill=(("ft-no-dp-confirm", True),)),
+    _A + "on_mapper": Ev("admin_read", "a mapper version's learning curve (the shared catalogue's model card)"),
     _L + "refresh": Ev("tenant_read", "the collaborations the organisation is in; model pairs (shared)"),
     _L + "show": Ev("tenant_read", "a collaboration the organisation is in (never another member's contribution), "
                                    "its audit log, the organisation's own TinyLM adapters", selects=_PICK),

@@ -102,6 +102,15 @@ class Pairs(ServiceBase):
                             "created": _iso(m.created_at), "job_id": m.job_id})
             return out
 
+    def mapper_card(self, mapper_id: int) -> dict:
+        """A mapper version's model card (as its train_mapper job recorded it): the shared
+        catalogue's, no organisation's data."""
+        with self.session() as s:
+            m = s.get(MapperVersion, int(mapper_id))
+            if m is None:
+                raise NotFound(f"mapper version {mapper_id} not found")
+            return dict((m.metrics or {}).get("card") or {})
+
     def list_pair_sets(self, pair_id: Optional[int] = None) -> list[dict]:
         from storage.models import PairSetRecord
 
