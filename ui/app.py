@@ -46,6 +46,7 @@ def build_blocks(svc: Service):
     from ui.admin import build_admin_tab
     from ui.auth import build_account_tab
     from ui.collaborations import build_collaborations_tab
+    from ui.try_it import build_try_tab
     from ui.common import md_escape
     from ui.compare import build_compare_tab
     from ui.finetune import build_finetune_tab
@@ -64,6 +65,7 @@ def build_blocks(svc: Service):
             build_finetune_tab(svc, demo)
             build_generate_tab(svc, demo)
             build_collaborations_tab(svc, demo)
+            build_try_tab(svc, demo)
             build_jobs_tab(svc, demo)
             build_compare_tab(svc, demo)
             build_admin_tab(svc, demo)

@@ -64,7 +64,7 @@ ADMIN_REFUSAL = ("this needs an admin account", "for admins only")
 
 # alice's objects of each kind, as a slot that selects one would hold them; and a missing twin
 OBJECTS = {"dataset": ([41], MISSING), "adapter": ([41, 42], MISSING), "job": (list(ALICE_INTS), MISSING),
-           "bench": ([BENCH_KEY], MISSING_BENCH_KEY), "collaboration": ([41], MISSING)}
+           "bench": ([BENCH_KEY], MISSING_BENCH_KEY), "collaboration": ([41], MISSING), "try_job": ([45], MISSING)}
 
 # --------------------------------------------------------------------------- classification
 
@@ -97,6 +97,7 @@ _U, _F, _G, _J, _C, _A = ("ui.upload:build_upload_tab.<locals>.", "ui.finetune:b
                           "ui.generate:build_generate_tab.<locals>.", "ui.jobs:build_jobs_tab.<locals>.",
                           "ui.compare:build_compare_tab.<locals>.", "ui.admin:build_admin_tab.<locals>.")
 _L = "ui.collaborations:build_collaborations_tab.<locals>."
+_T = "ui.try_it:build_try_tab.<locals>."
 _PICK = (("col-pick", "collaboration"),)
 
 # Keys: "<module>:<qualname>" of the handler (a lambda also names its outputs). Every wiring of a
@@ -119,6 +120,11 @@ EVENTS: dict[str, Ev] = {
     _F + "on_no_dp": Ev("tenant_write", "marks a dataset 'no DP required'", selects=(("ft-dataset", "dataset"),),
                         fill=(("ft-no-dp-confirm", True),)),
     _A + "on_mapper": Ev("admin_read", "a mapper version's learning curve (the shared catalogue's model card)"),
+    _T + "load": Ev("tenant_read", "model pairs (shared); the organisation's own LLM and TinyLM adapters"),
+    _T + "on_run": Ev("tenant_write", "a try job on the organisation's adapters",
+                      selects=(("try-llm", "adapter"), ("try-tiny", "adapter")), fill=(("try-prompt", "hello"),)),
+    _T + "on_poll": Ev("tenant_read", "the outputs of one of the organisation's try jobs",
+                       selects=(("try-job", "try_job"),)),
     _L + "refresh": Ev("tenant_read", "the collaborations the organisation is in; model pairs (shared)"),
     _L + "show": Ev("tenant_read", "a collaboration the organisation is in (never another member's contribution), "
                                    "its audit log, the organisation's own TinyLM adapters", selects=_PICK),
@@ -415,6 +421,9 @@ def _make_objects(svc, settings, tmp: Path) -> dict:
                   finished_at=now))
         s.add(Job(id=43, kind="bench", queue="gpu", status="succeeded", org_id=a_org, user_id=a_uid, created_at=now,
                   params={"preset": "ci"}, outputs={"results_artifact": results_sha}, progress=1.0, finished_at=now))
+        s.add(Job(id=45, kind="try", queue="gpu", status="succeeded", org_id=a_org, user_id=a_uid, created_at=now,
+                  params={"pair_id": pid, "prompt": "ALICE-TRY-PROMPT-q7"}, progress=1.0, finished_at=now,
+                  outputs={"rows": [{"model": "base LLM", "output": "ALICE-TRY-OUTPUT-q7"}]}))
         s.add(Job(id=ADMIN_JOB, kind="shadow", queue="gpu", status="failed", org_id=p_org, user_id=p_uid,
                   created_at=now, params={"pair_id": pid, "tasks": task_names()[:1]}, error="stopped", finished_at=now))
         s.flush()
@@ -432,7 +441,8 @@ def _make_objects(svc, settings, tmp: Path) -> dict:
                "orga-tiny-adapter-q7", "orga-llm-adapter-q7", "alice-weights-q7", "ALICE-RECORD-q7", "ALICE-LLM-q7",
                "ALICE-ADAPTER-BYTES", "orga-job-name-q7", "orga-failed-job-q7", "ALICE-JOB-LOG-q7",
                "ALICE-JOB-ERROR-q7", "orga/bench-task-q7", "orga/eval-task-q7", "orga-protocol-q7",
-               "ALICE-LEDGER-NOTE-q7", "orga/session-task-q7", "orga-collab-q7", "ALICE-COLLAB-EVENT-q7", ORG_A,
+               "ALICE-LEDGER-NOTE-q7", "orga/session-task-q7", "orga-collab-q7", "ALICE-COLLAB-EVENT-q7", "ALICE-TRY-PROMPT-q7",
+               "ALICE-TRY-OUTPUT-q7", ORG_A,
                "alice", BENCH_KEY,
                ds_sha, results_sha, trees["alice-tiny"], trees["alice-llm"]]
     return {"pair_id": pid, "secrets": secrets,

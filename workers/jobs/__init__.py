@@ -21,6 +21,7 @@ from workers.jobs import (  # noqa: F401,E402
     selftest,
     shadow,
     train_mapper,
+    try_it,
     zoo,
 )
 from workers.jobs.common import (  # noqa: F401
