@@ -92,16 +92,19 @@ def test_every_baseline_runs_records_costs_and_is_evaluated(setup, results):
     print(f"\n{'method':15s} {'wall_s':>7s} {'peak_MB':>8s} {'tokens':>7s} {'EM':>6s} {'ans_nll':>7s}")
     for m, r in results.items():
         assert r.method == m
-        assert r.wall_s > 0 and r.peak_mem_mb > 0 and r.tokens > 0, r
+        assert r.wall_s > 0 and r.peak_mem_mb > 0, r
+        # cross_lora maps weights through the base models' subspaces: it reads no text at all
+        assert (r.tokens == 0) if m == "cross_lora" else (r.tokens > 0), r
         if m == "proxy_tuning":
             assert r.adapter_dir is None and r.model == "llm+tiny"
             ev = r.extra["eval"]
         else:
             recipe = pair.recipe(r.model)
-            summary = validate_adapter(r.adapter_dir, recipe)
-            seeded = sum(summary.init_distance.values()) / len(summary.init_distance)
-            other = mean_init_distance(r.adapter_dir, recipe, recipe.init_seed + 1)
-            assert seeded < other, (m, seeded, other)  # trained from the recipe's seeded A, not another
+            if m != "cross_lora":  # cross_lora's factors are projected, not trained from the recipe's init
+                summary = validate_adapter(r.adapter_dir, recipe)
+                seeded = sum(summary.init_distance.values()) / len(summary.init_distance)
+                other = mean_init_distance(r.adapter_dir, recipe, recipe.init_seed + 1)
+                assert seeded < other, (m, seeded, other)  # trained from the recipe's seeded A, not another
             peft = PeftModel.from_pretrained(load_model(pair.path(r.model)), r.adapter_dir)  # stock peft
             assert any("lora_B" in n and float(p.abs().max()) > 0 for n, p in peft.named_parameters())
             ev = evaluate_result(r, pair, task, limit=8)

@@ -233,15 +233,21 @@ def test_upload_dataset_and_fine_tune_to_done(alice_page, tmp_path_factory, shot
     fill(page, "ft-steps", "12")
     fill(page, "ft-lr", "0.01")
     fill(page, "ft-name", "acme-ft")
+    # a fine-tune without DP on a dataset with a privacy budget is refused, saying what to do
     page.locator("#ft-start").click()
-    status = wait_text(page, "#ft-status", r"fine-tune job \d+ queued")
-    STATE["ft_job"] = int(re.search(r"job (\d+)", status).group(1))
+    refused = wait_text(page, "#ft-status", r"✖")
+    assert "without DP would void it" in refused and "no DP required" in refused, refused
     # a DP job asking more than the dataset's budget is refused, saying why
     page.locator("#ft-dp input[type=checkbox]").check()
     fill(page, "ft-epsilon", "5")
     page.locator("#ft-start").click()
-    refused = wait_text(page, "#ft-status", r"✖")
-    assert "privacy budget exceeded" in refused and "budget ε=1" in refused, refused
+    refused = wait_text(page, "#ft-status", r"privacy budget exceeded")
+    assert "budget ε=1" in refused, refused
+    # within the budget it is queued
+    fill(page, "ft-epsilon", "1")
+    page.locator("#ft-start").click()
+    status = wait_text(page, "#ft-status", r"fine-tune job \d+ queued")
+    STATE["ft_job"] = int(re.search(r"job (\d+)", status).group(1))
     shot(page, shots, "04-finetune")
 
     tab(page, "Jobs")
