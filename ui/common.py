@@ -110,3 +110,12 @@ def first(values: Sequence[tuple[str, Any]], current: Optional[Any] = None) -> O
     if current in ids:
         return current
     return ids[0] if ids else None
+
+
+def cli_command(kind: str, params: dict) -> str:
+    """The `gtapp` command line that submits the same job as a form (copy, paste, script)."""
+    import json
+    import shlex
+
+    clean = {k: v for k, v in params.items() if v is not None}
+    return f"gtapp jobs submit {kind} --params-json {shlex.quote(json.dumps(clean, sort_keys=True))} --wait"

@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 
-from ui.common import choices, first, fmt, guarded, md_escape, status, table
+from ui.common import choices, cli_command, first, fmt, guarded, md_escape, status, table
 from ui.service import Service, _num
 from ui.upload import pair_choices
 
@@ -123,6 +123,9 @@ def build_finetune_tab(svc: Service, demo):
                     clip = gr.Number(label="Clipping norm", value=1.0, elem_id="ft-clip")
                 start = gr.Button("Start fine-tune", variant="primary", elem_id="ft-start")
                 msg = gr.Markdown(elem_id="ft-status")
+                with gr.Accordion("The same from the command line", open=False):
+                    cmd_btn = gr.Button("Show the equivalent gtapp command", size="sm", elem_id="ft-cli")
+                    cmd = gr.Code(language="shell", interactive=False, elem_id="ft-cli-command")
             with gr.Column():
                 gr.Markdown("### Privacy ledger")
                 ledger_md = gr.Markdown(elem_id="ft-ledger")
@@ -163,6 +166,12 @@ def build_finetune_tab(svc: Service, demo):
         if ds in (None, ""):
             raise ValueError("choose a dataset")
         return status(True, svc.mark_no_dp_required(svc.who(request), int(ds), bool(confirm)))
+
+    @guarded(cmd)
+    def on_cli(ds, pr, st, lr_, bs, ml, use_dp, ep, dl, cl, nm):
+        return cli_command("finetune", finetune_params(ds, pr, st, lr_, bs, ml, use_dp, ep, dl, cl, nm))
+
+    cmd_btn.click(on_cli, [dataset, pair, steps, lr, batch, maxlen, dp, eps, delta, clip, name], cmd, api_name=False)
 
     outs = [dataset, pair, ledger_md, ledger_tbl]
     demo.load(load, [dataset, pair], outs, api_name=False)

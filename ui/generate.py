@@ -8,7 +8,7 @@ from typing import Any, Optional, Sequence
 
 import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 
-from ui.common import choices, first, guarded, md_escape, status, table
+from ui.common import choices, cli_command, first, guarded, md_escape, status, table
 from ui.service import Service, _num
 from ui.upload import pair_choices
 from workers.jobs import (  # constants only (no torch)
@@ -173,6 +173,9 @@ def build_generate_tab(svc: Service, demo):
                                        elem_id="gen-n-test")
                 start = gr.Button("Generate LLM adapter", variant="primary", elem_id="gen-start")
                 msg = gr.Markdown(elem_id="gen-status")
+                with gr.Accordion("The same from the command line", open=False):
+                    cmd_btn = gr.Button("Show the equivalent gtapp command", size="sm", elem_id="gen-cli")
+                    cmd = gr.Code(language="shell", interactive=False, elem_id="gen-cli-command")
             with gr.Column():
                 gr.Markdown("### Contributions")
                 contrib = gr.Dataframe(table([], CONTRIB_COLUMNS), interactive=False, elem_id="gen-contrib")
@@ -206,6 +209,10 @@ def build_generate_tab(svc: Service, demo):
     def on_start(p, a, w, m, ev, t, eds, org, meth, wt, mg, nm, nt, rf, request: gr.Request):
         return start_generate(svc, request, p, a, w, m, ev, t, eds, org, meth, wt, mg, nm, nt, rf)
 
+    @guarded(cmd)
+    def on_cli(p, a, w, m, ev, t, eds, org, meth, wt, mg, nm, nt, rf):
+        return cli_command("generate", generate_params(p, a, w, m, ev, t, eds, org, meth, wt, mg, nm, nt, rf))
+
     def on_contrib(a, w, request: gr.Request):
         return contributions(svc, svc.who(request), a, w)
 
@@ -222,4 +229,6 @@ def build_generate_tab(svc: Service, demo):
     start.click(on_start, [pair, adapters, weights, mapper, evaluate, task, eval_ds, organisation, method, weighting,
                            merged, name, n_test, refine], msg, api_name="start_generate")
     refresh.click(on_refresh, outputs=[dl, results], api_name=False)
+    cmd_btn.click(on_cli, [pair, adapters, weights, mapper, evaluate, task, eval_ds, organisation, method, weighting,
+                           merged, name, n_test, refine], cmd, api_name=False)
     return tab

@@ -120,6 +120,8 @@ EVENTS: dict[str, Ev] = {
     _F + "on_no_dp": Ev("tenant_write", "marks a dataset 'no DP required'", selects=(("ft-dataset", "dataset"),),
                         fill=(("ft-no-dp-confirm", True),)),
     _A + "on_mapper": Ev("admin_read", "a mapper version's learning curve (the shared catalogue's model card)"),
+    _F + "on_cli": Ev("none", "the form's values as a gtapp command line (no lookup)"),
+    _G + "on_cli": Ev("none", "the form's values as a gtapp command line (no lookup)"),
     _T + "load": Ev("tenant_read", "model pairs (shared); the organisation's own LLM and TinyLM adapters"),
     _T + "on_run": Ev("tenant_write", "a try job on the organisation's adapters",
                       selects=(("try-llm", "adapter"), ("try-tiny", "adapter")), fill=(("try-prompt", "hello"),)),

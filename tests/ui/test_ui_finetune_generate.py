@@ -96,3 +96,19 @@ def test_generate_without_a_promoted_mapper_is_refused_at_submit(svc, users, pai
     msg = run(pair_id, [aid], "", generate.PROMOTED, False, None, "")
     assert msg.startswith("✖") and "no promoted mapper yet" in msg, msg
     assert svc.client.list(alice) == []  # refused before anything was queued
+
+
+def test_forms_show_the_equivalent_gtapp_command():
+    import shlex
+
+    from gtapp.cli import build_parser
+    from gtapp.cli.jobs import _params
+    from ui.common import cli_command
+
+    ft = finetune.finetune_params(3, 1, 50, 0.01, 8, 128, True, 2.0, 0, 1.0, "mine")
+    gen = generate.generate_params(1, ["3"], "", generate.PROMOTED, True, "math/x", "", n_test=16, refine=True)
+    for kind, params in (("finetune", ft), ("generate", gen)):
+        argv = shlex.split(cli_command(kind, params))
+        assert argv[:4] == ["gtapp", "jobs", "submit", kind]
+        args = build_parser().parse_args(argv[1:])
+        assert args.wait and _params(args) == {k: v for k, v in params.items() if v is not None}
