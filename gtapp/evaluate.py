@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from gtapp.lora.peft_format import CONFIG_NAME, WEIGHTS_NAME
 from gtapp.data import IGNORE_INDEX, EncodedDataset, _pad_id, iter_batches, prompt_ids
+from gtapp.progress import ProgressFn, Tracker
 from gtapp.tasks.base import Example, Task
 
 
@@ -120,7 +121,8 @@ def greedy_decode(model: torch.nn.Module, tokenizer, prompts: Sequence[str], max
 
 
 def evaluate(model: torch.nn.Module, tokenizer, task: Task, split: str = "test", limit: Optional[int] = None,
-             batch_size: int = 32, max_length: int = 256, per_example: bool = False) -> dict:
+             batch_size: int = 32, max_length: int = 256, per_example: bool = False,
+             progress: Optional[ProgressFn] = None) -> dict:
     """The task's metric on ``split`` (first ``limit`` examples), plus answer NLL and wall time.
 
     Returns ``{"task", "split", "metric", "value", "answer_nll", "n", "n_tokens", "n_truncated",
@@ -138,13 +140,26 @@ def evaluate(model: torch.nn.Module, tokenizer, task: Task, split: str = "test",
     if not examples:
         raise ValueError(f"task '{task.name}' has no {split} examples")
     t0 = time.monotonic()
-    sums, counts, n_truncated = example_nlls(model, tokenizer, examples, batch_size=batch_size, max_length=max_length)
+    # batch by batch (the same batches as one call: the numbers do not change) to report progress;
+    # decoding costs several forward passes per batch, so it weighs more than the NLL pass
+    decode_weight = 4 if task.generative else 0
+    tracker = Tracker(progress, "evaluating", len(examples) * (1 + decode_weight))
+    sums, counts, n_truncated = [], [], 0
+    for start in range(0, len(examples), batch_size):
+        s_, c_, t_ = example_nlls(model, tokenizer, examples[start:start + batch_size], batch_size=batch_size,
+                                  max_length=max_length)
+        sums, counts, n_truncated = sums + s_, counts + c_, n_truncated + t_
+        tracker.update(len(sums))
     n_tokens = sum(counts)
     nll = sum(sums) / n_tokens if n_tokens else float("nan")
     scores: list = [None] * len(examples)
     if task.generative:
-        gens = greedy_decode(model, tokenizer, [e.prompt for e in examples], task.max_new_tokens,
-                             batch_size=batch_size, max_prompt_tokens=max(1, max_length - task.max_new_tokens))
+        gens = []
+        for start in range(0, len(examples), batch_size):
+            gens += greedy_decode(model, tokenizer, [e.prompt for e in examples[start:start + batch_size]],
+                                  task.max_new_tokens, batch_size=batch_size,
+                                  max_prompt_tokens=max(1, max_length - task.max_new_tokens))
+            tracker.update(len(examples) + decode_weight * len(gens))
         scores = [float(task.score([g], [e])) for g, e in zip(gens, examples)]
         value = sum(scores) / len(scores)
     else:
@@ -188,12 +203,13 @@ def load_with_adapter(model_path: str | Path, adapter_dir: str | Path | None = N
 
 def evaluate_paths(model_path: str | Path, task: Task, adapter_dir: str | Path | None = None,
                    split: str = "test", limit: Optional[int] = None, batch_size: int = 32,
-                   device: str | torch.device = "cpu", per_example: bool = False) -> dict:
+                   device: str | torch.device = "cpu", per_example: bool = False,
+                   progress: Optional[ProgressFn] = None) -> dict:
     """Load ``model_path`` (+ optional adapter) and :func:`evaluate` it on ``task``."""
     t0 = time.monotonic()
     model, tokenizer = load_with_adapter(model_path, adapter_dir, device=device)
     result = evaluate(model, tokenizer, task, split=split, limit=limit, batch_size=batch_size,
-                      per_example=per_example)
+                      per_example=per_example, progress=progress)
     result.update({"model": str(model_path), "adapter": str(adapter_dir) if adapter_dir is not None else None,
                    "total_wall_s": round(time.monotonic() - t0, 3)})
     return result

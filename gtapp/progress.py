@@ -34,6 +34,18 @@ def noop(_: Progress) -> None:
     return None
 
 
+def job_eta(fraction: float, elapsed_s: float, step_eta_s: Optional[float]) -> Optional[float]:
+    """Seconds left in a whole job, from its overall pace once it has one.
+
+    A step's own ETA, stretched over the rest of the job, swings with every change of stage
+    (a 9 s estimate from a quick first stage, minutes in the next); the whole job's elapsed time
+    over its fraction done does not, once a twentieth of the work is done. Before that the
+    step's estimate (or none) is all there is."""
+    if 0.05 <= fraction < 1.0 and elapsed_s > 0:
+        return elapsed_s * (1.0 - fraction) / fraction
+    return step_eta_s
+
+
 class Tracker:
     """Turns 'done k of n' into Progress with an ETA from the elapsed rate.
 

@@ -161,6 +161,12 @@ class ZooInfo:
     torch_version: str = torch.__version__
 
 
+def _n_params(config) -> int:
+    """Parameters of a model of ``config``, counted without allocating it (meta device)."""
+    with torch.device("meta"):
+        return sum(t.numel() for t in LlamaForCausalLM(config).parameters())
+
+
 def build(preset: str | ZooPreset = "ci", out: str | Path = "zoo", seed: int = 0,
           progress: Optional[ProgressFn] = None) -> Path:
     """Build the TinyLM/LLM pair of ``preset`` into ``out``; deterministic from ``seed``."""
@@ -174,17 +180,20 @@ def build(preset: str | ZooPreset = "ci", out: str | Path = "zoo", seed: int = 0
     tokenizer = train_tokenizer(texts, p.vocab_size)
     data = pack(texts, tokenizer, p.seq_len)
     info = ZooInfo(preset=p.name, seed=seed)
-    total = p.tiny_steps + p.llm_steps
+    configs = {which: llama_config(size, len(tokenizer), tokenizer, max_positions=max(512, p.seq_len))
+               for which, size in (("tiny", p.tiny), ("llm", p.llm))}
+    # progress in proportion to work: a step of the LLM costs its parameter count, not a tiny step's
+    work = {"tiny": p.tiny_steps * _n_params(configs["tiny"]), "llm": p.llm_steps * _n_params(configs["llm"])}
+    total = sum(work.values())
     recipes = {}
     done = 0
-    for which, size, steps in (("tiny", p.tiny, p.tiny_steps), ("llm", p.llm, p.llm_steps)):
+    for which, steps in (("tiny", p.tiny_steps), ("llm", p.llm_steps)):
         torch.manual_seed(seed * 1000 + (0 if which == "tiny" else 1))
-        config = llama_config(size, len(tokenizer), tokenizer, max_positions=max(512, p.seq_len))
-        model = LlamaForCausalLM(config)
+        model = LlamaForCausalLM(configs[which])
         tracker = Tracker(progress, f"pretrain {which}", steps,
-                          start=done / max(total, 1), end=(done + steps) / max(total, 1))
+                          start=done / max(total, 1), end=(done + work[which]) / max(total, 1))
         losses = pretrain(model, data, steps, p.batch_size, p.lr, seed, tracker)
-        done += steps
+        done += work[which]
         folder = out / which
         folder.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(folder, safe_serialization=True)

@@ -100,6 +100,9 @@ def job_detail(svc: Service, request, job_id: Any) -> tuple[str, str, Any]:
              f"{v.progress * 100:.0f}% · started by {md_escape(who_started)} · attempt {v.attempts}/{v.max_attempts}"]
     if v.status == "running" and v.eta_s is not None:
         lines.append(f"ETA {fmt_duration(v.eta_s)}")
+    place = svc.client.queue_place(v.id, who) if v.status == "queued" else None
+    if place:
+        lines.append(md_escape(place))
     if v.error:
         lines.append(f"\n**Error:** {md_escape(v.error)}")
         tb = svc.job_traceback(who, v.id)  # admins only; members see the plain message above
@@ -197,7 +200,9 @@ def build_jobs_tab(svc: Service, demo):
     def load(request: gr.Request):
         who = svc.who(request)
         kinds = ["all"] + sorted(k for k, spec in svc.job_kinds(who).items() if spec["allowed"])
-        return gr.Dropdown(choices=kinds, value="all")
+        # a job named in the page's URL (`?job=12`) is opened again; `tick` checks it is the caller's
+        jid = _num((request.query_params or {}).get("job"))
+        return gr.Dropdown(choices=kinds, value="all"), (int(jid) if jid and jid >= 1 else gr.skip())
 
     @guarded(detail, n_outputs=3)
     def on_show(jid, request: gr.Request):
@@ -211,8 +216,8 @@ def build_jobs_tab(svc: Service, demo):
     def on_retry(jid, request: gr.Request):
         return retry_job(svc, request, jid)
 
-    demo.load(load, outputs=kind, api_name=False)
-    demo.load(tick, [st, kind, job_id], [table_html, detail, logs, curve], api_name=False)
+    demo.load(load, outputs=[kind, job_id], api_name=False) \
+        .then(tick, [st, kind, job_id], [table_html, detail, logs, curve], api_name=False)
     timer.tick(tick, [st, kind, job_id], [table_html, detail, logs, curve], api_name=False, show_progress="hidden")
     live.change(lambda on: gr.Timer(active=bool(on)), live, timer, api_name=False)
     for c in (st, kind):

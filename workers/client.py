@@ -179,6 +179,28 @@ class JobClient:
         with self._session() as s:
             return JobView.of(self._visible(s, job_id, principal(s, user)))
 
+    def queue_place(self, job_id: int, user: UserRef) -> Optional[str]:
+        """Where a queued job stands, in words (None once it is not queued): its organisation's
+        jobs ahead of it (they run in order), how many other organisations' jobs are queued
+        (served fairly, workers.fairness: only a count, never whose), and what it waits for."""
+        from sqlalchemy import func
+
+        with self._session() as s:
+            job = self._visible(s, job_id, principal(s, user))
+            if job.status != "queued":
+                return None
+
+            def count(*where) -> int:
+                return int(s.scalar(select(func.count()).select_from(Job).where(*where)) or 0)
+
+            own = count(Job.status == "queued", Job.org_id == job.org_id, Job.id < job.id)
+            others = count(Job.status == "queued", Job.org_id != job.org_id)
+            running = count(Job.status == "running", Job.queue == job.queue)
+            queue = job.queue
+        ahead = "next of your organisation's jobs" if own == 0 else f"{own} of your organisation's jobs ahead of it"
+        return (f"queued: {ahead}; {others} other organisations' job(s) queued (workers serve organisations in "
+                f"turn); waiting for a free worker on the '{queue}' queue ({running} running there now)")
+
     def list(self, user: UserRef, status: Optional[str] = None, kind: Optional[str] = None,
              limit: int = 100, offset: int = 0) -> builtins.list[JobView]:
         with self._session() as s:

@@ -45,6 +45,7 @@ from sqlalchemy import select, update
 
 from storage import ledger
 from gtapp.files import atomic_write_text
+from gtapp.progress import job_eta
 from storage.artifacts import ArtifactStore, StagedStore, atomic_write_json
 from storage.db import session_scope
 from storage.models import Job, utcnow
@@ -55,6 +56,7 @@ from workers.redact import redact
 TRACEBACK_FILE = "traceback.txt"  # in the run folder: for admins (the Jobs tab), never a member
 CURVE_FILE = "curve.json"  # in the run folder: the live loss curve the Jobs tab plots
 CURVE_POINTS = 2000
+PROGRESS_FILE = "progress.json"  # in the run folder: the progress and ETA as reported, with the end time
 
 log = logging.getLogger("gtapp.jobs")
 
@@ -136,6 +138,8 @@ class JobContext:
         self._last_write = 0.0
         self._last_stage: Optional[str] = None
         self.last_fraction = 0.0
+        self._t0 = time.monotonic()
+        self._trace: list[list[float]] = []  # [elapsed s, fraction, ETA s or -1] as written (progress.json)
         self._lock = threading.Lock()
 
     # --- for job functions ------------------------------------------------------------------
@@ -180,11 +184,16 @@ class JobContext:
     def progress(self, fraction: float, stage: str, eta_s: Optional[float] = None, message: str = "") -> None:
         """Report progress; raises Cancelled when the job was asked to stop."""
         self.check_cancel()
-        fraction = min(max(float(fraction), 0.0), 1.0)
+        # monotone: a job's progress never goes back (a retried or re-planned step reports less)
+        fraction = max(min(max(float(fraction), 0.0), 1.0), self.last_fraction)
         self.last_fraction = fraction
         now = time.monotonic()
         if stage == self._last_stage and now - self._last_write < self.settings.progress_min_interval_s:
             return
+        eta_s = job_eta(fraction, now - self._t0, eta_s)
+        self._trace.append([round(now - self._t0, 3), round(fraction, 5), -1.0 if eta_s is None else round(eta_s, 2)])
+        if len(self._trace) > CURVE_POINTS:
+            del self._trace[1::2]
         if stage != self._last_stage:
             self.log(f"stage: {stage}")
         if message:
@@ -279,8 +288,18 @@ class JobContext:
             self.log(f"database unreachable ({_first_line(e)}); the job goes on and its state is written "
                      f"once the database is back")
 
+    def write_trace(self) -> None:
+        """The progress this attempt reported, and when it ended (``run_dir/progress.json``):
+        what a test of the ETA's honesty reads."""
+        try:
+            atomic_write_json(self.run_dir / PROGRESS_FILE, {"attempt": self.attempt, "samples": self._trace,
+                                                            "ended_s": round(time.monotonic() - self._t0, 3)})
+        except OSError:
+            pass  # never stops the job
+
     def close(self) -> None:
         self.write_curve()
+        self.write_trace()
         with self._lock:
             self._closed = True
             with contextlib.suppress(Exception):

@@ -153,6 +153,19 @@ def submit_children(ctx, kind: str, params_list: list[dict]) -> list[int]:
     return ids
 
 
+def stage_spans(weights: dict, start: float = 0.02, end: float = 0.97) -> dict:
+    """A job's progress range ``start..end`` split between its stages in proportion to the work
+    each does (a stage of weight 0 gets an empty span where it would start): {stage: (lo, hi)}.
+    With progress in proportion to work, the whole job's pace gives an honest ETA."""
+    total = sum(max(float(w), 0.0) for w in weights.values()) or 1.0
+    spans, lo = {}, start
+    for name, w in weights.items():
+        hi = lo + (end - start) * max(float(w), 0.0) / total
+        spans[name] = (lo, hi)
+        lo = hi
+    return spans
+
+
 def _scaled_progress(ctx, lo: float, hi: float):
     """A ProgressFn mapping a step's 0..1 onto lo..hi of the job."""
     def fn(p) -> None:

@@ -21,6 +21,7 @@ from workers.jobs.common import (
     _pair_folder,
     _resolve_device,
     _scaled_progress,
+    stage_spans,
 )
 from workers.jobs.evaluate import EVAL_METRICS
 from workers.jobs.registry import job
@@ -180,6 +181,14 @@ def generate(params: dict, ctx) -> dict:
     mapper = load_mapper(ctx.store.materialize(mapper_artifact, ctx.work_dir / "mapper"), device=device)
     tiny_dirs = [str(ctx.store.materialize(a["artifact"], ctx.work_dir / "tiny" / str(a["id"]))) for a in adapters]
     evaluating = params["evaluate_task"] is not None or params["dataset_id"] is not None
+    task = (_eval_task(ctx, params["evaluate_task"], params["seed"], params["n_test"], ds_examples, ds_name,
+                       params["metric"]) if evaluating else None)
+    uncached = [n for n in BASELINES if not _baseline_cache(ctx, pair, mapper, task, params, n).exists()] \
+        if evaluating else []
+    # the job's progress split by the work of each stage: mapping a quarter of one evaluation, a
+    # refinement one, each evaluation (ours, and each baseline not yet cached) one
+    spans = stage_spans({"map": 0.25, "refine": 1.0 if params["refine"] else 0.0,
+                         "evaluate": 1.0 if evaluating else 0.0, "baselines": float(len(uncached))})
     ctx.log(f"generate: {len(adapters)} TinyLM adapter(s) {[a['id'] for a in adapters]} with mapper v"
             f"{mapper_info['version']} ({mapper_info['kind']}, id {mapper_info['mapper_id']}) of pair '{pair['name']}'")
     out = ctx.work_dir / "llm_adapter"
@@ -187,7 +196,7 @@ def generate(params: dict, ctx) -> dict:
                           organisation=params["organisation"], method=params["method"],
                           weighting=params["weighting"], names=[f"{a['name']} (adapter {a['id']})" for a in adapters],
                           model_name=pair_model_name(pair["name"], "llm"),
-                          progress=_scaled_progress(ctx, 0.02, 0.6 if evaluating else 0.9))
+                          progress=_scaled_progress(ctx, *spans["map"]))
     ctx.check_cancel()
     for w in result.warnings:
         ctx.log("warning: " + w)
@@ -195,7 +204,7 @@ def generate(params: dict, ctx) -> dict:
     if result.merged_dir is not None:  # stored on its own: the adapter artifact stays a small peft folder
         merged = ctx.work_dir / "merged"
         shutil.move(str(result.merged_dir), merged)
-        ctx.progress(0.6 if evaluating else 0.9, "storing the merged LLM")
+        ctx.progress(spans["map"][1], "storing the merged LLM")
         merged_sha = ctx.store.put_tree(merged)
     record = _jsonable(result.record)
     rows = record.get("contributors") or []
@@ -213,8 +222,8 @@ def generate(params: dict, ctx) -> dict:
     ood = [o.get("score") if isinstance(o, dict) else None for o in (record.get("ood") or [])]
     refine_rec = None
     if params["refine"]:
-        out, refine_rec = _refine(ctx, zoo_dir, tiny_dirs[0], out, pair_set_artifact, params, device)
-    ctx.progress(0.6 if evaluating else 0.9, "storing the LLM adapter")
+        out, refine_rec = _refine(ctx, zoo_dir, tiny_dirs[0], out, pair_set_artifact, params, device, spans["refine"])
+    ctx.progress(spans["refine"][1], "storing the LLM adapter")
     redact_json_files(out)  # generate.json names the work folders: the organisation downloads this
     sha = ctx.store.put_tree(out)
 
@@ -222,17 +231,18 @@ def generate(params: dict, ctx) -> dict:
     if evaluating:
         from gtapp import evaluate as ev
 
-        task = _eval_task(ctx, params["evaluate_task"], params["seed"], params["n_test"], ds_examples, ds_name,
-                          params["metric"])
-        ctx.progress(0.65, f"evaluating on {task.name}")
+        ctx.progress(spans["evaluate"][0], f"evaluating on {task.name}")
         evaluation = _jsonable(ev.evaluate_paths(pair["llm_path"], task, adapter_dir=out, split="test",
                                                  limit=params["limit"], batch_size=32, device=device,
-                                                 per_example=True))
+                                                 per_example=True,
+                                                 progress=_scaled_progress(ctx, *spans["evaluate"])))
         ctx.check_cancel()
         evaluation.pop("adapter", None)  # this attempt's scratch folder: gone once the job ends
         evaluation["task"] = task.name
-        ctx.progress(0.8, "scoring the base LLM and the provider's mean baseline on the same examples")
-        evaluation.update(_against_baselines(ctx, pair, mapper, task, params, device, evaluation))
+        ctx.progress(spans["baselines"][0], "scoring the base LLM and the provider's mean baseline on the same "
+                                            "examples")
+        evaluation.update(_against_baselines(ctx, pair, mapper, task, params, device, evaluation,
+                                             spans["baselines"], uncached))
         evaluation.pop("examples", None)  # the per-example numbers served the intervals; rows stay small
         ctx.log(f"generated adapter on {task.name}: {evaluation['metric']} = {evaluation['value']:.4f} "
                 f"(n={evaluation['n']}); " + "; ".join(_gain_text(evaluation["gains"])))
@@ -276,19 +286,20 @@ def generate(params: dict, ctx) -> dict:
     return outputs
 
 
-def _refine(ctx, zoo_dir, tiny_dir: str, mapped, pair_set_artifact: str, params: dict, device: str):
+def _refine(ctx, zoo_dir, tiny_dir: str, mapped, pair_set_artifact: str, params: dict, device: str,
+            span: tuple[float, float]):
     """Refine the mapped adapter towards the proxy-tuned distribution on the provider's text
     (the mapper's pair set's shadow tasks; gtapp.refine). Returns (adapter folder, record)."""
     from gtapp.models import ModelPair
     from gtapp.pairset import PairSet
     from gtapp.refine import RefineConfig, provider_text, refine
 
-    ctx.progress(0.5, "refining towards the proxy-tuned distribution (provider text only)")
+    ctx.progress(span[0], "refining towards the proxy-tuned distribution (provider text only)")
     pairs = PairSet.load(ctx.store.materialize(pair_set_artifact, ctx.work_dir / "pairset"), verify=False)
     text = provider_text(pairs.manifest, limit=1024, seed=params["seed"])
     out = ctx.work_dir / "refined"
     rec = refine(ModelPair.from_dir(zoo_dir), tiny_dir, text, out, RefineConfig(seed=params["seed"]),
-                 start_adapter=mapped, progress=_scaled_progress(ctx, 0.5, 0.6), device=device)
+                 start_adapter=mapped, progress=_scaled_progress(ctx, *span), device=device)
     record = {k: rec[k] for k in ("lr", "steps", "text", "privacy", "wall_s", "final_loss", "teacher")}
     (out / "refine.json").write_text(json.dumps(record, indent=2, default=str))
     ctx.log(f"refined: {rec['steps']} steps at lr {rec['lr']:g} on {sum(rec['text'].values())} provider sequences "
@@ -296,24 +307,36 @@ def _refine(ctx, zoo_dir, tiny_dir: str, mapped, pair_set_artifact: str, params:
     return out, record
 
 
-def _against_baselines(ctx, pair: dict, mapper, task, params: dict, device: str, ours: dict) -> dict:
-    """The base LLM and the provider-only mean baseline (the mapper's mean shadow update) on the
-    very examples ours was scored on (cached per pair, mapper and test set), and our gain over
-    each with a paired bootstrap 95 % interval (gtapp.bench.stats.paired_gain)."""
+BASELINES = ("base_llm", "mean_shadow")  # what each evaluation is compared with, on the same examples
+
+
+def _baseline_cache(ctx, pair: dict, mapper, task, params: dict, name: str):
+    """Where a baseline's evaluation on this test set is cached (per pair, mapper version for
+    the mean baseline, examples and metric)."""
     import hashlib
 
-    from gtapp import evaluate as ev
-    from gtapp.bench.stats import paired_gain
     from gtapp.data import data_fingerprint
 
     examples = list(task.test)[: params["limit"]] if params["limit"] else list(task.test)
-    key_of = {"base_llm": [pair["fingerprint"], "base"],
-              "mean_shadow": [pair["fingerprint"], (mapper.card or {}).get("version"), "mean"]}
-    cache = ctx.settings.data_dir / "cache" / "baseline_evaluations"
+    key = {"base_llm": [pair["fingerprint"], "base"],
+           "mean_shadow": [pair["fingerprint"], (mapper.card or {}).get("version"), "mean"]}[name]
+    digest = hashlib.sha256(json.dumps(key + [data_fingerprint(examples), task.metric]).encode()).hexdigest()
+    return ctx.settings.data_dir / "cache" / "baseline_evaluations" / f"{digest}.json"
+
+
+def _against_baselines(ctx, pair: dict, mapper, task, params: dict, device: str, ours: dict,
+                       span: tuple[float, float], uncached: list) -> dict:
+    """The base LLM and the provider-only mean baseline (the mapper's mean shadow update) on the
+    very examples ours was scored on (cached, ``_baseline_cache``), and our gain over each with
+    a paired bootstrap 95 % interval (gtapp.bench.stats.paired_gain). ``span`` is the job's
+    progress range for the ``uncached`` ones, split evenly."""
+    from gtapp import evaluate as ev
+    from gtapp.bench.stats import paired_gain
+
     out = {"baselines": {}, "gains": {}}
-    for name, key in key_of.items():
-        digest = hashlib.sha256(json.dumps(key + [data_fingerprint(examples), task.metric]).encode()).hexdigest()
-        path = cache / f"{digest}.json"
+    width = (span[1] - span[0]) / max(len(uncached), 1)
+    for name in BASELINES:
+        path = _baseline_cache(ctx, pair, mapper, task, params, name)
         try:
             result = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -321,12 +344,13 @@ def _against_baselines(ctx, pair: dict, mapper, task, params: dict, device: str,
             if name == "mean_shadow":
                 adapter = ctx.work_dir / "mean_baseline"
                 mapper.mean_update().write_peft(mapper.recipes.llm, adapter)
+            lo = span[0] + width * (uncached.index(name) if name in uncached else 0)
             result = _jsonable(ev.evaluate_paths(pair["llm_path"], task, adapter_dir=adapter, split="test",
                                                  limit=params["limit"], batch_size=32, device=device,
-                                                 per_example=True))
+                                                 per_example=True, progress=_scaled_progress(ctx, lo, lo + width)))
             result.pop("adapter", None)
             result.pop("model", None)
-            cache.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(path, result)
         ctx.check_cancel()
         out["baselines"][name] = {k: result.get(k) for k in ("metric", "value", "answer_nll", "n")}
