@@ -10,6 +10,7 @@ resolves the user from the session server-side.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Optional
 
@@ -42,6 +43,42 @@ CSS = """
 """
 
 
+# The tabs, by the ids their builders give them, and the labels on their buttons: the page
+# keeps the open tab (and the Jobs tab's open job) in its URL, so a reload or a shared link
+# returns there (`?tab=jobs&job=12`).
+TABS = {"upload": "Upload", "finetune": "Fine-tune", "generate": "Generate", "collaborations": "Collaborations",
+        "try": "Try it", "jobs": "Jobs", "compare": "Compare", "admin": "Admin", "account": "Account"}
+
+# Run once when the page starts: mirror the open tab and the job shown into the URL
+# (history.replaceState: no navigation, nothing sent anywhere). Restoring them is the server's
+# job (`url_tab`, and the Jobs tab's load), from the query the page sends with every event.
+URL_STATE_JS = """() => {
+  const ids = %s;
+  const remember = (key, value) => {
+    const u = new URL(window.location.href);
+    if (value) { u.searchParams.set(key, value); } else { u.searchParams.delete(key); }
+    window.history.replaceState(window.history.state, "", u);
+  };
+  document.addEventListener("click", (e) => {
+    const t = e.target.closest && e.target.closest("#tabs button[role=tab]");
+    if (t && ids[t.innerText.trim()]) { remember("tab", ids[t.innerText.trim()]); }
+    if (e.target.closest && e.target.closest("#job-show")) {
+      const box = document.querySelector("#job-id input");
+      const n = box ? parseInt(box.value, 10) : NaN;
+      remember("job", n > 0 ? String(n) : "");
+    }
+  }, true);
+}""" % json.dumps({label: tab_id for tab_id, label in TABS.items()})
+
+
+def url_tab(query, is_admin: bool) -> Optional[str]:
+    """The tab a page's URL asks for, if it names one this user may open."""
+    tab = (query or {}).get("tab")
+    if tab not in TABS or (tab == "admin" and not is_admin):
+        return None
+    return tab
+
+
 def build_blocks(svc: Service):
     from ui.admin import build_admin_tab
     from ui.auth import build_account_tab
@@ -60,7 +97,7 @@ def build_blocks(svc: Service):
         with gr.Row(elem_classes="gt-header"):
             gr.Markdown("## gtapp — TinyLM update → Gradient Transformer → LLM adapter")
             who = gr.Markdown(elem_id="whoami")
-        with gr.Tabs(elem_id="tabs"):
+        with gr.Tabs(elem_id="tabs") as tabs:
             build_upload_tab(svc, demo)
             build_finetune_tab(svc, demo)
             build_generate_tab(svc, demo)
@@ -76,7 +113,12 @@ def build_blocks(svc: Service):
             a = svc.account(p)
             return f"**{md_escape(a['username'])}** · {md_escape(a['org'])} · {a['role']} · [sign out](logout)"
 
+        def open_tab(request: gr.Request):
+            tab = url_tab(request.query_params, svc.who(request).is_admin)
+            return gr.Tabs(selected=tab) if tab else gr.skip()
+
         demo.load(header, outputs=who, api_name=False)
+        demo.load(open_tab, outputs=tabs, api_name=False)
     return demo
 
 
@@ -111,7 +153,7 @@ def create_app(settings: Optional[Settings] = None, bootstrap: bool = True):
     app = gr.mount_gradio_app(app, demo, path="/", auth_dependency=sessions.dependency, css=CSS,
                               max_file_size=f"{settings.max_upload_mb}mb", show_error=True, ssr_mode=False,
                               run_history=False,  # no copies of private results in browser storage
-                              footer_links=["api", "settings"],
+                              footer_links=["api", "settings"], js=URL_STATE_JS,
                               theme=gr.themes.Soft(primary_hue="orange"))
     app.add_middleware(Gate, sessions=sessions, uploads=svc.uploads, allowed_origins=tuple(settings.allowed_origins))
     app.state.gtapp_service = svc

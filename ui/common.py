@@ -119,3 +119,30 @@ def cli_command(kind: str, params: dict) -> str:
 
     clean = {k: v for k, v in params.items() if v is not None}
     return f"gtapp jobs submit {kind} --params-json {shlex.quote(json.dumps(clean, sort_keys=True))} --wait"
+
+
+def clear_message() -> str:
+    """An empty status line: a message about the last action no longer describes what is on
+    screen once the user picks a new file or comes back to the tab."""
+    return ""
+
+
+def saved_form(keys: Sequence[str], values: Sequence[Any]) -> tuple[dict, str]:
+    """A form's settings as the page keeps them in its browser (gr.BrowserState), and a status.
+    Only settings, never the objects they were used on (datasets, adapters): those belong to
+    an organisation, the browser may be shared."""
+    saved = dict(zip(keys, values))
+    shown = ", ".join(f"{k}={fmt(v)}" for k, v in saved.items() if v not in (None, ""))
+    return saved, status(True, f"settings saved in this browser: {shown}")
+
+
+def restored_form(keys: Sequence[str], saved: Any) -> tuple:
+    """The saved settings back into the form's fields (``gr.skip()`` for one never saved), and
+    a status."""
+    import gradio as gr
+
+    if not isinstance(saved, dict) or not any(k in saved for k in keys):
+        raise ValueError("no saved settings in this browser yet: fill the form, then 'Save these settings'")
+    return (*[saved[k] if k in saved else gr.skip() for k in keys],
+            status(True, "saved settings loaded: " + ", ".join(f"{k}={fmt(saved[k])}" for k in keys
+                                                               if k in saved and saved[k] not in (None, ""))))

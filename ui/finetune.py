@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 
-from ui.common import choices, cli_command, first, fmt, guarded, md_escape, status, table
+from ui.common import choices, clear_message, cli_command, restored_form, saved_form, first, fmt, guarded, md_escape, status, table
 from ui.service import Service, _num
 from ui.upload import pair_choices
 
@@ -99,6 +99,10 @@ def start_finetune(svc: Service, request, *values) -> str:
     return status(True, f"fine-tune job {job_id} queued ({params['steps']} steps, {what}); follow it in the Jobs tab")
 
 
+# what "Save these settings" keeps (in this order: the form's fields)
+FORM_KEYS = ("steps", "lr", "batch_size", "max_length", "dp", "epsilon", "delta", "clip_norm")
+
+
 def build_finetune_tab(svc: Service, demo):
     with gr.Tab("Fine-tune", id="finetune") as tab:
         gr.Markdown("Fine-tune the **TinyLM** of a model pair on one of your datasets with LoRA (the pair's recipe: "
@@ -121,6 +125,10 @@ def build_finetune_tab(svc: Service, demo):
                     eps = gr.Number(label="Target ε", value=1.0, elem_id="ft-epsilon")
                     delta = gr.Number(label="δ (0: the dataset's)", value=None, elem_id="ft-delta")
                     clip = gr.Number(label="Clipping norm", value=1.0, elem_id="ft-clip")
+                with gr.Row():
+                    save_btn = gr.Button("Save these settings", size="sm", elem_id="ft-save")
+                    restore_btn = gr.Button("Load saved settings", size="sm", elem_id="ft-restore")
+                saved = gr.BrowserState(None, storage_key="gtapp-finetune-settings")
                 start = gr.Button("Start fine-tune", variant="primary", elem_id="ft-start")
                 msg = gr.Markdown(elem_id="ft-status")
                 with gr.Accordion("The same from the command line", open=False):
@@ -173,9 +181,23 @@ def build_finetune_tab(svc: Service, demo):
 
     cmd_btn.click(on_cli, [dataset, pair, steps, lr, batch, maxlen, dp, eps, delta, clip, name], cmd, api_name=False)
 
+    form = [steps, lr, batch, maxlen, dp, eps, delta, clip]
+
+    @guarded(msg, n_outputs=2, status_index=1)
+    def on_save(*values):
+        return saved_form(FORM_KEYS, values)
+
+    @guarded(msg, n_outputs=len(FORM_KEYS) + 1, status_index=len(FORM_KEYS))
+    def on_restore(stored):
+        return restored_form(FORM_KEYS, stored)
+
+    save_btn.click(on_save, form, [saved, msg], api_name=False)
+    restore_btn.click(on_restore, saved, [*form, msg], api_name=False)
+
     outs = [dataset, pair, ledger_md, ledger_tbl]
     demo.load(load, [dataset, pair], outs, api_name=False)
     tab.select(load, [dataset, pair], outs, api_name=False)
+    tab.select(clear_message, outputs=[msg], api_name=False)
     dataset.change(on_dataset, dataset, [ledger_md, ledger_tbl], api_name=False)
     start.click(on_start, [dataset, pair, steps, lr, batch, maxlen, dp, eps, delta, clip, name], msg,
                 api_name="start_finetune").then(on_dataset, dataset, [ledger_md, ledger_tbl], api_name=False)

@@ -8,7 +8,7 @@ from typing import Any, Optional, Sequence
 
 import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 
-from ui.common import choices, cli_command, first, guarded, md_escape, status, table
+from ui.common import choices, clear_message, cli_command, restored_form, saved_form, first, guarded, md_escape, status, table
 from ui.service import Service, _num
 from ui.upload import pair_choices
 from workers.jobs import (  # constants only (no torch)
@@ -135,6 +135,10 @@ def results_markdown(results: list[dict]) -> str:
     return "\n\n".join(blocks)
 
 
+# what "Save these settings" keeps (in this order: the form's fields)
+FORM_KEYS = ("organisation", "method", "weighting", "merged", "refine", "evaluate", "n_test")
+
+
 def build_generate_tab(svc: Service, demo):
     from ui.finetune import dataset_choices
 
@@ -171,6 +175,10 @@ def build_generate_tab(svc: Service, demo):
                     eval_ds = gr.Dropdown(label="or on one of your datasets", choices=[], elem_id="gen-eval-ds")
                     n_test = gr.Number(label="test examples (generated task)", value=128, precision=0,
                                        elem_id="gen-n-test")
+                with gr.Row():
+                    save_btn = gr.Button("Save these settings", size="sm", elem_id="gen-save")
+                    restore_btn = gr.Button("Load saved settings", size="sm", elem_id="gen-restore")
+                saved = gr.BrowserState(None, storage_key="gtapp-generate-settings")
                 start = gr.Button("Generate LLM adapter", variant="primary", elem_id="gen-start")
                 msg = gr.Markdown(elem_id="gen-status")
                 with gr.Accordion("The same from the command line", open=False):
@@ -213,6 +221,19 @@ def build_generate_tab(svc: Service, demo):
     def on_cli(p, a, w, m, ev, t, eds, org, meth, wt, mg, nm, nt, rf):
         return cli_command("generate", generate_params(p, a, w, m, ev, t, eds, org, meth, wt, mg, nm, nt, rf))
 
+    form = [organisation, method, weighting, merged, refine, evaluate, n_test]
+
+    @guarded(msg, n_outputs=2, status_index=1)
+    def on_save(*values):
+        return saved_form(FORM_KEYS, values)
+
+    @guarded(msg, n_outputs=len(FORM_KEYS) + 1, status_index=len(FORM_KEYS))
+    def on_restore(stored):
+        return restored_form(FORM_KEYS, stored)
+
+    save_btn.click(on_save, form, [saved, msg], api_name=False)
+    restore_btn.click(on_restore, saved, [*form, msg], api_name=False)
+
     def on_contrib(a, w, request: gr.Request):
         return contributions(svc, svc.who(request), a, w)
 
@@ -223,6 +244,7 @@ def build_generate_tab(svc: Service, demo):
     outs = [pair, adapters, mapper, task, eval_ds, dl, results]
     demo.load(load, pair, outs, api_name=False)
     tab.select(load, pair, outs, api_name=False)
+    tab.select(clear_message, outputs=msg, api_name=False)
     pair.input(pair_changed, pair, [adapters, mapper], api_name=False)
     adapters.change(on_contrib, [adapters, weights], contrib, api_name=False)
     weights.change(on_contrib, [adapters, weights], contrib, api_name=False)

@@ -9,12 +9,17 @@ from typing import Any, Optional
 import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 
 from ui import charts
-from ui.common import choices, first, fmt, guarded, md_escape, status, table
+from ui.common import clear_message, choices, first, fmt, guarded, md_escape, status, table
 from ui.service import KNOWN_FORMATS, USER_FORMAT, USER_METRICS, Service
 
 DATASET_COLUMNS = [("id", "id"), ("name", "name"), ("org", "organisation"), ("examples", "examples"),
                    ("format", "format"), ("metric", "metric"), ("budget", "ε budget"), ("spent", "ε spent"),
                    ("created", "uploaded")]
+# After a dataset is stored, its form goes back to what a next file most likely needs (a
+# stale "gsm8k" would refuse the next prompt/answer file), and the message says so.
+# The privacy budget and δ stay: clearing them would leave the next dataset unprotected.
+FORM_RESET = (f"The form was reset for the next file: format '{USER_FORMAT}', metric 'exact_match', name empty "
+              "(the privacy budget and δ are kept).")
 PREVIEW_COLUMNS = [("prompt", "prompt"), ("answer", "answer"), ("references", "references")]
 ADAPTER_COLUMNS = [("id", "id"), ("name", "name"), ("org", "organisation"), ("model", "model"),
                    ("origin", "origin"), ("pair_id", "pair"), ("epsilon", "ε (DP)"), ("created", "created")]
@@ -94,7 +99,7 @@ def upload_dataset(svc: Service, file: Any, fmt_name: str, metric: str, name: st
     budget_txt = f"privacy budget ε={res['budget']:g} at δ={res['delta']:g}" if res["budget"] else "no privacy budget"
     skipped = f"; {res['skipped']} records skipped" if res.get("skipped") else ""
     return (status(True, f"dataset '{res['name']}' stored (id {res['id']}): {res['examples']} examples, "
-                         f"format {res['format']}, metric {res['metric']}, {budget_txt}{skipped}"),
+                         f"format {res['format']}, metric {res['metric']}, {budget_txt}{skipped}. {FORM_RESET}"),
             table(res["preview"], PREVIEW_COLUMNS))
 
 
@@ -169,8 +174,11 @@ def build_upload_tab(svc: Service, demo):
                     d_delta = gr.Number(label="δ", value=1e-5, elem_id="dataset-delta")
                 d_btn = gr.Button("Validate and store dataset", variant="primary", elem_id="dataset-upload")
                 d_status = gr.Markdown(elem_id="dataset-status")
-                d_preview = gr.Dataframe(table([], PREVIEW_COLUMNS), label="Preview (first rows)", interactive=False, wrap=True,
-                                         elem_id="dataset-preview")
+                # fixed column widths and cut cells: a long prompt must not stretch its column (and
+                # the header row with it) until the answer is off-screen
+                d_preview = gr.Dataframe(table([], PREVIEW_COLUMNS), label="Preview (first rows)", interactive=False,
+                                         wrap=True, column_widths=["55%", "25%", "20%"], max_chars=240,
+                                         max_height=420, elem_id="dataset-preview")
         gr.Markdown("### Your uploads")
         refresh = gr.Button("Refresh", size="sm")
         ds_table = gr.Dataframe(table([], DATASET_COLUMNS), label="Datasets", interactive=False, elem_id="my-datasets")
@@ -192,12 +200,16 @@ def build_upload_tab(svc: Service, demo):
     def on_adapter(files, pair_id, name, request: gr.Request):
         return upload_adapter(svc, files, pair_id, name, request)
 
-    @guarded(d_status, n_outputs=2, on_error=lambda: (None, table([], PREVIEW_COLUMNS)))
+    # a stored file resets the form (FORM_RESET); a refused one keeps its settings, to be corrected
+    @guarded(d_status, n_outputs=5,
+             on_error=lambda: (None, table([], PREVIEW_COLUMNS), gr.skip(), gr.skip(), gr.skip()))
     def on_dataset(file, fmt_name, metric, name, budget, delta, request: gr.Request):
-        return upload_dataset(svc, file, fmt_name, metric, name, budget, delta, request)
+        return (*upload_dataset(svc, file, fmt_name, metric, name, budget, delta, request),
+                USER_FORMAT, "exact_match", "")
 
     def clear_files():
         return None
+
 
     def uploads(request: gr.Request):
         return my_uploads(svc, request)
@@ -213,7 +225,10 @@ def build_upload_tab(svc: Service, demo):
     a_btn.click(on_adapter, [a_files, a_pair, a_name], [a_status, a_summary, a_plot, a_modules],
                 api_name="upload_adapter").then(clear_files, outputs=a_files, api_name=False) \
         .then(uploads, outputs=[ds_table, ad_table], api_name=False)
-    d_btn.click(on_dataset, [d_file, d_fmt, d_metric, d_name, d_budget, d_delta], [d_status, d_preview],
+    d_btn.click(on_dataset, [d_file, d_fmt, d_metric, d_name, d_budget, d_delta],
+                [d_status, d_preview, d_fmt, d_metric, d_name],
                 api_name="upload_dataset").then(clear_files, outputs=d_file, api_name=False) \
         .then(uploads, outputs=[ds_table, ad_table], api_name=False)
+    a_files.upload(clear_message, outputs=a_status, api_name=False)
+    d_file.upload(clear_message, outputs=d_status, api_name=False)
     return tab

@@ -104,6 +104,8 @@ _PICK = (("col-pick", "collaboration"),)
 # handler is probed with its own inputs; the classification is per handler.
 EVENTS: dict[str, Ev] = {
     "ui.app:build_blocks.<locals>.header": Ev("own", "the signed-in user's name, organisation and role"),
+    "ui.app:build_blocks.<locals>.open_tab": Ev("none", "selects the tab the page's URL names (admin only for admins)"),
+    "ui.common:clear_message": Ev("none", "empties a status line"),
     "ui.auth:build_account_tab.<locals>.show_me": Ev("own", "the signed-in user's account"),
     "ui.auth:build_account_tab.<locals>.change_pw": Ev("own", "changes the caller's own password"),
     _U + "load": Ev("tenant_read", "pairs; the organisation's datasets and adapters"),
@@ -121,6 +123,10 @@ EVENTS: dict[str, Ev] = {
                         fill=(("ft-no-dp-confirm", True),)),
     _A + "on_mapper": Ev("admin_read", "a mapper version's learning curve (the shared catalogue's model card)"),
     _F + "on_cli": Ev("none", "the form's values as a gtapp command line (no lookup)"),
+    _F + "on_save": Ev("none", "the form's settings into the browser's own storage (no lookup)"),
+    _F + "on_restore": Ev("none", "settings from the browser's own storage back into the form (no lookup)"),
+    _G + "on_save": Ev("none", "the form's settings into the browser's own storage (no lookup)"),
+    _G + "on_restore": Ev("none", "settings from the browser's own storage back into the form (no lookup)"),
     _G + "on_cli": Ev("none", "the form's values as a gtapp command line (no lookup)"),
     _T + "load": Ev("tenant_read", "model pairs (shared); the organisation's own LLM and TinyLM adapters"),
     _T + "on_run": Ev("tenant_write", "a try job on the organisation's adapters",
@@ -191,7 +197,8 @@ MAX_PUBLIC_ROUTES = 5
 # having the file), and the handlers delete them once read. State: held server-side per session
 # (see test_a_borrowed_session_hash_reads_no_state).
 PROBED_INPUTS = {"Number", "Textbox", "Dropdown", "CheckboxGroup"}
-UNPROBED_INPUTS = {"Checkbox", "File", "State"}
+# BrowserState: a form's saved settings, kept in the user's own browser (no object of anyone's)
+UNPROBED_INPUTS = {"Checkbox", "File", "State", "BrowserState"}
 
 
 def handler_key(bf) -> str:
