@@ -97,6 +97,8 @@ class Settings(BaseSettings):
                                                       "recipe.json) admins can register; default <data_dir>/zoo")
     register_zoo_on_start: bool = Field(True, description="the dashboard registers every zoo folder under "
                                                           "zoo_dir that is not registered yet when it starts")
+    publish_bench_results: bool = Field(True, description="the dashboard offers the benchmark results committed "
+                                        "under bench/results in every user's Compare tab")
 
     @model_validator(mode="after")
     def _derived(self) -> "Settings":

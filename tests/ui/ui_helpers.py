@@ -9,7 +9,8 @@ from types import SimpleNamespace
 from storage.settings import Settings
 
 FAST = dict(heartbeat_interval_s=0.5, heartbeat_stale_s=3.0, reaper_interval_s=0.5, progress_min_interval_s=0.2,
-            embedded_poll_s=0.2, first_admin_password="admin-password", register_zoo_on_start=False)
+            embedded_poll_s=0.2, first_admin_password="admin-password", register_zoo_on_start=False,
+            publish_bench_results=False)
 
 
 def make_settings(root: Path, **kw) -> Settings:

@@ -50,8 +50,9 @@ class Service(Accounts, Pairs, Datasets, Adapters, Results, Jobs, Collaborations
 
     def bootstrap(self) -> list[str]:
         """First admin, zoo pairs found under ``zoo_dir``, benchmark results kept by an older
-        version in a JSON index; returns what it did."""
+        version in a JSON index, the results committed under bench/results; returns what it did."""
         done = self.ensure_first_admin()
         done += self.register_new_zoo_pairs()
         done += self.import_legacy_benchmarks()
+        done += self.register_published_benchmarks()
         return done

@@ -17,6 +17,12 @@ from ui.service.base import ServiceBase, UploadError, _num, clean_name, safe_fil
 
 log = logging.getLogger("gtapp.dashboard")
 
+# The benchmark results committed with gtapp (what issue notes quote): offered in every user's
+# Compare tab from the first start. Files there that hold no protocol rows (throughput, mapper
+# speed, learning curves) are not results tables and are left out.
+PUBLISHED_RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
+PUBLISHED_PREFIX = "published: "
+
 RESULT_FIELDS = ("protocol", "task", "method", "mapper", "dp_epsilon", "clients", "seed", "metric", "value",
                  "gap_recovery", "wall_s", "peak_mem_mb")
 
@@ -74,6 +80,30 @@ class Results(ServiceBase):
             entry = {"id": b.id, "name": b.name, "sha": sha, "rows": len(rows), "skipped": skipped,
                      "uploaded_by": who.username, "key": f"bench:{b.id}"}
         return entry
+
+    def register_published_benchmarks(self, folder: Path = PUBLISHED_RESULTS) -> list[str]:
+        """The results tables in ``folder`` (bench/results/*.json) as stored benchmarks, once each
+        (by content: a file changed since gets a new entry)."""
+        if not self.settings.publish_bench_results or not folder.is_dir():
+            return []
+        done = []
+        with self.session() as s:
+            known = set(s.scalars(select(BenchmarkRecord.artifact)))
+        for path in sorted(folder.glob("*.json")):
+            data = path.read_bytes()
+            try:
+                rows, skipped = parse_results(data, path.name)
+            except UploadError:
+                continue  # not a results table
+            sha = self.store.put_bytes(data)
+            if sha in known:
+                continue
+            with self.session() as s:
+                s.add(BenchmarkRecord(name=f"{PUBLISHED_PREFIX}{path.stem}"[:200], artifact=sha, n_rows=len(rows),
+                                      skipped=skipped))
+            known.add(sha)
+            done.append(f"published benchmark results {path.name}: {len(rows)} rows")
+        return done
 
     def import_legacy_benchmarks(self) -> list[str]:
         """Results kept by an older version in ``<data>/dashboard/benchmarks.json``: into the
