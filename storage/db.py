@@ -29,6 +29,8 @@ _PG_MIGRATE_LOCK = 724_518_001  # arbitrary advisory lock key
 _lock = threading.Lock()
 _engines: dict[tuple[int, str], Engine] = {}
 _makers: dict[tuple[int, str], sessionmaker] = {}
+_read_makers: dict[tuple[int, str], sessionmaker] = {}
+READ_ONLY = "gtapp_read_only"  # an execution option: this connection's transactions only read
 _migrated: set[str] = set()
 
 
@@ -50,13 +52,16 @@ def _new_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite's own transaction handling defers BEGIN; emit it ourselves so a
         # read-then-write transaction takes the write lock up front (no upgrade deadlocks).
+        # A read-only session (read_scope) begins deferred: in WAL mode it then never waits for
+        # a writer, nor makes one wait (under load the dashboard's reads queued behind every
+        # progress write for the write lock they never needed).
         @event.listens_for(engine, "connect")
         def _no_pysqlite_txn(dbapi_conn, _record):
             dbapi_conn.isolation_level = None
 
         @event.listens_for(engine, "begin")
-        def _begin_immediate(conn):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        def _begin(conn):
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
         return engine
     # pool_pre_ping: a pooled connection that died with a server restart is replaced on checkout
     # instead of failing the next statement. connect_timeout (seconds): an unreachable server
@@ -76,6 +81,7 @@ def get_engine(url: Optional[str] = None, settings: Optional[Settings] = None) -
         if engine is None:
             engine = _engines[key] = _new_engine(url)
             _makers[key] = sessionmaker(engine, expire_on_commit=False)
+            _read_makers[key] = sessionmaker(engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
     if settings.auto_migrate and url not in _migrated:
         upgrade(url)
     return engine
@@ -102,6 +108,21 @@ def session_scope(url: Optional[str] = None, settings: Optional[Settings] = None
         session.close()
 
 
+@contextlib.contextmanager
+def read_scope(url: Optional[str] = None, settings: Optional[Settings] = None) -> Iterator[Session]:
+    """A session for reads only (on SQLite its transaction begins deferred, see _new_engine);
+    it is rolled back at the end, so nothing written in it would stay."""
+    settings = settings or get_settings()
+    url = url or settings.db_url
+    get_engine(url, settings)
+    session = _read_makers[(os.getpid(), url)]()
+    try:
+        yield session
+    finally:
+        session.rollback()
+        session.close()
+
+
 def dispose_all() -> None:
     """Drop every pooled connection of this process (after fork, or at the end of tests)."""
     with _lock:
@@ -112,6 +133,7 @@ def dispose_all() -> None:
                 engine.dispose(close=False)  # inherited from the parent: never close its sockets
             _engines.pop((pid, url), None)
             _makers.pop((pid, url), None)
+            _read_makers.pop((pid, url), None)
 
 
 def alembic_config(url: str):

@@ -11,6 +11,7 @@ Defaults give a working single machine with nothing else running: SQLite under
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional
@@ -119,7 +120,8 @@ class Settings(BaseSettings):
             if url.startswith("postgresql://"):
                 url = "postgresql+psycopg://" + url[len("postgresql://"):]
             return url
-        return f"sqlite:///{(self.data_dir / 'gtapp.db').resolve()}"
+        # a relative data_dir resolves against the working directory of the moment
+        return _sqlite_url(self.data_dir, None if self.data_dir.is_absolute() else os.getcwd())
 
     @property
     def artifacts_dir(self) -> Path:
@@ -153,3 +155,9 @@ def get_settings() -> Settings:
 def reset_settings() -> None:
     """Forget the cached settings (after the environment changed, e.g. in tests)."""
     get_settings.cache_clear()
+
+
+@lru_cache(maxsize=64)
+def _sqlite_url(data_dir: Path, cwd: Optional[str]) -> str:
+    """The embedded default database of ``data_dir`` (resolved once: every session asks)."""
+    return f"sqlite:///{(data_dir / 'gtapp.db').resolve()}"

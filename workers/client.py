@@ -29,7 +29,7 @@ from sqlalchemy import select, update
 
 from storage import ledger
 from storage.accounts import Principal, UserRef, ensure_first_admin, principal
-from storage.db import session_scope
+from storage.db import read_scope, session_scope
 from storage.models import TERMINAL, Job, utcnow
 from storage.settings import Settings, get_settings
 from storage.tenancy import NotFound, owned, visible
@@ -118,6 +118,10 @@ class JobClient:
     def _session(self):
         return session_scope(settings=self.settings)
 
+    def _reading(self):
+        """Reads only (storage.db.read_scope): a job list never waits for the write lock."""
+        return read_scope(settings=self.settings)
+
     def _visible(self, s, job_id: int, who: Principal) -> Job:
         return visible(s, Job, job_id, who, "job", error=JobNotFound)
 
@@ -176,7 +180,7 @@ class JobClient:
         return job_id
 
     def get(self, job_id: int, user: UserRef) -> JobView:
-        with self._session() as s:
+        with self._reading() as s:
             return JobView.of(self._visible(s, job_id, principal(s, user)))
 
     def queue_place(self, job_id: int, user: UserRef) -> Optional[str]:
@@ -185,7 +189,7 @@ class JobClient:
         (served fairly, workers.fairness: only a count, never whose), and what it waits for."""
         from sqlalchemy import func
 
-        with self._session() as s:
+        with self._reading() as s:
             job = self._visible(s, job_id, principal(s, user))
             if job.status != "queued":
                 return None
@@ -203,7 +207,7 @@ class JobClient:
 
     def list(self, user: UserRef, status: Optional[str] = None, kind: Optional[str] = None,
              limit: int = 100, offset: int = 0) -> builtins.list[JobView]:
-        with self._session() as s:
+        with self._reading() as s:
             who = principal(s, user)
             q = owned(select(Job).order_by(Job.id.desc()).limit(max(1, min(limit, 1000))).offset(max(offset, 0)),
                       Job, who)

@@ -5,6 +5,8 @@ empty state."""
 
 from __future__ import annotations
 
+import functools
+
 import math
 from collections import defaultdict
 from statistics import mean
@@ -34,7 +36,10 @@ def colour(method: str) -> str:
     return _SPARE[sum(map(ord, method)) % len(_SPARE)]
 
 
+@functools.lru_cache(maxsize=64)
 def empty_figure(title: str, why: str = "no data for the current selection") -> go.Figure:
+    """A blank chart that says why. Built once per (title, why) and shared (a dashboard page
+    load draws several; building a Plotly figure costs tens of ms): never modify the result."""
     fig = go.Figure()
     fig.update_layout(title=title, **{**LAYOUT, "height": 260},
                       xaxis=dict(visible=False), yaxis=dict(visible=False),

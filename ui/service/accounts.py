@@ -22,7 +22,7 @@ class Accounts(ServiceBase):
     def principal(self, username: Optional[str]) -> Principal:
         if not username:
             raise PermissionError("not signed in")
-        with self.session() as s:
+        with self.reading() as s:
             try:
                 return principal(s, username)
             except LookupError:
@@ -49,7 +49,7 @@ class Accounts(ServiceBase):
             return who
 
     def account(self, who: Principal) -> dict:
-        with self.session() as s:
+        with self.reading() as s:
             user = s.get(User, who.user_id)
             return {"username": user.username, "org": user.org.name, "role": user.role, "org_id": user.org_id}
 
@@ -65,7 +65,7 @@ class Accounts(ServiceBase):
 
     def password_tag(self, user_id: int) -> Optional[tuple[str, str, bool]]:
         """(username, password hash, active) for the session check."""
-        with self.session() as s:
+        with self.reading() as s:
             user = s.get(User, user_id)
             if user is None:
                 return None
@@ -81,7 +81,7 @@ class Accounts(ServiceBase):
                                      expires_at=dt.datetime.fromtimestamp(expires_at, dt.timezone.utc)))
 
     def session_revoked(self, nonce: str) -> bool:
-        with self.session() as s:
+        with self.reading() as s:
             return s.get(RevokedSession, nonce) is not None
 
     # ------------------------------------------------------------------ accounts (admin)
@@ -114,10 +114,10 @@ class Accounts(ServiceBase):
 
     def usernames(self, who: Principal) -> dict[int, str]:
         """user id -> username for the users ``who`` may see (own organisation; admins all)."""
-        with self.session() as s:
+        with self.reading() as s:
             q = owned(select(User.id, User.username), User, who)
             return {i: n for i, n in s.execute(q)}
 
     def org_names(self) -> dict[int, str]:
-        with self.session() as s:
+        with self.reading() as s:
             return {i: n for i, n in s.execute(select(Organisation.id, Organisation.name))}

@@ -60,7 +60,7 @@ class Adapters(ServiceBase):
 
     def list_adapters(self, who: Principal, model: Optional[str] = None, pair_id: Optional[int] = None,
                       own_only: bool = False) -> list[dict]:
-        with self.session() as s:
+        with self.reading() as s:
             q = owned(select(Adapter).order_by(Adapter.id.desc()), Adapter, who, admins_see_all=not own_only)
             if model:
                 q = q.where(Adapter.model == model)

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Optional
 
 from gtapp.choices import DATASET_FORMATS
 from storage.artifacts import ArtifactStore
-from storage.db import session_scope
+from storage.db import read_scope, session_scope
 from storage.settings import Settings, get_settings
 from storage.tenancy import NotFound
 from ui.uploads import UploadError, Uploads, open_upload
@@ -106,6 +106,10 @@ class ServiceBase:
 
     def session(self):
         return session_scope(settings=self.settings)
+
+    def reading(self):
+        """A session for reads only (storage.db.read_scope): never waits for the write lock."""
+        return read_scope(settings=self.settings)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -25,7 +25,7 @@ log = logging.getLogger("gtapp.ui")
 
 class Datasets(ServiceBase):
     def list_datasets(self, who: Principal, own_only: bool = False) -> list[dict]:
-        with self.session() as s:
+        with self.reading() as s:
             q = owned(select(Dataset).order_by(Dataset.id.desc()), Dataset, who, admins_see_all=not own_only)
             orgs = {i: n for i, n in s.execute(select(Organisation.id, Organisation.name))}
             out = []

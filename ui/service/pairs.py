@@ -30,7 +30,7 @@ class Pairs(ServiceBase):
                     log.warning("could not register zoo folder %s: %s", cand["path"], e)
         return done
     def list_pairs(self) -> list[dict]:
-        with self.session() as s:
+        with self.reading() as s:
             pairs = list(s.scalars(select(ModelPairRecord).order_by(ModelPairRecord.id)))
             return [self._pair_dict(p) for p in pairs]
 

@@ -29,7 +29,7 @@ RESULT_FIELDS = ("protocol", "task", "method", "mapper", "dp_epsilon", "clients"
 
 class Results(ServiceBase):
     def evaluation_rows(self, who: Principal) -> list[dict]:
-        with self.session() as s:
+        with self.reading() as s:
             q = owned(select(Evaluation).order_by(Evaluation.id), Evaluation, who)
             rows = []
             for e in s.scalars(q):
@@ -45,7 +45,7 @@ class Results(ServiceBase):
     def list_benchmarks(self, who: Principal) -> list[dict]:
         """Stored benchmark results (provider benchmarks on generated and public tasks: shown
         to every signed-in user) and the results of ``bench`` jobs ``who`` can see."""
-        with self.session() as s:
+        with self.reading() as s:
             out = [{"key": f"bench:{b.id}", "label": f"{b.name} ({b.n_rows} rows, {b.created_at:%Y-%m-%d %H:%M})",
                     "id": b.id, "name": b.name, "sha": b.artifact, "rows": b.n_rows, "skipped": b.skipped}
                    for b in s.scalars(select(BenchmarkRecord).order_by(BenchmarkRecord.id))]
