@@ -145,6 +145,7 @@ class JobContext:
         self.last_fraction = 0.0
         self._t0 = time.monotonic()
         self._trace: list[list[float]] = []  # [elapsed s, fraction, ETA s or -1] as written (progress.json)
+        self._ended_s: Optional[float] = None
         self._lock = threading.Lock()
 
     # --- for job functions ------------------------------------------------------------------
@@ -294,11 +295,14 @@ class JobContext:
                      f"once the database is back")
 
     def write_trace(self) -> None:
-        """The progress this attempt reported, and when it ended (``run_dir/progress.json``):
-        what a test of the ETA's honesty reads."""
+        """The progress this attempt reported, and when its work ended (``run_dir/progress.json``:
+        what a test of the ETA's honesty reads). Written before the outcome is recorded, so it is
+        there once the row says the job finished; the end is the first call's."""
+        if self._ended_s is None:
+            self._ended_s = round(time.monotonic() - self._t0, 3)
         try:
             atomic_write_json(self.run_dir / PROGRESS_FILE, {"attempt": self.attempt, "samples": self._trace,
-                                                            "ended_s": round(time.monotonic() - self._t0, 3)})
+                                                            "ended_s": self._ended_s})
         except OSError:
             pass  # never stops the job
 
@@ -464,6 +468,8 @@ def _record_failure(ctx: JobContext, e: BaseException, t0: float) -> str:
                 "wall_s": round(time.monotonic() - t0, 3), "finished_at": utcnow()})
         except OSError as write_error:  # e.g. the disk is full: the row is what counts
             log.warning("job %s: could not write failure.json: %s", ctx.job_id, write_error)
+        ctx.write_curve()
+        ctx.write_trace()
         done = _finish(ctx.job_id, ctx.worker, ctx.settings, status, error=error, eta_s=None,
                        progress=ctx.last_fraction, log_tail=ctx._tail_text(), steps_taken=ctx.steps_taken)
         if not done:
@@ -483,6 +489,8 @@ def _record_success(ctx: JobContext, outputs: dict, t0: float) -> str:
         atomic_write_json(results, {"job_id": ctx.job_id, "kind": ctx.kind, "status": "succeeded",
                                     "params": ctx.params, "seed": ctx.seed, "attempt": ctx.attempt,
                                     "wall_s": wall, "outputs": outputs, "finished_at": utcnow()})
+        ctx.write_curve()
+        ctx.write_trace()
         retry_db(ctx.settings, f"recording the result of job {ctx.job_id}", lambda: _commit_success(ctx, outputs))
         shutil.rmtree(ctx.work_dir, ignore_errors=True)  # everything kept is in the store by now
         return "succeeded"
