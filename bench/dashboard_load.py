@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections import defaultdict
@@ -101,16 +102,24 @@ class Session:
         if r.status_code not in (302, 303) or "gtapp_session" not in r.cookies:
             raise EventFailed(f"sign-in as {username} failed: HTTP {r.status_code}")
         self.http.cookies = r.cookies
+        # the page the sign-in lands on (e.g. ./?tab=upload): its query goes with the page's GET
+        # and with every event, as Gradio's client sends the page's URL parameters
+        self.page_query = urllib.parse.urlsplit(r.headers.get("location", "")).query
+
+    def _q(self, path: str) -> str:
+        query = getattr(self, "page_query", "")
+        return f"{path}?{query}" if query else path
 
     def load_page(self) -> None:
         """``GET /``, ``GET /config``, then every load event at once (as the browser fires
         them), then the ``.then`` events of those that finished, level by level."""
         def page():
-            self._ok("GET /", self.timed("GET /", lambda: self.http.get("")))
+            self._ok("GET /", self.timed("GET /", lambda: self.http.get(self._q(""))))
             cfg = self._ok("GET /config", self.timed("GET /config", lambda: self.http.get("config"))).json()
             self.deps = cfg["dependencies"]
             self.by_api = {d["api_name"]: d for d in self.deps if d.get("api_name")}
             self.values = {c["id"]: c.get("props", {}).get("value") for c in cfg["components"]}
+            self.tab_ids = {c.get("props", {}).get("id"): c["id"] for c in cfg["components"] if c.get("type") == "tabitem"}
             wave = [d for d in self.deps if any(t[1] == "load" for t in d["targets"])]
             kind = "load events"
             while wave:
@@ -140,7 +149,7 @@ class Session:
             body = {"data": data, "fn_index": dep["id"], "session_hash": self.session_hash, "event_data": None,
                     "trigger_id": dep["targets"][0][0] if dep["targets"] else None}
             t = time.perf_counter()
-            r = self._ok(kind, self.http.post("gradio_api/queue/join", json=body))
+            r = self._ok(kind, self.http.post(self._q("gradio_api/queue/join"), json=body))
             event_id = r.json()["event_id"]
             started[event_id] = (dep, t)
             order.append(event_id)
@@ -196,7 +205,15 @@ class Session:
             raise EventFailed(f"upload dataset: {out[0]}")
         return str(out[0])
 
+    def open_tab(self, tab_id: str) -> None:
+        """Click a tab: its select events (each with its .then chain), as the browser fires them
+        (a page load fills only the tab its URL names)."""
+        cid = self.tab_ids[tab_id]
+        for dep in [d for d in self.deps if [cid, "select"] in [list(t) for t in d["targets"]]]:
+            self.run(dep, "open tab")
+
     def start_finetune(self, steps: int) -> str:
+        self.open_tab("finetune")  # the dataset just uploaded appears in its dropdown
         dep = self.by_api["start_finetune"]
         data = [self.values.get(i) for i in dep["inputs"]]
         data[2], data[4], data[5] = steps, 4, 64  # steps, batch size, max length: a short job

@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 
-from ui.common import choices, first, guarded, status, table
+from ui.common import choices, first, guarded, status, table, when_open
 from ui.service import Service, _num
 from gtapp.choices import BENCH_PRESETS, MAPPER_KINDS, ZOO_PRESETS
 
@@ -293,7 +293,8 @@ def build_admin_tab(svc: Service, demo):
         return event.then(overview, [recipe_pair, mapper_pick, job_pair], overview_outputs, api_name=False)
 
     demo.load(visible, outputs=tab, api_name=False)
-    chain(demo.load(lambda: None, api_name=False))
+    demo.load(when_open("admin", overview, len(overview_outputs)), [recipe_pair, mapper_pick, job_pair],
+              overview_outputs, api_name=False)
     chain(tab.select(lambda: None, api_name=False))
     chain(refresh.click(lambda: None, api_name=False))
     chain(create.click(on_create, [org, uname, pw, role], user_msg, api_name="admin_create_user"))

@@ -17,6 +17,7 @@ from typing import Optional
 import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 
 from storage.settings import Settings, get_settings
+from ui.common import TABS
 from ui.service import Service
 
 log = logging.getLogger("gtapp.dashboard")
@@ -42,12 +43,6 @@ CSS = """
 .gt-downloads li { margin: 4px 0; }
 """
 
-
-# The tabs, by the ids their builders give them, and the labels on their buttons: the page
-# keeps the open tab (and the Jobs tab's open job) in its URL, so a reload or a shared link
-# returns there (`?tab=jobs&job=12`).
-TABS = {"upload": "Upload", "finetune": "Fine-tune", "generate": "Generate", "collaborations": "Collaborations",
-        "try": "Try it", "jobs": "Jobs", "compare": "Compare", "admin": "Admin", "account": "Account"}
 
 # Run once when the page starts: mirror the open tab and the job shown into the URL
 # (history.replaceState: no navigation, nothing sent anywhere). Restoring them is the server's

@@ -212,7 +212,8 @@ def install_routes(app, sessions: Sessions) -> None:
         if who is None:
             return HTMLResponse(login_page("Wrong username or password (or the account is disabled).", username),
                                 status_code=401)
-        resp = RedirectResponse("./", status_code=303)
+        # the first tab, named: a page load then fills only it (ui.common.when_open)
+        resp = RedirectResponse("./?tab=upload", status_code=303)
         resp.set_cookie(COOKIE, sessions.issue(who), max_age=int(settings.session_ttl_s), httponly=True,
                         samesite="lax", secure=bool(settings.cookie_secure), path="/")
         return resp

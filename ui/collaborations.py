@@ -7,7 +7,7 @@ import gradio as gr  # module level: handlers' `request: gr.Request` annotations
 
 from gtapp.choices import COMBINE_METHODS, ORGANISATIONS
 from storage.collaborations import WEIGHTINGS
-from ui.common import choices, first, guarded, md_escape, status, table
+from ui.common import choices, first, guarded, md_escape, status, table, when_open
 from ui.service import Service
 
 LIST_COLUMNS = (("id", "id"), ("name", "name"), ("status", "status"), ("your_state", "your organisation"),
@@ -134,7 +134,7 @@ def build_collaborations_tab(svc: Service, demo):
 
     outs = [listing, pick, pair]
     shown = [detail, events, adapter]
-    demo.load(refresh, pick, outs, api_name=False)
+    demo.load(when_open("collaborations", refresh, len(outs)), pick, outs, api_name=False)
     tab.select(refresh, pick, outs, api_name=False)
     pick.change(show, pick, shown, api_name=False)
     reload.click(show, pick, shown, api_name=False).then(refresh, pick, outs, api_name=False)

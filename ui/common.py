@@ -12,6 +12,11 @@ from ui.service import user_message
 
 OK_MARK, ERR_MARK = "✔", "✖"  # in DejaVu Sans too (no emoji font needed)
 
+# The tabs, by the ids their builders give them, and the labels on their buttons. The page keeps
+# the open tab in its URL (`?tab=jobs`, ui.app); a page load fills only that tab (when_open).
+TABS = {"upload": "Upload", "finetune": "Fine-tune", "generate": "Generate", "collaborations": "Collaborations",
+        "try": "Try it", "jobs": "Jobs", "compare": "Compare", "admin": "Admin", "account": "Account"}
+
 
 def status(ok: bool, text: str) -> str:
     """A one-line status in Markdown (the text is escaped: it may quote user input)."""
@@ -146,3 +151,24 @@ def restored_form(keys: Sequence[str], saved: Any) -> tuple:
     return (*[saved[k] if k in saved else gr.skip() for k in keys],
             status(True, "saved settings loaded: " + ", ".join(f"{k}={fmt(saved[k])}" for k in keys
                                                                if k in saved and saved[k] not in (None, ""))))
+
+
+def when_open(tab_id: str, fn: Callable, n_outputs: int) -> Callable:
+    """``fn`` as a page-load event of tab ``tab_id``: it runs when the page's URL names this tab,
+    or names none (a bare / fills every tab, as it always did); otherwise the tab's components
+    are left as they are, and the tab's own select event fills them when it is opened. A page
+    load then costs the open tab's queries, not every tab's (under load, the queue of a dozen
+    load events per page was the dashboard's latency).
+
+    Only for page-load wirings: the URL a page sends with its events is the one it was loaded
+    at, so a later event of the same page must not be judged by it."""
+    import gradio as gr
+
+    @functools.wraps(fn)  # the same handler for the tenancy test's enumeration
+    def wrapper(*args, **kwargs):
+        request = next((a for a in (*args, *kwargs.values()) if isinstance(a, gr.Request)), None)
+        named = dict(getattr(request, "query_params", None) or {}).get("tab")
+        if named in TABS and named != tab_id:
+            return gr.skip() if n_outputs == 1 else tuple(gr.skip() for _ in range(n_outputs))
+        return fn(*args, **kwargs)
+    return wrapper

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 
 from ui import charts
-from ui.common import guarded, html_text, status, table
+from ui.common import guarded, html_text, status, table, when_open
 from ui.service import RESULT_FIELDS, Service, UploadError, parse_results, safe_filename
 
 EVALS = "evals"
@@ -212,7 +212,12 @@ def build_compare_tab(svc: Service, demo):
         return event.then(select_source, [source, session_rows, *filters], [rows_state, *filters], api_name=False) \
             .then(render, [rows_state, *filters, source], render_outputs, api_name=False)
 
-    chain(demo.load(load, [source, session_rows], source, api_name=False))
+    # a page load fills the tab only when it is the open one (ui.common.when_open)
+    demo.load(when_open("compare", load, 1), [source, session_rows], source, api_name=False) \
+        .then(when_open("compare", select_source, 5), [source, session_rows, *filters], [rows_state, *filters],
+              api_name=False) \
+        .then(when_open("compare", render, len(render_outputs)), [rows_state, *filters, source], render_outputs,
+              api_name=False)
     chain(tab.select(load, [source, session_rows], source, api_name=False))  # new evaluations appear
     chain(source.input(lambda: None, api_name=False))
     for f in filters:

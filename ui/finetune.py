@@ -8,7 +8,10 @@ from typing import Any
 
 import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 
-from ui.common import choices, clear_message, cli_command, restored_form, saved_form, first, fmt, guarded, md_escape, status, table
+from ui.common import (
+    choices, clear_message, cli_command, first, fmt, guarded, md_escape, restored_form, saved_form, status,
+    table, when_open,
+)
 from ui.service import Service, _num
 from ui.upload import pair_choices
 
@@ -195,7 +198,7 @@ def build_finetune_tab(svc: Service, demo):
     restore_btn.click(on_restore, saved, [*form, msg], api_name=False)
 
     outs = [dataset, pair, ledger_md, ledger_tbl]
-    demo.load(load, [dataset, pair], outs, api_name=False)
+    demo.load(when_open("finetune", load, len(outs)), [dataset, pair], outs, api_name=False)
     tab.select(load, [dataset, pair], outs, api_name=False)
     tab.select(clear_message, outputs=[msg], api_name=False)
     dataset.change(on_dataset, dataset, [ledger_md, ledger_tbl], api_name=False)

@@ -8,7 +8,10 @@ from typing import Any, Optional, Sequence
 
 import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 
-from ui.common import choices, clear_message, cli_command, restored_form, saved_form, first, guarded, md_escape, status, table
+from ui.common import (
+    choices, clear_message, cli_command, first, guarded, md_escape, restored_form, saved_form, status, table,
+    when_open,
+)
 from ui.service import Service, _num
 from ui.upload import pair_choices
 from workers.jobs import (  # constants only (no torch)
@@ -131,8 +134,18 @@ def results_markdown(results: list[dict]) -> str:
     for r in results:
         head = f"**{md_escape(r['name'])}** (adapter {r['id']})"
         body = result_lines({**r, "warnings": r["warnings"]}) or ["\n(not evaluated)"]
-        blocks.append(head + "".join("\n" + line.lstrip("\n") for line in body))
+        # result_lines marks a paragraph with a leading newline (a warning, the result); the rest are list items
+        blocks.append(head + "".join(("\n\n" if line.startswith("\n") else "\n") + line.lstrip("\n")
+                                     for line in body))
     return "\n\n".join(blocks)
+
+
+def latest_results(svc: Service, who) -> tuple:
+    """(the words, the chart) of the organisation's latest generated adapters' results."""
+    from ui.charts import gains_figure
+
+    results = svc.generated_results(who)
+    return results_markdown(results), gains_figure(results)
 
 
 # what "Save these settings" keeps (in this order: the form's fields)
@@ -189,6 +202,7 @@ def build_generate_tab(svc: Service, demo):
                 contrib = gr.Dataframe(table([], CONTRIB_COLUMNS), interactive=False, elem_id="gen-contrib")
                 gr.Markdown("### Your latest results")
                 results = gr.Markdown(elem_id="gen-results")
+                gains = gr.Plot(show_label=False, elem_id="gen-gains")
                 gr.Markdown("### Downloads\nStandard peft folders (zip), loadable by `PeftModel.from_pretrained`.")
                 refresh = gr.Button("Refresh", size="sm", elem_id="gen-refresh")
                 dl = gr.HTML(elem_id="gen-downloads")
@@ -211,7 +225,7 @@ def build_generate_tab(svc: Service, demo):
         return (gr.Dropdown(choices=pc, value=p), ads, maps,
                 gr.Dropdown(choices=tasks, value=tasks[0] if tasks else None),
                 gr.Dropdown(choices=[("(none)", "")] + dc, value=""), downloads_html(svc.list_adapters(who)),
-                results_markdown(svc.generated_results(who)))
+                *latest_results(svc, who))
 
     @guarded(msg)
     def on_start(p, a, w, m, ev, t, eds, org, meth, wt, mg, nm, nt, rf, request: gr.Request):
@@ -239,10 +253,10 @@ def build_generate_tab(svc: Service, demo):
 
     def on_refresh(request: gr.Request):
         who = svc.who(request)
-        return downloads_html(svc.list_adapters(who)), results_markdown(svc.generated_results(who))
+        return downloads_html(svc.list_adapters(who)), *latest_results(svc, who)
 
-    outs = [pair, adapters, mapper, task, eval_ds, dl, results]
-    demo.load(load, pair, outs, api_name=False)
+    outs = [pair, adapters, mapper, task, eval_ds, dl, results, gains]
+    demo.load(when_open("generate", load, len(outs)), pair, outs, api_name=False)
     tab.select(load, pair, outs, api_name=False)
     tab.select(clear_message, outputs=msg, api_name=False)
     pair.input(pair_changed, pair, [adapters, mapper], api_name=False)
@@ -250,7 +264,7 @@ def build_generate_tab(svc: Service, demo):
     weights.change(on_contrib, [adapters, weights], contrib, api_name=False)
     start.click(on_start, [pair, adapters, weights, mapper, evaluate, task, eval_ds, organisation, method, weighting,
                            merged, name, n_test, refine], msg, api_name="start_generate")
-    refresh.click(on_refresh, outputs=[dl, results], api_name=False)
+    refresh.click(on_refresh, outputs=[dl, results, gains], api_name=False)
     cmd_btn.click(on_cli, [pair, adapters, weights, mapper, evaluate, task, eval_ds, organisation, method, weighting,
                            merged, name, n_test, refine], cmd, api_name=False)
     return tab

@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 
 from ui.charts import loss_curve
-from ui.common import guarded, md_code, md_escape, status
+from ui.common import guarded, md_code, md_escape, status, when_open
 from ui.service import Service, _num
 
 POLL_S = 2.0
@@ -216,8 +216,8 @@ def build_jobs_tab(svc: Service, demo):
     def on_retry(jid, request: gr.Request):
         return retry_job(svc, request, jid)
 
-    demo.load(load, outputs=[kind, job_id], api_name=False) \
-        .then(tick, [st, kind, job_id], [table_html, detail, logs, curve], api_name=False)
+    demo.load(when_open("jobs", load, 2), outputs=[kind, job_id], api_name=False) \
+        .then(when_open("jobs", tick, 4), [st, kind, job_id], [table_html, detail, logs, curve], api_name=False)
     timer.tick(tick, [st, kind, job_id], [table_html, detail, logs, curve], api_name=False, show_progress="hidden")
     live.change(lambda on: gr.Timer(active=bool(on)), live, timer, api_name=False)
     for c in (st, kind):

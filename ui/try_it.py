@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 
-from ui.common import choices, first, guarded, status, table
+from ui.common import choices, first, guarded, status, table, when_open
 from ui.service import Service
 
 COLUMNS = (("model", "model"), ("output", "greedy output"), ("answer_nll_per_token", "answer NLL / token"))
@@ -91,7 +91,7 @@ def build_try_tab(svc: Service, demo):
         return try_result(svc, request, jid)
 
     outs = [pair, llm, tiny]
-    demo.load(load, pair, outs, api_name=False)
+    demo.load(when_open("try", load, len(outs)), pair, outs, api_name=False)
     tab.select(load, pair, outs, api_name=False)
     pair.input(load, pair, outs, api_name=False)
     run.click(on_run, [pair, prompt, llm, tiny, answer, max_new], [msg, job], api_name="try_it")

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 
 from ui import charts
-from ui.common import clear_message, choices, first, fmt, guarded, md_escape, status, table
+from ui.common import choices, clear_message, first, fmt, guarded, md_escape, status, table, when_open
 from ui.service import KNOWN_FORMATS, USER_FORMAT, USER_METRICS, Service
 
 DATASET_COLUMNS = [("id", "id"), ("name", "name"), ("org", "organisation"), ("examples", "examples"),
@@ -218,7 +218,7 @@ def build_upload_tab(svc: Service, demo):
     def on_show(aid, request: gr.Request):
         return adapter_details(svc, aid, request)
 
-    demo.load(load, outputs=[a_pair, ds_table, ad_table], api_name=False)
+    demo.load(when_open("upload", load, 3), outputs=[a_pair, ds_table, ad_table], api_name=False)
     show_btn.click(on_show, show_id, [a_status, a_summary, a_plot, a_modules], api_name="adapter_details")
     tab.select(load, outputs=[a_pair, ds_table, ad_table], api_name=False)
     refresh.click(uploads, outputs=[ds_table, ad_table], api_name=False)

@@ -312,6 +312,10 @@ def test_generate_an_llm_adapter_and_downloads_load_in_peft(alice_page, tiny_ada
     page.locator("#gen-refresh").click()
     text = wait_text(page, "#gen-downloads", r"LLM adapter \d+: acme-llm")
     assert "acme-tiny" in text and "acme-ft" in text and "mapper v1 mean" in text
+    # its result: the gain over the base LLM and over the mean baseline, in words and as a chart
+    wait_text(page, "#gen-results", r"gain over the base LLM: .*answer NLL")
+    bars = plot_traces(page, "gen-gains", ["over the base LLM", "over the provider's mean baseline"])
+    assert all(len(b["x"]) == 1 and "acme-llm" in b["x"][0] for b in bars), bars
     shot(page, shots, "06-generate")
 
     import torch

@@ -1,0 +1,50 @@
+"""A page load fills only the open tab (issue #15 item 16): every tab's page-load event runs its
+queries when the page's URL names that tab or none (a bare / fills them all, as before), and
+leaves its components alone otherwise; the tab's own select event fills it when it is opened.
+The sign-in lands on ``?tab=upload``. Checked on the real Blocks' page-load wirings."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+
+def page_load_fns(blocks) -> dict[str, list]:
+    """Page-load event handlers by qualname (the demo.load wirings, not the tab selects)."""
+    out: dict[str, list] = {}
+    for bf in blocks.fns.values():
+        triggers = {name for _, name in bf.targets}
+        if "load" in triggers and bf.fn is not None:
+            out.setdefault(bf.fn.__qualname__, []).append(bf.fn)
+    return out
+
+
+def test_page_load_events_fill_only_the_tab_the_url_names(svc, users, pair_id):
+    from ui.app import build_blocks
+
+    loads = page_load_fns(build_blocks(svc))
+    (finetune_load,) = loads["build_finetune_tab.<locals>.load"]
+    (upload_load,) = loads["build_upload_tab.<locals>.load"]
+
+    def call(fn, tab, *inputs):
+        query = {"tab": tab} if tab else {}
+        return fn(*inputs, gr.Request(username="alice", query_params=query))
+
+    filled = call(finetune_load, "finetune", None, None)
+    assert filled[1].choices and filled[1].value == pair_id  # the pair dropdown was filled
+    assert call(finetune_load, None, None, None)[1].value == pair_id  # a bare URL fills every tab
+    skipped = call(finetune_load, "upload", None, None)
+    assert all(x == gr.skip() for x in skipped)  # not its tab: no queries
+    assert call(upload_load, "upload")[0].value == pair_id
+    assert all(x == gr.skip() for x in call(upload_load, "jobs"))
+    # an unknown tab name is not a tab: it fills (as a bare URL does)
+    assert call(finetune_load, "../etc", None, None)[1].value == pair_id
+
+
+def test_sign_in_lands_on_the_first_tab_named(svc, users):
+    from starlette.testclient import TestClient
+
+    from ui.app import create_app
+
+    with TestClient(create_app(svc.settings, bootstrap=False), base_url="http://127.0.0.1") as http:
+        r = http.post("/login", data={"username": "alice", "password": "password123"}, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == "./?tab=upload", (r.status_code, r.headers)
