@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Optional
 
 import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
@@ -139,6 +140,12 @@ def create_app(settings: Optional[Settings] = None, bootstrap: bool = True):
     def healthz():
         return {"ok": True}
 
+    # Gradio's queue rebuilds a pandas table of its last GRADIO_ANALYTICS_MAX_EVENTS (10,000)
+    # events and their percentiles after EVERY event, for its monitoring page: under load that
+    # was a quarter of the dashboard's CPU (py-spy, bench/dashboard_load.py). Keep fewer and
+    # summarise every 500 events (read when the queue is made; the environment can override).
+    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "500")
     demo = build_blocks(svc)
     # Gradio uses files in its cache folder in place: make that the dashboard's own upload
     # folder, so an upload is never copied (and nothing else is ever read as one; ui.gate).
