@@ -168,7 +168,9 @@ def when_open(tab_id: str, fn: Callable, n_outputs: int) -> Callable:
     def wrapper(*args, **kwargs):
         request = next((a for a in (*args, *kwargs.values()) if isinstance(a, gr.Request)), None)
         named = dict(getattr(request, "query_params", None) or {}).get("tab")
-        if named in TABS and named != tab_id:
+        # ?tab=admin opens the Admin tab for admins only; a member's page shows the first tab,
+        # so that URL fills every tab, as a bare / does
+        if named in TABS and named != "admin" and named != tab_id:
             return gr.skip() if n_outputs == 1 else tuple(gr.skip() for _ in range(n_outputs))
         return fn(*args, **kwargs)
     return wrapper

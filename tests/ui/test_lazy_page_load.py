@@ -36,6 +36,8 @@ def test_page_load_events_fill_only_the_tab_the_url_names(svc, users, pair_id):
     assert all(x == gr.skip() for x in skipped)  # not its tab: no queries
     assert call(upload_load, "upload")[0].value == pair_id
     assert all(x == gr.skip() for x in call(upload_load, "jobs"))
+    # ?tab=admin shows a member the first tab: every tab fills, as for a bare URL
+    assert call(upload_load, "admin")[0].value == pair_id
     # an unknown tab name is not a tab: it fills (as a bare URL does)
     assert call(finetune_load, "../etc", None, None)[1].value == pair_id
 
