@@ -49,6 +49,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench.jobs_load import summary  # noqa: E402
+from storage.settings import child_environment  # noqa: E402
 from testkit.services import free_port  # noqa: E402
 
 
@@ -276,11 +277,11 @@ def start_dashboard(root: Path, admin_password: str) -> tuple[subprocess.Popen, 
     subprocess.run([sys.executable, "-m", "gtapp", "zoo", "build", "--preset", "micro", "--out", str(zoo_dir / "micro")],
                    check=True, capture_output=True, cwd=REPO_ROOT)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GTAPP_")}
-    env.update({"GTAPP_DATA_DIR": str(root / "data"), "GTAPP_ZOO_DIR": str(zoo_dir),
-                "GTAPP_FIRST_ADMIN_PASSWORD": admin_password, "GTAPP_DASHBOARD_PORT": str(port),
-                "GTAPP_DASHBOARD_HOST": "127.0.0.1", "GTAPP_EMBEDDED_WORKERS": "1",
-                "GRADIO_ANALYTICS_ENABLED": "False", "TOKENIZERS_PARALLELISM": "false"})
+    env = child_environment({"GTAPP_DATA_DIR": root / "data", "GTAPP_ZOO_DIR": zoo_dir,
+                             "GTAPP_FIRST_ADMIN_PASSWORD": admin_password, "GTAPP_DASHBOARD_PORT": port,
+                             "GTAPP_DASHBOARD_HOST": "127.0.0.1", "GTAPP_EMBEDDED_WORKERS": 1,
+                             "GRADIO_ANALYTICS_ENABLED": "False", "TOKENIZERS_PARALLELISM": "false"},
+                            drop_prefix="GTAPP_")
     log = open(root / "dashboard.log", "ab")
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)

@@ -32,6 +32,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+from storage.settings import child_environment  # noqa: E402
+
 TARGETS = {"ci": 20.0, "demo": 10.0}
 
 CHILD = r"""
@@ -59,7 +61,7 @@ def measure(zoo: str, engine: str, k: int, args) -> dict:
                         subsets=max(1, args.runs // args.tasks), subset_size=args.subset_size, steps=args.steps,
                         snaps=tuple(args.snapshot_steps), batch_size=args.batch_size, max_length=args.max_length,
                         engine=engine, k=k, zoo=zoo, out=out)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+    env = child_environment({"OMP_NUM_THREADS": args.threads, "TOKENIZERS_PARALLELISM": "false"})
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if proc.returncode or line is None:

@@ -98,6 +98,13 @@ class Settings(BaseSettings):
                                                       "recipe.json) admins can register; default <data_dir>/zoo")
     register_zoo_on_start: bool = Field(True, description="the dashboard registers every zoo folder under "
                                                           "zoo_dir that is not registered yet when it starts")
+    # Gradio's queue keeps this many past events and summarises them (pandas, percentiles) every
+    # so many events, for its monitoring page; its defaults (10,000, every event) were a quarter
+    # of the dashboard's CPU under load. Gradio's own variable names are accepted too.
+    queue_analytics_events: int = Field(1000, ge=1, validation_alias=AliasChoices(
+        "GTAPP_QUEUE_ANALYTICS_EVENTS", "GRADIO_ANALYTICS_MAX_EVENTS", "queue_analytics_events"))
+    queue_analytics_every: int = Field(500, ge=1, validation_alias=AliasChoices(
+        "GTAPP_QUEUE_ANALYTICS_EVERY", "GRADIO_ANALYTICS_CACHE_FREQUENCY", "queue_analytics_every"))
     publish_bench_results: bool = Field(True, description="the dashboard offers the benchmark results committed "
                                         "under bench/results in every user's Compare tab")
 
@@ -161,3 +168,12 @@ def reset_settings() -> None:
 def _sqlite_url(data_dir: Path, cwd: Optional[str]) -> str:
     """The embedded default database of ``data_dir`` (resolved once: every session asks)."""
     return f"sqlite:///{(data_dir / 'gtapp.db').resolve()}"
+
+
+def child_environment(overrides: Optional[dict] = None, drop_prefix: Optional[str] = None) -> dict[str, str]:
+    """The environment for a child process this one starts (a dashboard under test, a benchmark
+    run, apt-get): this process's, less the variables starting with ``drop_prefix``, plus
+    ``overrides``. Here, beside the settings, so that one module reads ``os.environ``."""
+    env = {k: v for k, v in os.environ.items() if not (drop_prefix and k.startswith(drop_prefix))}
+    env.update({k: str(v) for k, v in (overrides or {}).items()})
+    return env

@@ -12,6 +12,8 @@ import shutil
 import subprocess
 import sys
 
+from storage.settings import child_environment
+
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -28,7 +30,7 @@ def main() -> int:
     if sudo is None:
         print(f"{CHROMIUM} is missing: run `apt-get install -y chromium` as root", file=sys.stderr)
         return 1
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    env = child_environment({"DEBIAN_FRONTEND": "noninteractive"})
     print("installing Debian's chromium (for the browser tests) ...", flush=True)
     for cmd in (sudo + [apt, "update", "-qq"], sudo + [apt, "install", "-y", "-qq", "chromium"]):
         if subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL).returncode != 0:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Optional
 
 import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
@@ -118,6 +117,18 @@ def build_blocks(svc: Service):
     return demo
 
 
+def limit_queue_analytics(demo, settings: Settings) -> None:
+    """Bound what Gradio's queue keeps and summarises after every event (settings
+    ``queue_analytics_events`` / ``queue_analytics_every``: its defaults rebuilt a pandas table of
+    10,000 events per event, a quarter of the dashboard's CPU under bench/dashboard_load.py).
+    Gradio reads these from its environment once, into the queue's attributes, which are set
+    here instead; a Gradio that renames them fails
+    tests/ui/test_lazy_page_load.py::test_the_queue_keeps_a_bounded_analytics_table."""
+    q = demo._queue
+    q.ANALYTICS_MAX_EVENTS = settings.queue_analytics_events
+    q.ANAYLTICS_CACHE_FREQUENCY = settings.queue_analytics_every  # (sic: Gradio's spelling)
+
+
 def create_app(settings: Optional[Settings] = None, bootstrap: bool = True):
     """The FastAPI app serving the dashboard (Gradio at /, plus /login, /logout, /download/...)."""
     from fastapi import FastAPI
@@ -140,18 +151,13 @@ def create_app(settings: Optional[Settings] = None, bootstrap: bool = True):
     def healthz():
         return {"ok": True}
 
-    # Gradio's queue rebuilds a pandas table of its last GRADIO_ANALYTICS_MAX_EVENTS (10,000)
-    # events and their percentiles after EVERY event, for its monitoring page: under load that
-    # was a quarter of the dashboard's CPU (py-spy, bench/dashboard_load.py). Keep fewer and
-    # summarise every 500 events (read when the queue is made; the environment can override).
-    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
-    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "500")
     demo = build_blocks(svc)
     # Gradio uses files in its cache folder in place: make that the dashboard's own upload
     # folder, so an upload is never copied (and nothing else is ever read as one; ui.gate).
     for block in (demo, *demo.blocks.values()):
         block.GRADIO_CACHE = str(svc.uploads.root)
     demo.queue(default_concurrency_limit=4)
+    limit_queue_analytics(demo, settings)
     app = gr.mount_gradio_app(app, demo, path="/", auth_dependency=sessions.dependency, css=CSS,
                               max_file_size=f"{settings.max_upload_mb}mb", show_error=True, ssr_mode=False,
                               run_history=False,  # no copies of private results in browser storage

@@ -132,25 +132,29 @@ def clear_message() -> str:
     return ""
 
 
-def saved_form(keys: Sequence[str], values: Sequence[Any]) -> tuple[dict, str]:
-    """A form's settings as the page keeps them in its browser (gr.BrowserState), and a status.
-    Only settings, never the objects they were used on (datasets, adapters): those belong to
-    an organisation, the browser may be shared."""
-    saved = dict(zip(keys, values))
-    shown = ", ".join(f"{k}={fmt(v)}" for k, v in saved.items() if v not in (None, ""))
-    return saved, status(True, f"settings saved in this browser: {shown}")
-
-
-def restored_form(keys: Sequence[str], saved: Any) -> tuple:
-    """The saved settings back into the form's fields (``gr.skip()`` for one never saved), and
-    a status."""
+def wire_saved_settings(save_btn, restore_btn, saved, keys: Sequence[str], fields: Sequence, msg) -> None:
+    """"Save these settings" / "Load saved settings" for a form: ``fields`` (named ``keys``, in
+    order) into and out of ``saved``, a gr.BrowserState (the user's own browser), with a status
+    in ``msg``. Only settings, never the objects they were used on (datasets, adapters): those
+    belong to an organisation, and a browser may be shared."""
     import gradio as gr
 
-    if not isinstance(saved, dict) or not any(k in saved for k in keys):
-        raise ValueError("no saved settings in this browser yet: fill the form, then 'Save these settings'")
-    return (*[saved[k] if k in saved else gr.skip() for k in keys],
-            status(True, "saved settings loaded: " + ", ".join(f"{k}={fmt(saved[k])}" for k in keys
-                                                               if k in saved and saved[k] not in (None, ""))))
+    @guarded(msg, n_outputs=2, status_index=1)
+    def on_save(*values):
+        stored = dict(zip(keys, values))
+        shown = ", ".join(f"{k}={fmt(v)}" for k, v in stored.items() if v not in (None, ""))
+        return stored, status(True, f"settings saved in this browser: {shown}")
+
+    @guarded(msg, n_outputs=len(keys) + 1, status_index=len(keys))
+    def on_restore(stored):
+        if not isinstance(stored, dict) or not any(k in stored for k in keys):
+            raise ValueError("no saved settings in this browser yet: fill the form, then 'Save these settings'")
+        shown = ", ".join(f"{k}={fmt(stored[k])}" for k in keys if k in stored and stored[k] not in (None, ""))
+        return (*[stored[k] if k in stored else gr.skip() for k in keys],
+                status(True, f"saved settings loaded: {shown}"))
+
+    save_btn.click(on_save, list(fields), [saved, msg], api_name=False)
+    restore_btn.click(on_restore, saved, [*fields, msg], api_name=False)
 
 
 def when_open(tab_id: str, fn: Callable, n_outputs: int) -> Callable:

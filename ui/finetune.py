@@ -9,8 +9,8 @@ from typing import Any
 import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 
 from ui.common import (
-    choices, clear_message, cli_command, first, fmt, guarded, md_escape, restored_form, saved_form, status,
-    table, when_open,
+    choices, clear_message, cli_command, first, fmt, guarded, md_escape, status,
+    table, when_open, wire_saved_settings,
 )
 from ui.service import Service, _num
 from ui.upload import pair_choices
@@ -184,18 +184,7 @@ def build_finetune_tab(svc: Service, demo):
 
     cmd_btn.click(on_cli, [dataset, pair, steps, lr, batch, maxlen, dp, eps, delta, clip, name], cmd, api_name=False)
 
-    form = [steps, lr, batch, maxlen, dp, eps, delta, clip]
-
-    @guarded(msg, n_outputs=2, status_index=1)
-    def on_save(*values):
-        return saved_form(FORM_KEYS, values)
-
-    @guarded(msg, n_outputs=len(FORM_KEYS) + 1, status_index=len(FORM_KEYS))
-    def on_restore(stored):
-        return restored_form(FORM_KEYS, stored)
-
-    save_btn.click(on_save, form, [saved, msg], api_name=False)
-    restore_btn.click(on_restore, saved, [*form, msg], api_name=False)
+    wire_saved_settings(save_btn, restore_btn, saved, FORM_KEYS, [steps, lr, batch, maxlen, dp, eps, delta, clip], msg)
 
     outs = [dataset, pair, ledger_md, ledger_tbl]
     demo.load(when_open("finetune", load, len(outs)), [dataset, pair], outs, api_name=False)

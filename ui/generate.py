@@ -9,8 +9,8 @@ from typing import Any, Optional, Sequence
 import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 
 from ui.common import (
-    choices, clear_message, cli_command, first, guarded, md_escape, restored_form, saved_form, status, table,
-    when_open,
+    choices, clear_message, cli_command, first, guarded, md_escape, status, table, when_open,
+    wire_saved_settings,
 )
 from ui.service import Service, _num
 from ui.upload import pair_choices
@@ -235,18 +235,8 @@ def build_generate_tab(svc: Service, demo):
     def on_cli(p, a, w, m, ev, t, eds, org, meth, wt, mg, nm, nt, rf):
         return cli_command("generate", generate_params(p, a, w, m, ev, t, eds, org, meth, wt, mg, nm, nt, rf))
 
-    form = [organisation, method, weighting, merged, refine, evaluate, n_test]
-
-    @guarded(msg, n_outputs=2, status_index=1)
-    def on_save(*values):
-        return saved_form(FORM_KEYS, values)
-
-    @guarded(msg, n_outputs=len(FORM_KEYS) + 1, status_index=len(FORM_KEYS))
-    def on_restore(stored):
-        return restored_form(FORM_KEYS, stored)
-
-    save_btn.click(on_save, form, [saved, msg], api_name=False)
-    restore_btn.click(on_restore, saved, [*form, msg], api_name=False)
+    wire_saved_settings(save_btn, restore_btn, saved, FORM_KEYS,
+                        [organisation, method, weighting, merged, refine, evaluate, n_test], msg)
 
     def on_contrib(a, w, request: gr.Request):
         return contributions(svc, svc.who(request), a, w)

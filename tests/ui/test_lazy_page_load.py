@@ -50,3 +50,22 @@ def test_sign_in_lands_on_the_first_tab_named(svc, users):
     with TestClient(create_app(svc.settings, bootstrap=False), base_url="http://127.0.0.1") as http:
         r = http.post("/login", data={"username": "alice", "password": "password123"}, follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"] == "./?tab=upload", (r.status_code, r.headers)
+
+
+def test_the_queue_keeps_a_bounded_analytics_table(tmp_path, monkeypatch):
+    """Gradio's queue summarises its past events after each one; the dashboard bounds that
+    (settings queue_analytics_events / _every, Gradio's own variable names accepted)."""
+    from ui.app import create_app
+    from ui_helpers import make_settings
+
+    monkeypatch.setenv("GRADIO_ANALYTICS_CACHE_FREQUENCY", "77")
+    settings = make_settings(tmp_path / "d")
+    assert (settings.queue_analytics_events, settings.queue_analytics_every) == (1000, 77)
+    app = create_app(settings, bootstrap=False)
+    (blocks,) = [r.app.get_blocks() for r in app.routes if hasattr(getattr(r, "app", None), "get_blocks")]
+    q = blocks._queue
+    assert (q.ANALYTICS_MAX_EVENTS, q.ANAYLTICS_CACHE_FREQUENCY) == (1000, 77)
+    q.event_analytics.update({str(i): {"function": "f", "status": "success", "process_time": 0.1}
+                              for i in range(5)})
+    q.events_recorded = 5
+    assert q.compute_analytics_summary(list(q.event_analytics.values())) == {"functions": {}}  # not yet: 5 < 77

@@ -123,10 +123,10 @@ EVENTS: dict[str, Ev] = {
                         fill=(("ft-no-dp-confirm", True),)),
     _A + "on_mapper": Ev("admin_read", "a mapper version's learning curve (the shared catalogue's model card)"),
     _F + "on_cli": Ev("none", "the form's values as a gtapp command line (no lookup)"),
-    _F + "on_save": Ev("none", "the form's settings into the browser's own storage (no lookup)"),
-    _F + "on_restore": Ev("none", "settings from the browser's own storage back into the form (no lookup)"),
-    _G + "on_save": Ev("none", "the form's settings into the browser's own storage (no lookup)"),
-    _G + "on_restore": Ev("none", "settings from the browser's own storage back into the form (no lookup)"),
+    "ui.common:wire_saved_settings.<locals>.on_save": Ev("none", "a form's settings into the browser's own storage "
+                                                                 "(no lookup)"),
+    "ui.common:wire_saved_settings.<locals>.on_restore": Ev("none", "settings from the browser's own storage back "
+                                                                    "into the form (no lookup)"),
     _G + "on_cli": Ev("none", "the form's values as a gtapp command line (no lookup)"),
     _T + "load": Ev("tenant_read", "model pairs (shared); the organisation's own LLM and TinyLM adapters"),
     _T + "on_run": Ev("tenant_write", "a try job on the organisation's adapters",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -91,13 +92,13 @@ class Results(ServiceBase):
             known = set(s.scalars(select(BenchmarkRecord.artifact)))
         for path in sorted(folder.glob("*.json")):
             data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() in known:  # the store's address: parsed and stored before
+                continue
             try:
                 rows, skipped = parse_results(data, path.name)
             except UploadError:
                 continue  # not a results table
             sha = self.store.put_bytes(data)
-            if sha in known:
-                continue
             with self.session() as s:
                 s.add(BenchmarkRecord(name=f"{PUBLISHED_PREFIX}{path.stem}"[:200], artifact=sha, n_rows=len(rows),
                                       skipped=skipped))
