@@ -1,4 +1,5 @@
-"""Helpers shared by the job-system tests (settings with fast liveness, users in two orgs)."""
+"""Helpers shared by the job-system tests (settings with fast liveness, users in two orgs, the
+micro zoo registered as a model pair)."""
 
 from __future__ import annotations
 
@@ -33,3 +34,24 @@ def add_users(settings: Settings) -> dict[str, str]:
         accounts.create_user(s, f"globex{tag}", names["bob"], "password123", "member")
         accounts.create_user(s, f"provider{tag}", names["root"], "password123", "admin")
     return names
+
+
+class MicroDeployment:
+    """A deployment to run jobs on: settings, a job client (the embedded worker unless a broker
+    is configured), the artifact store, users in two organisations and the admin (``users``;
+    ``alice`` and ``bob`` as principals), and the micro zoo registered as a model pair."""
+
+    def __init__(self, settings: Settings, micro_zoo: Path):
+        from storage import catalog
+        from storage.accounts import principal
+        from storage.artifacts import ArtifactStore
+        from workers.client import JobClient
+
+        self.settings = settings
+        self.client = JobClient(settings)
+        self.store = ArtifactStore(settings.artifacts_dir)
+        self.users = add_users(settings)
+        with session_scope(settings=settings) as s:
+            self.alice = principal(s, self.users["alice"])
+            self.bob = principal(s, self.users["bob"])
+            self.pair_id = catalog.register_pair(s, f"micro-{self.users['alice']}", micro_zoo).id

@@ -9,32 +9,20 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import pytest
-from jobs_helpers import add_users, make_settings
+from jobs_helpers import MicroDeployment, make_settings
 
 from storage import catalog
 from storage.accounts import principal
-from storage.artifacts import ArtifactStore
 from storage.db import session_scope
 from storage.models import Dataset, Job
-from workers.client import JobClient
 from workers.embedded import stop_all
 
 pytestmark = pytest.mark.slow
 
 
-class Env:
-    def __init__(self, settings, micro_zoo: Path):
-        self.settings = settings
-        self.client = JobClient(settings)
-        self.store = ArtifactStore(settings.artifacts_dir)
-        self.users = add_users(settings)
-        with session_scope(settings=settings) as s:
-            self.alice = principal(s, self.users["alice"])
-            self.pair_id = catalog.register_pair(s, f"micro-{self.users['alice']}", micro_zoo).id
-
+class Env(MicroDeployment):
     def dataset(self, name, rows, budget=8.0) -> int:
         with session_scope(settings=self.settings) as s:
             return catalog.create_dataset(s, self.store, self.alice.org_id, name, rows, epsilon_budget=budget).id

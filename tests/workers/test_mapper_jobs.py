@@ -11,15 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
-from jobs_helpers import add_users, make_settings
+from jobs_helpers import MicroDeployment, make_settings
 from sqlalchemy import func, select
 
 from storage import catalog
 from storage.accounts import principal
-from storage.artifacts import ArtifactStore
 from storage.db import session_scope
 from storage.models import Adapter, Evaluation, Job, MapperVersion, PairSetRecord
-from workers.client import JobClient, JobNotFound
+from workers.client import JobNotFound
 from workers.embedded import stop_all
 
 TASK = "math/add-fruit-easy"
@@ -28,19 +27,11 @@ SHADOW = {"tasks": [TASK], "subsets": 2, "subset_size": 16, "steps": 4, "snapsho
 GT = {"steps": 20, "d_model": 16, "n_enc_layers": 1, "n_dec_layers": 1}
 
 
-class Env:
-    """Settings, a job client, users in two organisations and the admin, the micro zoo as a
-    registered model pair."""
+class Env(MicroDeployment):
+    """A MicroDeployment that runs jobs to success and makes datasets and TinyLM adapters."""
 
     def __init__(self, settings, micro_zoo: Path):
-        self.settings = settings
-        self.client = JobClient(settings)
-        self.store = ArtifactStore(settings.artifacts_dir)
-        self.users = add_users(settings)
-        with session_scope(settings=settings) as s:
-            self.alice = principal(s, self.users["alice"])
-            self.bob = principal(s, self.users["bob"])
-            self.pair_id = catalog.register_pair(s, f"micro-{self.users['alice']}", micro_zoo).id
+        super().__init__(settings, micro_zoo)
         self.llm_path = str(micro_zoo / "llm")
 
     def run(self, kind: str, params: dict, user: str = "root", timeout: float = 240):

@@ -11,13 +11,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from jobs_helpers import add_users, make_settings
+from jobs_helpers import MicroDeployment, make_settings
 
 from storage import catalog
-from storage.accounts import principal
 from storage.artifacts import ArtifactStore
 from storage.db import session_scope
-from workers.client import JobClient
 
 pytestmark = pytest.mark.slow
 TASK = "math/add-fruit-easy"
@@ -45,12 +43,10 @@ def honest(store: ArtifactStore, job_id: int) -> int:
 def test_every_job_kind_reports_monotone_progress_and_an_honest_eta(tmp_path, micro_zoo):
     from gtapp.tasks import make_task
 
-    settings = make_settings(tmp_path / "data")
-    client, store, users = JobClient(settings), ArtifactStore(settings.artifacts_dir), add_users(settings)
+    env = MicroDeployment(make_settings(tmp_path / "data"), micro_zoo)
+    settings, client, store, users, pair_id = env.settings, env.client, env.store, env.users, env.pair_id
     with session_scope(settings=settings) as s:
-        alice = principal(s, users["alice"])
-        pair_id = catalog.register_pair(s, "micro", micro_zoo).id
-        dataset_id = catalog.create_dataset(s, store, alice.org_id, "mine",
+        dataset_id = catalog.create_dataset(s, store, env.alice.org_id, "mine",
                                             make_task(TASK, seed=3, n_train=64, n_test=1).train).id
 
     def run(kind: str, params: dict, user: str) -> int:
