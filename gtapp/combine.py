@@ -36,6 +36,7 @@ from gtapp import choices
 from gtapp.lora.factors import Factors, as_factors
 from gtapp.lora.recipe import LoraRecipe
 from gtapp.lora.update import UpdateVector
+from gtapp.lora.validate import Limits
 from gtapp.mapper.space import UpdateSpace
 from gtapp.privacy import contributors_privacy
 
@@ -78,10 +79,11 @@ def _num(x, kind=float):
 
 
 def contributor_from_adapter(source: str | Path, recipe: LoraRecipe, name: Optional[str] = None,
-                             weight: Optional[float] = None) -> Contributor:
+                             weight: Optional[float] = None, init_known: bool = False) -> Contributor:
     """Validate an (untrusted) adapter against ``recipe`` into an UpdateVector, and read its
-    finetune.json if present."""
-    update = UpdateVector.from_adapter(source, recipe)
+    finetune.json if present. ``init_known``: the server's own fine-tune made it from the recipe's
+    init, so A need not still correlate with A0 (:class:`gtapp.lora.validate.Limits`)."""
+    update = UpdateVector.from_adapter(source, recipe, limits=Limits(init_known=True) if init_known else None)
     folder = Path(source)
     rec = _read_record(folder) if folder.is_dir() else {}
     examples = _num(rec.get("examples"), int)

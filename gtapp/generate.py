@@ -61,10 +61,11 @@ def generate(mapper, tiny_adapters: Sequence, out_dir: str | Path, *, weights: O
              zoo: Optional[str | Path] = None, llm_path: Optional[str] = None, merged: bool = False,
              organisation: str = "average_then_map", method: str = "mean", weighting: str = "data_size",
              names: Optional[Sequence[str]] = None, model_name: Optional[str] = None,
-             progress: Optional[ProgressFn] = None) -> GenerateResult:
+             init_known: Optional[Sequence[bool]] = None, progress: Optional[ProgressFn] = None) -> GenerateResult:
     """Map TinyLM adapter folders (or zips, or factor dicts) to an LLM adapter in ``out_dir``.
     ``model_name``: what the adapter's config and record name as its base model (default: the
-    LLM's path)."""
+    LLM's path). ``init_known[i]``: adapter i was made by the server's own fine-tune from the
+    recipe's init, so its A is not held to the init check."""
     from gtapp.combine import Contributor, combine_and_map, contributor_from_adapter
     from gtapp.mapper.base import Mapper
     from gtapp.mapper.registry import load_mapper
@@ -76,6 +77,8 @@ def generate(mapper, tiny_adapters: Sequence, out_dir: str | Path, *, weights: O
         raise ValueError("no TinyLM adapter given")
     if weights is not None and len(weights) != len(tiny_adapters):
         raise ValueError(f"{len(weights)} weights for {len(tiny_adapters)} adapters")
+    if init_known is not None and len(init_known) != len(tiny_adapters):
+        raise ValueError(f"{len(init_known)} init_known flags for {len(tiny_adapters)} adapters")
     t = time.monotonic()
     mapper_dir = None
     if not isinstance(mapper, Mapper):
@@ -99,7 +102,8 @@ def generate(mapper, tiny_adapters: Sequence, out_dir: str | Path, *, weights: O
         if isinstance(src, dict):
             contributors.append(Contributor(name=name or f"update{i}", update=src, weight=w, source="factors"))
         else:
-            c = contributor_from_adapter(src, mapper.recipes.tiny, name=name, weight=w)
+            c = contributor_from_adapter(src, mapper.recipes.tiny, name=name, weight=w,
+                                         init_known=bool(init_known and init_known[i]))
             if name is None and any(c.name == o.name for o in contributors):
                 c.name = f"{c.name}#{i}"
             contributors.append(c)

@@ -325,6 +325,21 @@ def test_large_drift_from_the_seeded_init_is_still_accepted(work, recipe):
     assert max(s.init_distance.values()) > 1.0 and 0.4 < s.init_cosine < 0.9
 
 
+def test_an_adapter_of_known_init_is_not_held_to_the_init_check(work, recipe):
+    """``Limits(init_known=True)`` (the server's own fine-tune made it): a drift that leaves A
+    uncorrelated with A0 is accepted and its cosine still reported; every other check holds."""
+    t = tensors(work)
+    for m in recipe.modules():
+        t[key(m, "lora_A")] = seeded_lora_a(recipe.init_seed + 7, m, recipe.rank, recipe.shapes[m][1])
+    write_tensors(work, t)
+    refused(work, recipe, "LoRA A does not match the recipe's seeded initialisation")
+    s = validate_adapter(work, recipe, limits=Limits(init_known=True))
+    assert abs(s.init_cosine) < 0.2
+    t[key(Q0, "lora_B")][0, 0] = float("nan")
+    write_tensors(work, t)
+    refused(work, recipe, "NaN", limits=Limits(init_known=True))
+
+
 def test_too_large_file_is_refused(work, recipe, good):
     with open(work / WEIGHTS_NAME, "ab") as f:
         f.write(b"\0" * 64)

@@ -230,6 +230,33 @@ def test_gt_mapper_and_two_organisation_style_generate(emb, tmp_path):
     assert _loads_in_peft(emb, artifact, tmp_path / "refined")
 
 
+def test_a_long_fine_tune_of_ours_is_mapped_though_its_a_has_left_the_init(emb, tmp_path):
+    """120 steps at lr 0.01 move LoRA A of the micro TinyLM so far from its seeded init that the
+    init check an upload must pass refuses it (cosine(A, A0) about 0.44; 6/sqrt(128) = 0.53 is
+    needed). The server's own fine-tune made it from the recipe's init, so generate maps it."""
+    from gtapp.lora.validate import AdapterError, validate_adapter
+    from gtapp.models import ModelPair
+
+    emb.run("shadow", {"pair_id": emb.pair_id, **SHADOW})
+    ridge = emb.run("train_mapper", {"pair_id": emb.pair_id, "kind": "ridge", "device": "cpu"})
+    ds = emb.dataset(emb.alice, "alice-long", seed=3)
+    ft = emb.run("finetune", {"pair_id": emb.pair_id, "dataset_id": ds, "steps": 120, "batch_size": 4,
+                              "max_length": 64, "lr": 0.01, "seed": 0, "device": "cpu"}, user="alice")
+    aid = ft.outputs["adapter_id"]
+    with session_scope(settings=emb.settings) as s:
+        a = s.get(Adapter, aid)
+        assert a.origin == "produced"
+        folder = emb.store.materialize(a.artifact, tmp_path / "long")
+    recipe = ModelPair.from_dir(Path(emb.llm_path).parent).recipes.tiny
+    with pytest.raises(AdapterError, match="does not match the recipe's seeded initialisation"):
+        validate_adapter(folder, recipe)  # what an upload of these bytes meets
+    gen = emb.run("generate", {"adapter_ids": [aid], "mapper_id": ridge.outputs["mapper_id"], "device": "cpu"},
+                  user="alice")
+    with session_scope(settings=emb.settings) as s:
+        artifact = s.get(Adapter, gen.outputs["adapter_id"]).artifact
+    assert _loads_in_peft(emb, artifact, tmp_path / "mapped")
+
+
 def test_cancelled_shadow_keeps_finished_runs_and_retry_resumes(emb):
     # batches of 2 runs: the unit a cancel keeps, and that a retry skips
     params = {"pair_id": emb.pair_id, **SHADOW, "subsets": 8, "steps": 12, "snapshot_steps": [], "seed": 3,

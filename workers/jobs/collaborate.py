@@ -56,7 +56,8 @@ def collaborate(params: dict, ctx) -> dict:
                                  "contribute again")
             record = (a.meta or {}).get("record") or {}
             members.append({"org_id": m.org_id, "org": orgs.get(m.org_id), "artifact": a.artifact,
-                            "weight": m.weight, "epsilon": record.get("epsilon"), "delta": record.get("delta")})
+                            "weight": m.weight, "epsilon": record.get("epsilon"), "delta": record.get("delta"),
+                            "origin": a.origin})
         setup = {"organisation": c.organisation, "method": c.method, "weighting": c.weighting,
                  "pair_id": c.model_pair_id, "name": c.name}
         mapper_artifact, mapper_version = mv.artifact, {"id": mv.id, "version": mv.version, "kind": mv.kind}
@@ -73,7 +74,8 @@ def collaborate(params: dict, ctx) -> dict:
     result = run_generate(mapper, dirs, out, weights=weights, zoo=_pair_folder(pair, ctx.work_dir / "zoo"),
                           organisation=setup["organisation"], method=setup["method"],
                           weighting="equal" if setup["weighting"] == "equal" else "data_size",
-                          names=[m["org"] for m in members], model_name=pair_model_name(pair["name"], "llm"))
+                          names=[m["org"] for m in members], model_name=pair_model_name(pair["name"], "llm"),
+                          init_known=[m["origin"] == "produced" for m in members])
     ctx.check_cancel()
     rows = _jsonable(result.record).get("contributors") or []
     contributors, flagged = [], 0

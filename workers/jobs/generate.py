@@ -196,6 +196,7 @@ def generate(params: dict, ctx) -> dict:
                           organisation=params["organisation"], method=params["method"],
                           weighting=params["weighting"], names=[f"{a['name']} (adapter {a['id']})" for a in adapters],
                           model_name=pair_model_name(pair["name"], "llm"),
+                          init_known=[a["origin"] == "produced" for a in adapters],
                           progress=_scaled_progress(ctx, *spans["map"]))
     ctx.check_cancel()
     for w in result.warnings:

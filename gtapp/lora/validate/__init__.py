@@ -29,7 +29,9 @@ it is used until it has passed, in this order:
    An A drawn from another random init has cosine ~ N(0, 1/sqrt(N)) — about 0.01 for a real
    model — while A = A0 + drift keeps cosine ‖A0‖/‖A‖ (0.5 even when the drift is as large as
    A0 itself, as seen at learning rate 1e-2). A per-module relative distance ‖A − A0‖/‖A0‖
-   is reported too.
+   is reported too. An adapter the server's own fine-tune made (``Limits.init_known``) started
+   from A0 by construction, so a long run that drifts further is still accepted; on a small
+   model (N of a few hundred) 6/sqrt(N) is strict enough to refuse such a run.
 
 Every failure raises :class:`AdapterError` (a ``ValueError``) whose message says what was
 wrong and what to do about it. On success :func:`validate_adapter` returns an

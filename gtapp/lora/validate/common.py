@@ -43,6 +43,10 @@ class Limits:
     absolute_max_bytes: int = 8 << 30  # cap on any derived bound
     init_min_cosine: float = INIT_MIN_COSINE
     init_z: float = INIT_Z
+    # The server's own fine-tune wrote the adapter from the recipe's init (origin "produced"), so
+    # A's start is known and the init check (which guards against a foreign init) is recorded
+    # but not enforced: a long fine-tune moves A far from A0 without making the update wrong.
+    init_known: bool = False
 
     def weights_bytes(self, recipe: LoraRecipe) -> int:
         if self.max_weights_bytes is not None:
