@@ -496,3 +496,38 @@ def test_one_sign_in_sends_at_most_two_uploads_at_once(live):
     [t.join(30) for t in ts]
     assert codes == [200, 200]
     assert bob.http.post("gradio_api/upload", files={"files": ("later.jsonl", io.BytesIO(jsonl("x")))}).status_code == 200
+
+
+def test_an_upload_declared_over_the_limit_is_refused_before_it_is_read(live):
+    """Held up (kept so): a member announcing a 1 GiB upload gets 413 from its Content-Length,
+    before the server reads the body; nothing lands in the member's upload folder and /healthz
+    answers meanwhile. (A body sent without a length is cut at the limit by Gradio's streaming
+    parser, which the dashboard's upload route runs with the same bound.)"""
+    import socket
+    from urllib.parse import urlparse
+
+    bob = member(live, "bob")
+    host = urlparse(live.url)
+    cookie = "; ".join(f"{k}={v}" for k, v in bob.http.cookies.items())
+    before = sorted(p for p in live.data_dir.rglob("*") if p.is_file())
+    with Healthz(live.url) as health, socket.create_connection((host.hostname, host.port), timeout=10) as sock:
+        head = (f"POST /gradio_api/upload HTTP/1.1\r\nHost: {host.netloc}\r\nCookie: {cookie}\r\n"
+                f"Origin: {live.url.rstrip('/')}\r\n"
+                f"Content-Type: multipart/form-data; boundary=xx\r\nContent-Length: {1 << 30}\r\n\r\n")
+        sock.sendall(head.encode() + b"--xx\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.jsonl\"\r\n\r\n")
+        sock.sendall(b"0" * 65536)  # 64 KiB of the announced GiB, then wait for the answer
+        answer = b""
+        sock.settimeout(5)
+        try:
+            while b"limited to" not in answer:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+        except socket.timeout:
+            pass
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+    assert b"uploads are limited to 512 MiB" in answer, answer[:300]
+    assert not health.failures and health.worst < 2.0, (health.worst, health.failures[:3])
+    after = sorted(p for p in live.data_dir.rglob("*") if p.is_file() and "big.jsonl" in p.name)
+    assert after == [] and len(before) >= 1
