@@ -28,9 +28,13 @@ EVAL_METRICS = USER_METRICS + ("perplexity",)  # what an evaluation can report
 # the baselines (gtapp.baselines.common.METHODS) and every method of the benchmark's tables
 BASELINE_METHODS = ("oracle", "public_ft", "tiny_ft", "kd_logit", "weak_to_strong", "proxy_tuning", "datafree_kd",
                     "cross_lora")
-# gt_refine: the GT's adapter refined towards the proxy-tuned distribution on provider text (gtapp.refine)
+# gt_refine: the GT's adapter refined towards the proxy-tuned distribution on provider text (gtapp.refine);
+# gt_auto: the GT's adapter as it is where the update looks like the shadow updates, refined where
+# it does not (gtapp.refine.refine_wanted)
 BENCH_METHODS = ("base_llm", "base_tiny", "tiny_ft", "oracle", "mean_shadow", "public_ft", "ridge", "gt",
-                 "gt_refine", "kd_logit", "weak_to_strong", "proxy_tuning", "datafree_kd", "cross_lora")
+                 "gt_refine", "gt_auto", "kd_logit", "weak_to_strong", "proxy_tuning", "datafree_kd", "cross_lora")
+# when a generate job refines the mapped adapter (gtapp.refine.refine_wanted)
+REFINE_MODES = ("never", "auto", "always")
 
 # where a job runs its models
 DEVICES = ("auto", "cpu", "cuda")

@@ -14,6 +14,13 @@ share ``sample_share``. The learning rate and stopping step are chosen by the be
 shared procedure (gtapp.baselines.selection) on held-out provider text. The result is a stock
 peft adapter: serving needs no TinyLM.
 
+When to refine (``refine_wanted``): where the mapper knows updates like this one (its OOD score
+is low) the mapped adapter is already good and distilling it towards proxy-tuning loses some of
+it; where the update is unlike every shadow update the mapped adapter can hurt and refinement
+recovers part of proxy-tuning's gain. ``"auto"`` refines only above :data:`AUTO_REFINE_OOD`,
+a threshold calibrated on the provider's own held-out shadow tasks and runs
+(bench/refine_calibration.py), never on a private task.
+
 Privacy: the refinement reads only the TinyLM adapter (already private, with whatever DP
 guarantee its fine-tune gave), public text and the two base models. By the post-processing
 property of differential privacy the refined adapter has the same (ε, δ) as the TinyLM
@@ -32,6 +39,11 @@ import torch
 
 from gtapp.progress import ProgressFn
 from gtapp.tasks.base import Example
+
+#: OOD score (gtapp.mapper.base.OodReference: nearest-shadow distance over the typical one) above
+#: which ``refine="auto"`` refines. Chosen on 50 held-out shadow cases (ci scale, seeds 0-2, with and
+#: without DP; best 2.89): bench/results/refine_calibration_ci_gate_2026-12-01.json.
+AUTO_REFINE_OOD = 2.9
 
 PRIVACY_NOTE = ("post-processing of the TinyLM adapter (public text and base models only): the refined adapter "
                 "has the TinyLM adapter's (epsilon, delta); no privacy budget is spent")
@@ -62,6 +74,21 @@ class RefineConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def refine_wanted(mode: str, ood_score: Optional[float], threshold: float = AUTO_REFINE_OOD) -> tuple[bool, str]:
+    """(whether to refine, why) for a refine mode (gtapp.choices.REFINE_MODES) and the mapped
+    update's OOD score. Without a score (a mapper with no OOD reference) "auto" refines."""
+    if mode not in ("never", "auto", "always"):
+        raise ValueError(f"refine must be one of never, auto, always; got {mode!r}")
+    if mode != "auto":
+        return mode == "always", f"refine={mode}"
+    if ood_score is None or ood_score != ood_score:
+        return True, "no OOD score for the update: refined"
+    if ood_score > threshold:
+        return True, f"OOD score {ood_score:.2f} > {threshold:g}: the update is unlike the shadow updates, refined"
+    return False, (f"OOD score {ood_score:.2f} <= {threshold:g}: the mapper knows updates like this one, "
+                   "its adapter kept as it is")
 
 
 def _pad_cat(parts):

@@ -52,6 +52,20 @@ def test_refine_refuses_bad_requests(micro_zoo, tmp_path):
         RefineConfig(start="somewhere")
 
 
+def test_when_to_refine():
+    from gtapp.refine import AUTO_REFINE_OOD, refine_wanted
+
+    assert refine_wanted("always", 0.1)[0] and not refine_wanted("never", 99.0)[0]
+    wanted, why = refine_wanted("auto", AUTO_REFINE_OOD + 0.5)
+    assert wanted and "unlike the shadow updates" in why
+    wanted, why = refine_wanted("auto", AUTO_REFINE_OOD - 0.5)
+    assert not wanted and "kept as it is" in why
+    assert not refine_wanted("auto", AUTO_REFINE_OOD)[0]  # at the threshold: kept
+    assert refine_wanted("auto", None)[0] and refine_wanted("auto", float("nan"))[0]  # no score: refined
+    with pytest.raises(ValueError, match="never, auto, always"):
+        refine_wanted("sometimes", 1.0)
+
+
 def test_provider_text_comes_from_the_pair_sets_shadow_tasks():
     from gtapp.refine import provider_text
     from gtapp.tasks.universe import make_task

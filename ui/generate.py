@@ -72,7 +72,7 @@ def contributions(svc: Service, who, adapter_ids: Sequence[Any], weights_text: s
 def generate_params(pair_id: Any, adapter_ids: Sequence[Any], weights_text: str, mapper: Any,
                     evaluate: bool, eval_task: Optional[str], eval_dataset: Any, organisation: str = ORGANISATIONS[0],
                     method: str = COMBINE_METHODS[0], weighting: str = WEIGHTINGS[0], merged: bool = False,
-                    name: str = "", n_test: Any = None, refine: bool = False) -> dict:
+                    name: str = "", n_test: Any = None, refine: Any = "never") -> dict:
     """The ``generate`` job's parameters from the form (checked again by the job API)."""
     if pair_id in (None, ""):
         raise ValueError("choose a model pair")
@@ -84,8 +84,8 @@ def generate_params(pair_id: Any, adapter_ids: Sequence[Any], weights_text: str,
                     "weights": parse_weights(weights_text, len(ids)), "organisation": organisation or ORGANISATIONS[0],
                     "method": method or COMBINE_METHODS[0], "weighting": weighting or WEIGHTINGS[0],
                     "merged": bool(merged), "name": (name or "").strip()[:200] or None}
-    if refine:
-        params["refine"] = True
+    if refine not in (None, "", False, "never"):
+        params["refine"] = "always" if refine is True else refine
     if evaluate:
         if eval_dataset not in (None, ""):
             params["dataset_id"] = int(eval_dataset)
@@ -125,7 +125,8 @@ def downloads_html(adapters: Sequence[dict]) -> str:
 
 def results_markdown(results: list[dict]) -> str:
     """Each recent generated adapter: its warnings (out of distribution: expect a poor LLM
-    update) and its gains over the base LLM and the provider's mean baseline, with intervals."""
+    update), its gains over the base LLM and the provider's mean baseline, with intervals, and
+    whether it was refined and why."""
     from ui.jobs import result_lines
 
     if not results:
@@ -134,6 +135,11 @@ def results_markdown(results: list[dict]) -> str:
     for r in results:
         head = f"**{md_escape(r['name'])}** (adapter {r['id']})"
         body = result_lines({**r, "warnings": r["warnings"]}) or ["\n(not evaluated)"]
+        rf = r.get("refine")
+        if isinstance(rf, dict):  # whether the mapped adapter was refined, and why (gtapp.refine.refine_wanted)
+            done = "refined" if rf.get("refined", True) else "not refined"
+            body.append(f"\nRefinement ({md_escape(str(rf.get('mode', 'always')))}): {done}"
+                        + (f" — {md_escape(str(rf['reason']))}" if rf.get("reason") else ""))
         # result_lines marks a paragraph with a leading newline (a warning, the result); the rest are list items
         blocks.append(head + "".join(("\n\n" if line.startswith("\n") else "\n") + line.lstrip("\n")
                                      for line in body))
@@ -149,7 +155,10 @@ def latest_results(svc: Service, who) -> tuple:
 
 
 # what "Save these settings" keeps (in this order: the form's fields)
-FORM_KEYS = ("organisation", "method", "weighting", "merged", "refine", "evaluate", "n_test")
+FORM_KEYS = ("organisation", "method", "weighting", "merged", "refine_mode", "evaluate", "n_test")
+REFINE_CHOICES = [("no", "never"),
+                  ("when the update is unlike every shadow update (OOD score above the calibrated threshold)", "auto"),
+                  ("always", "always")]
 
 
 def build_generate_tab(svc: Service, demo):
@@ -179,9 +188,9 @@ def build_generate_tab(svc: Service, demo):
                 with gr.Row():
                     name = gr.Textbox(label="LLM adapter name (optional)", max_length=200, elem_id="gen-name")
                     merged = gr.Checkbox(label="Also store the merged LLM", value=False, elem_id="gen-merged")
-                refine = gr.Checkbox(label="Refine towards the proxy-tuned distribution (one adapter; slower; the "
-                                           "provider's text only, never your data; DP carries over)", value=False,
-                                     elem_id="gen-refine")
+                refine = gr.Radio(label="Refine towards the proxy-tuned distribution (one adapter; slower; the "
+                                        "provider's text only, never your data; DP carries over)",
+                                  choices=REFINE_CHOICES, value="never", elem_id="gen-refine")
                 evaluate = gr.Checkbox(label="Evaluate the LLM adapter afterwards", value=True, elem_id="gen-eval")
                 with gr.Row():
                     task = gr.Dropdown(label="on a generated task", choices=[], elem_id="gen-task")

@@ -8,7 +8,8 @@ For each seed:
                    touched by shadow generation, mapper fitting or mapper selection.
 Then, per private task: base LLM/TinyLM; TinyLM fine-tuned on the private data (no DP and
 each ε); the mappers (gt, ridge, mean_shadow) map its update to an LLM adapter; gt_refine
-refines the GT's adapter towards the proxy-tuned distribution on provider text (gtapp.refine);
+refines the GT's adapter towards the proxy-tuned distribution on provider text (gtapp.refine),
+and gt_auto keeps the GT's adapter or its refinement by the update's OOD score;
 cross_lora moves the TinyLM update with no data; the oracle (LLM fine-tuned on the private
 data), public_ft (LLM fine-tuned on the public data) and the distillation baselines run with
 the oracle's budget, each choosing its learning rate and stopping step on a held-out part of
@@ -192,11 +193,11 @@ def run_private_task(ctx: Context, protocol: str, task: Task, private, public, m
             if kind == "mean" and eps is not None:
                 continue  # ignores its input: one row is enough
             out, gw, gm, ood = _generate(ctx, mapper, [tiny_dir], d / f"{kind}_{tag}")
+            row = _row(ctx, **common, method=MAPPER_METHOD[kind], dp_epsilon=eps if kind != "mean" else None,
+                       clients=1, ev=_eval(ctx, "llm", out, task), wall_s=(tw + gw) if kind != "mean" else gw,
+                       peak_mem_mb=max(tm, gm), generate_s=gw, tiny_finetune_s=tw, ood_score=ood, **extra)
             if kind == "gt":
-                gt_by_eps[eps] = (out, gw)
-            _row(ctx, **common, method=MAPPER_METHOD[kind], dp_epsilon=eps if kind != "mean" else None, clients=1,
-                 ev=_eval(ctx, "llm", out, task), wall_s=(tw + gw) if kind != "mean" else gw,
-                 peak_mem_mb=max(tm, gm), generate_s=gw, tiny_finetune_s=tw, ood_score=ood, **extra)
+                gt_by_eps[eps] = (out, gw, row)
         ctx.tick(f"dp {tag}", task.name)
 
     tiny_nodp = tiny_by_eps[None][0]
@@ -205,14 +206,16 @@ def run_private_task(ctx: Context, protocol: str, task: Task, private, public, m
             if eps not in gt_by_eps:
                 continue
             tag = "nodp" if eps is None else f"eps{eps:g}"
-            (gt_dir, gw), (tiny_dir, tw) = gt_by_eps[eps], tiny_by_eps[eps]
+            (gt_dir, gw, gt_row), (tiny_dir, tw) = gt_by_eps[eps], tiny_by_eps[eps]
             cfg = RefineConfig(steps=p.llm_steps, batch_size=p.batch_size, lr=p.llm_lr, seed=seed)
             rec = refine(pair, tiny_dir, provider, d / f"gt_refine_{tag}", cfg, start_adapter=gt_dir)
-            _row(ctx, **common, method="gt_refine", dp_epsilon=eps, clients=1,
-                 ev=_eval(ctx, "llm", d / f"gt_refine_{tag}", task), wall_s=tw + gw + rec["wall_s"],
-                 peak_mem_mb=rec["peak_mem_mb"], generate_s=gw, tiny_finetune_s=tw, refine_s=rec["wall_s"],
-                 selection_s=rec.get("selection", {}).get("selection_s"), tokens=rec["tokens"],
-                 refine={k: rec[k] for k in ("lr", "steps", "text", "privacy")})
+            refined = _row(ctx, **common, method="gt_refine", dp_epsilon=eps, clients=1,
+                           ev=_eval(ctx, "llm", d / f"gt_refine_{tag}", task), wall_s=tw + gw + rec["wall_s"],
+                           peak_mem_mb=rec["peak_mem_mb"], generate_s=gw, tiny_finetune_s=tw, refine_s=rec["wall_s"],
+                           selection_s=rec.get("selection", {}).get("selection_s"), tokens=rec["tokens"],
+                           refine={k: rec[k] for k in ("lr", "steps", "text", "privacy")})
+            if "gt_auto" in methods:
+                _auto_row(ctx, gt_row, refined)
         ctx.tick("gt_refine", task.name)
 
     for method in ("kd_logit", "weak_to_strong", "datafree_kd", "proxy_tuning", "cross_lora"):
@@ -227,6 +230,19 @@ def run_private_task(ctx: Context, protocol: str, task: Task, private, public, m
 
     if 3 in p.clients:
         _three_clients(ctx, protocol, task, private, mappers, seed, d, group_tasks)
+
+
+def _auto_row(ctx: Context, gt_row: Row, refined: Row) -> Row:
+    """gt_auto: the GT's row where the update's OOD score says the mapper knows it, the refined
+    row where it does not (gtapp.refine.refine_wanted), decided from the update alone. Its wall
+    time is what it spent: the refinement only where it refined."""
+    from gtapp.refine import refine_wanted
+
+    wanted, why = refine_wanted("auto", gt_row.get("ood_score"))
+    row = {**(refined if wanted else gt_row), "method": "gt_auto", "auto_choice": "gt_refine" if wanted else "gt",
+           "auto_reason": why}
+    ctx.rows.append(row)
+    return row
 
 
 def _three_clients(ctx, protocol, task, private, mappers, seed, d, group_tasks) -> None:

@@ -30,7 +30,7 @@ def mean_ci(values: Iterable[float]) -> tuple[float, float, float, int]:
     return m, m - half, m + half, len(xs)
 
 
-GT_FAMILY = ("gt", "gt_refine")
+GT_FAMILY = ("gt", "gt_refine", "gt_auto")
 # what a GT-family method is compared with, task by task (paired bootstrap of the difference)
 RIVALS = ("mean_shadow", "public_ft", "ridge", "cross_lora", "proxy_tuning", "kd_logit", "weak_to_strong",
           "datafree_kd", "gt")
@@ -111,7 +111,7 @@ def _beats(comps: list[dict], protocol: str, a: str, b: str) -> tuple[int, int]:
 
 def targets(summary: list[dict], rows: list[dict], comps: Optional[list[dict]] = None) -> list[dict]:
     """The targets of the method issue, each with the measured number, MET or NOT MET, and for
-    the GT family the method that reached it (``gt`` or ``gt_refine``, named, never chosen per
+    the GT family the method that reached it (``gt``, ``gt_refine`` or ``gt_auto``, named, never chosen per
     task). Gap recovery is on answer NLL, falling back to the task metric where NLL is missing."""
     comps = comparisons(rows) if comps is None else comps
     res = []

@@ -23,9 +23,10 @@ def register(sub) -> None:
     p.add_argument("--organisation", default="average_then_map", choices=["average_then_map", "map_then_average"])
     p.add_argument("--method", default="mean", choices=["mean", "median", "clip"],
                    help="how several updates are combined (median/clip resist a hostile update)")
-    p.add_argument("--refine", action="store_true",
+    p.add_argument("--refine", nargs="?", const="always", default=None, choices=["always", "auto"],
                    help="then refine the adapter towards the proxy-tuned distribution on the provider's text "
-                        "(gtapp.refine; one TinyLM adapter, needs --zoo; DP carries over by post-processing)")
+                        "(gtapp.refine; one TinyLM adapter, needs --zoo; DP carries over by post-processing); "
+                        "'auto': only where the update's OOD score is above gtapp.refine.AUTO_REFINE_OOD")
     p.add_argument("--pairs", type=Path, default=None,
                    help="with --refine: the pair set whose shadow tasks give the provider's text (default: the "
                         "one the mapper's card names)")
@@ -49,8 +50,15 @@ def _run(args) -> int:
     report = {"adapter_dir": str(res.adapter_dir), "merged_dir": str(res.merged_dir) if res.merged_dir else None,
               "ood": res.ood, "warnings": res.warnings, "timing": res.timing}
     if args.refine:
-        report["refine"] = _refine(args, res.adapter_dir)
-        report["adapter_dir"] = str(args.out)
+        from gtapp.refine import refine_wanted
+
+        score = res.ood[0].get("score") if res.ood and isinstance(res.ood[0], dict) else None
+        wanted, why = refine_wanted(args.refine, score)
+        print(f"refine={args.refine}: {why}", file=sys.stderr)
+        report["refine"] = {"mode": args.refine, "refined": wanted, "reason": why}
+        if wanted:
+            report["refine"].update(_refine(args, res.adapter_dir))
+            report["adapter_dir"] = str(args.out)
     print(json.dumps(report, indent=2, default=str))
     return 0
 

@@ -31,7 +31,9 @@ def test_latest_results_show_gains_with_intervals_and_warnings(svc, users, pair_
                        "gains": gains(-0.20, [-0.31, -0.09], 0.02, [-0.01, 0.05])}})
     good = add_generated(svc, alice, pair_id, "good-one", {
         "evaluation": {"task": "math/x", "metric": "exact_match", "value": 0.5, "n": 64,
-                       "gains": gains(0.40, [0.30, 0.52], 0.10, [0.04, 0.16])}})
+                       "gains": gains(0.40, [0.30, 0.52], 0.10, [0.04, 0.16])},
+        "refine": {"mode": "auto", "refined": False, "reason": "OOD score 1.20 <= 3: the mapper knows updates like "
+                                                               "this one, its adapter kept as it is"}})
     add_generated(svc, alice, pair_id, "not-evaluated", {})
 
     words, fig = generate.latest_results(svc, alice)
@@ -41,6 +43,9 @@ def test_latest_results_show_gains_with_intervals_and_warnings(svc, users, pair_
     assert "answer NLL, nats/token +0.4 [+0.3, +0.52] (better)" in words
     assert "answer NLL, nats/token -0.2 [-0.31, -0.09] (worse)" in words
     assert "+0.02 [-0.01, +0.05] (no difference shown)" in words
+    good_words = words[words.index("**good-one**"):words.index("**odd-one**")]
+    assert "Refinement (auto): not refined — OOD score 1.20 \\<= 3\\: the mapper knows" in good_words  # escaped
+    assert "Refinement" not in odd
     traces = {t.name: t for t in fig.data}
     assert set(traces) == {"over the base LLM", "over the provider's mean baseline"}
     base = traces["over the base LLM"]

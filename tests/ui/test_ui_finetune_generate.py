@@ -106,7 +106,9 @@ def test_forms_show_the_equivalent_gtapp_command():
     from ui.common import cli_command
 
     ft = finetune.finetune_params(3, 1, 50, 0.01, 8, 128, True, 2.0, 0, 1.0, "mine")
-    gen = generate.generate_params(1, ["3"], "", generate.PROMOTED, True, "math/x", "", n_test=16, refine=True)
+    gen = generate.generate_params(1, ["3"], "", generate.PROMOTED, True, "math/x", "", n_test=16, refine="auto")
+    assert gen["refine"] == "auto"
+    assert "refine" not in generate.generate_params(1, ["3"], "", generate.PROMOTED, False, None, "", refine="never")
     for kind, params in (("finetune", ft), ("generate", gen)):
         argv = shlex.split(cli_command(kind, params))
         assert argv[:4] == ["gtapp", "jobs", "submit", kind]

@@ -228,6 +228,20 @@ def test_gt_mapper_and_two_organisation_style_generate(emb, tmp_path):
         artifact = a.artifact
     assert "refine.json" in emb.store.manifest(artifact)
     assert _loads_in_peft(emb, artifact, tmp_path / "refined")
+    # refine="auto": refined only where the update's OOD score is above the calibrated threshold
+    from gtapp.refine import AUTO_REFINE_OOD
+
+    auto = emb.run("generate", {"adapter_ids": [dp], "mapper_id": mv.id, "refine": "auto", "device": "cpu"},
+                   user="alice")
+    with session_scope(settings=emb.settings) as s:
+        a = s.get(Adapter, auto.outputs["adapter_id"])
+        rec, score = a.meta["refine"], a.meta["ood"][0]
+        assert rec["mode"] == "auto" and rec["threshold"] == AUTO_REFINE_OOD and rec["ood_score"] == score
+        assert rec["refined"] == (score is None or score > AUTO_REFINE_OOD), rec
+        assert ("refine.json" in emb.store.manifest(a.artifact)) == rec["refined"]
+    with pytest.raises(ValueError, match="refine must be one of never, auto, always"):
+        emb.client.submit("generate", {"adapter_ids": [dp], "mapper_id": mv.id, "refine": "sometimes"},
+                          emb.users["alice"])
 
 
 def test_a_long_fine_tune_of_ours_is_mapped_though_its_a_has_left_the_init(emb, tmp_path):

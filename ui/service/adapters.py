@@ -103,7 +103,7 @@ class Adapters(ServiceBase):
                 ev = meta.get("evaluation") or {}
                 out.append({"id": a.id, "name": a.name, "warnings": list(meta.get("warnings") or []),
                             "task": ev.get("task"), "metric": ev.get("metric"), "value": ev.get("value"),
-                            "n": ev.get("n"), "gains": ev.get("gains") or {}})
+                            "n": ev.get("n"), "gains": ev.get("gains") or {}, "refine": meta.get("refine")})
             return out
 
     def get_adapter(self, who: Principal, adapter_id: Any) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from gtapp.choices import REFINE_MODES
 from storage.catalog import pair_model_name
 from workers.jobs.common import (
     COMBINE_METHODS,
@@ -29,6 +30,17 @@ from storage.artifacts import atomic_write_json
 from workers.redact import redact_json_files
 
 
+def _refine_mode(value) -> str:
+    """``refine``: never / auto / always (gtapp.refine.refine_wanted); false and true mean never and always."""
+    if value is None or value is False:
+        return "never"
+    if value is True:
+        return "always"
+    if value in REFINE_MODES:
+        return value
+    raise ValueError(f"refine must be one of {', '.join(REFINE_MODES)} (or true / false), got {value!r}")
+
+
 def _check_generate(p: dict) -> None:
     cfg = p.get("config")
     if isinstance(cfg, dict) and "evaluate" in cfg:  # the dashboard's form: {"weights", "evaluate": {...}}
@@ -51,9 +63,10 @@ def _check_generate(p: dict) -> None:
         raise ValueError(f"adapter_ids has duplicates: {ids}")
     if len(ids) > 64:
         raise ValueError("at most 64 adapters can be combined in one job")
-    if p["refine"] and len(ids) != 1:
+    p["refine"] = _refine_mode(p["refine"])
+    if p["refine"] != "never" and len(ids) != 1:
         raise ValueError("refine works on one TinyLM adapter (the proxy-tuned teacher is built from it)")
-    if p["refine"] and p["merged"]:
+    if p["refine"] != "never" and p["merged"]:
         raise ValueError("refine and merged: choose one (merge the refined adapter after downloading it)")
     w = p["weights"]
     if w is not None:
@@ -132,7 +145,7 @@ def _precheck_generate(params: dict, s, who=None) -> None:
      defaults={"adapter_ids": [], "mapper_id": None, "pair_id": None, "weights": None,
                "organisation": "average_then_map", "method": "mean", "weighting": "data_size", "merged": False,
                "evaluate_task": None, "dataset_id": None, "metric": "exact_match", "n_test": 128, "limit": None,
-               "name": None, "device": "auto", "config": None, "refine": False})
+               "name": None, "device": "auto", "config": None, "refine": None})
 def generate(params: dict, ctx) -> dict:
     """Map your TinyLM adapter(s) to an LLM adapter (stock peft) with a mapper version
     (`mapper_id`; default: the model pair's promoted one). Several adapters are combined
@@ -165,7 +178,7 @@ def generate(params: dict, ctx) -> dict:
                        "version_hash": (mv.metrics or {}).get("version_hash")}
         mapper_artifact, pair_id = mv.artifact, mv.model_pair_id
         pair_set_artifact = None
-        if params["refine"]:
+        if params["refine"] != "never":
             ps = s.get(PairSetRecord, mv.pair_set_id) if mv.pair_set_id is not None else None
             if ps is None:
                 raise ValueError(f"mapper version {mv.version} names no pair set: refinement needs the provider's "
@@ -187,7 +200,7 @@ def generate(params: dict, ctx) -> dict:
         if evaluating else []
     # the job's progress split by the work of each stage: mapping a quarter of one evaluation, a
     # refinement one, each evaluation (ours, and each baseline not yet cached) one
-    spans = stage_spans({"map": 0.25, "refine": 1.0 if params["refine"] else 0.0,
+    spans = stage_spans({"map": 0.25, "refine": 1.0 if params["refine"] != "never" else 0.0,
                          "evaluate": 1.0 if evaluating else 0.0, "baselines": float(len(uncached))})
     ctx.log(f"generate: {len(adapters)} TinyLM adapter(s) {[a['id'] for a in adapters]} with mapper v"
             f"{mapper_info['version']} ({mapper_info['kind']}, id {mapper_info['mapper_id']}) of pair '{pair['name']}'")
@@ -222,8 +235,16 @@ def generate(params: dict, ctx) -> dict:
     all_dp = privacy["all_dp"]
     ood = [o.get("score") if isinstance(o, dict) else None for o in (record.get("ood") or [])]
     refine_rec = None
-    if params["refine"]:
-        out, refine_rec = _refine(ctx, zoo_dir, tiny_dirs[0], out, pair_set_artifact, params, device, spans["refine"])
+    if params["refine"] != "never":
+        from gtapp.refine import AUTO_REFINE_OOD, refine_wanted
+
+        wanted, why = refine_wanted(params["refine"], ood[0] if ood else None)
+        refine_rec = {"mode": params["refine"], "refined": wanted, "reason": why, "ood_score": ood[0] if ood else None,
+                      "threshold": AUTO_REFINE_OOD if params["refine"] == "auto" else None}
+        ctx.log(f"refine={params['refine']}: {why}")
+        if wanted:
+            out, rec = _refine(ctx, zoo_dir, tiny_dirs[0], out, pair_set_artifact, params, device, spans["refine"])
+            refine_rec.update(rec)
     ctx.progress(spans["refine"][1], "storing the LLM adapter")
     redact_json_files(out)  # generate.json names the work folders: the organisation downloads this
     sha = ctx.store.put_tree(out)
