@@ -1,0 +1,42 @@
+"""bench/refine_calibration.py: its held-out tasks are the provider's own (no private task of any
+preset, nor a variant of one, and no shadow task a variant of a held-out one), and its OOD gate
+picks the threshold that does best over the cases it is given."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from refine_calibration import gate, held_out_split  # noqa: E402
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_held_out_tasks_are_the_providers_own(seed):
+    from gtapp.bench.presets import PRESETS
+
+    shadow, held = held_out_split(2, seed)
+    private = {t.split("-")[0] for p in PRESETS.values() for t in (*p.cross_private_tasks, *p.in_dist_tasks)}
+    assert len(held) == 5 and len({t.split("/")[0] for t in held}) == 5  # one per family
+    assert not {t.split("-")[0] for t in shadow + held} & private
+    assert not {t.split("-")[0] for t in shadow} & {t.split("-")[0] for t in held}
+    assert len(shadow) == 10 and not set(shadow) & set(held)
+
+
+def case(setting, task, method, gap, ood=None):
+    return {"protocol": setting, "task": task, "dp_epsilon": None, "seed": 0, "method": method,
+            "gap_recovery_nll": gap, "ood_score": ood}
+
+
+def test_gate_keeps_the_mapped_adapter_below_the_threshold_it_finds():
+    rows = []
+    # known updates (low OOD score): the GT's adapter is better; new ones (high): the refinement
+    for i, (ood, gt, ref) in enumerate([(1.0, 0.9, 0.5), (1.5, 0.8, 0.4), (3.5, -0.5, 0.2), (4.0, -0.1, 0.1)]):
+        rows += [case("s", f"t{i}", "gt", gt, ood), case("s", f"t{i}", "gt_refine:v", ref, ood)]
+    rows.append(case("s", "t9", "gt", float("nan"), 2.0))  # a case without both numbers is left out
+    g = gate(rows, "v")
+    assert len(g["cases"]) == 4 and 1.5 < g["tau"] < 3.5
+    assert g["mean_gap_nll"] == pytest.approx((0.9 + 0.8 + 0.2 + 0.1) / 4)
+    assert g["never_refine"] == pytest.approx((0.9 + 0.8 - 0.5 - 0.1) / 4)
+    assert g["always_refine"] == pytest.approx((0.5 + 0.4 + 0.2 + 0.1) / 4)
