@@ -151,7 +151,9 @@ def generate(params: dict, ctx) -> dict:
     (`mapper_id`; default: the model pair's promoted one). Several adapters are combined
     (`organisation`, `method`, `weights` or by data size). Each input's out-of-distribution
     score and every contributor's privacy spend are recorded; `merged` also stores the merged
-    LLM; `evaluate_task` (or your `dataset_id`) also scores the new adapter. Produces an
+    LLM; `evaluate_task` (or your `dataset_id`) also scores the new adapter; `refine` (never,
+    auto, always) distils one adapter towards the proxy-tuned distribution on the provider's
+    text, "auto" only where its OOD score is above gtapp.refine.AUTO_REFINE_OOD. Produces an
     adapter (and an evaluation)."""
     import shutil
 
