@@ -8,7 +8,7 @@ from __future__ import annotations
 
 # model pairs (gtapp.zoo.PRESETS) and benchmark presets (gtapp.bench.presets.PRESETS)
 ZOO_PRESETS = ("micro", "ci", "demo", "gpu")
-BENCH_PRESETS = ("ci", "demo", "gpu")
+BENCH_PRESETS = ("ci", "quick5", "demo", "gpu")
 
 # mappers (gtapp.mapper.MAPPERS) and the benchmark's method name of each
 MAPPER_KINDS = ("gt", "ridge", "mean")

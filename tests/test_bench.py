@@ -32,9 +32,17 @@ def test_gap_recovery_per_task_and_seed():
 
 
 def test_cross_task_presets_keep_private_tasks_out_of_shadow_tasks():
+    from gtapp.tasks.library import task_library, task_topic
+
     for p in PRESETS.values():
         assert not set(p.cross_shadow_tasks) & set(p.cross_private_tasks), p.name
+        # nor the private task's topic in another style (dialogue/travel-chatty for travel-short)
+        assert not {task_topic(t) for t in p.cross_shadow_tasks} & {task_topic(t) for t in p.cross_private_tasks}, p.name
         assert set(p.methods) == set(ALL_METHODS)
+    assert task_topic("dialogue/travel-chatty") == task_topic("dialogue/travel-short") == "dialogue/travel"
+    assert task_topic("math/add-coins-hard") != task_topic("math/add-fruit-easy")
+    lib = task_library(exclude_topics_of=["dialogue/travel-short"])
+    assert "dialogue/travel-chatty" not in lib and "dialogue/travel-short" not in lib and "dialogue/borrow-short" in lib
 
 
 @pytest.mark.slow

@@ -65,14 +65,28 @@ PRESETS: dict[str, BenchPreset] = {
         name="demo", zoo_preset="ci", seeds=(0, 1, 2),
         in_dist_tasks=("math/add-fruit-easy", "commonsense/animal_home-4opt", "reading/sports-sum",
                        "dialogue/meeting-short", "lm/weather-0"),
-        # every task variant but the private ones (57 tasks of all five families): with 9 subsets
-        # and 4 checkpoints per run, 2,052 cross-task shadow pairs
-        cross_shadow_tasks=task_library(exclude=DEMO_PRIVATE),
+        # every task but the private ones and their other variants (51 tasks of all five
+        # families): with 9 subsets and 4 checkpoints per run, 1,836 cross-task shadow pairs
+        cross_shadow_tasks=task_library(exclude_topics_of=DEMO_PRIVATE),
         cross_private_tasks=DEMO_PRIVATE,
         n_public=256, n_private=256, n_test=256, eval_limit=256,
         shadow_subsets=9, shadow_subset_size=64, shadow_steps=60, shadow_snapshots=(15, 30, 45),
         tiny_steps=60, tiny_lr=3e-3, llm_steps=60, llm_lr=3e-3, batch_size=16,
         gt_config={"d_model": 64, "n_enc_layers": 1, "n_dec_layers": 1, "steps": 600, "max_time_s": 90},
+    ),
+    # The demo's five cross-task private tasks (one per family) at the ci scale, cross-task only:
+    # a quick check on every family, about 20 minutes for 3 seeds on 2 CPU cores.
+    "quick5": BenchPreset(
+        name="quick5", zoo_preset="ci", seeds=(0, 1, 2),
+        in_dist_tasks=(),
+        cross_shadow_tasks=task_library(exclude_topics_of=DEMO_PRIVATE),
+        cross_private_tasks=DEMO_PRIVATE,
+        n_public=128, n_private=96, n_test=64, eval_limit=64,
+        shadow_subsets=3, shadow_subset_size=32, shadow_steps=12, shadow_snapshots=(8,),
+        tiny_steps=12, tiny_lr=3e-3, llm_steps=12, llm_lr=3e-3, batch_size=8,
+        dp_epsilons=(None, 8.0), clients=(1,),
+        gt_config={"d_model": 32, "n_enc_layers": 1, "n_dec_layers": 1, "steps": 150, "eval_every": 25,
+                   "patience": 3, "base_folds": 2, "max_time_s": 30},
     ),
     # For a GPU machine.
     "gpu": BenchPreset(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="run the benchmark (both protocols, all methods) and write results JSON")
-    p.add_argument("--preset", default="ci", help="ci | demo | gpu")
+    p.add_argument("--preset", default="ci", help="ci | quick5 | demo | gpu")
     p.add_argument("--out", type=Path, default=Path("results.json"))
     p.add_argument("--zoo", type=Path, default=None, help="reuse a built zoo folder (default: build the preset's)")
     p.add_argument("--work", type=Path, default=None, help="keep intermediate adapters here (default: a temp folder)")

@@ -74,7 +74,7 @@ def _check_bench(p: dict) -> None:
 @job("bench", queue="gpu", admin_only=True, requires=("gtapp.bench.benchmark",), validate=_check_bench,
      defaults={"preset": "ci", "seeds": [], "pair_id": None, "overrides": None, "record_evaluations": False})
 def bench(params: dict, ctx) -> dict:
-    """The benchmark (`preset` ci | demo | gpu, `overrides` of its fields, `seeds`; default the
+    """The benchmark (`preset` ci | quick5 | demo | gpu, `overrides` of its fields, `seeds`; default the
     preset's) on a registered model pair (`pair_id`) or on the preset's own zoo, built for the
     run. Stores the results JSON (rows, summary, targets, cost table) as an artifact, which the
     Compare tab lists; `record_evaluations` also records each row as an evaluation."""
