@@ -33,7 +33,7 @@ def mean_ci(values: Iterable[float]) -> tuple[float, float, float, int]:
 GT_FAMILY = ("gt", "gt_refine", "gt_auto")
 # what a GT-family method is compared with, task by task (paired bootstrap of the difference)
 RIVALS = ("mean_shadow", "public_ft", "ridge", "cross_lora", "proxy_tuning", "kd_logit", "weak_to_strong",
-          "datafree_kd", "gt")
+          "datafree_kd", "gt", "gt_refine")
 
 
 def summarise(rows: list[dict], boots: Optional[dict] = None) -> list[dict]:
