@@ -197,8 +197,9 @@ MAX_PUBLIC_ROUTES = 5
 # having the file), and the handlers delete them once read. State: held server-side per session
 # (see test_a_borrowed_session_hash_reads_no_state).
 PROBED_INPUTS = {"Number", "Textbox", "Dropdown", "CheckboxGroup"}
-# BrowserState: a form's saved settings, kept in the user's own browser (no object of anyone's)
-UNPROBED_INPUTS = {"Checkbox", "File", "State", "BrowserState"}
+# BrowserState: a form's saved settings, kept in the user's own browser (no object of anyone's).
+# Radio: one of a fixed list of words (Generate's refine mode); Gradio refuses any other value.
+UNPROBED_INPUTS = {"Checkbox", "Radio", "File", "State", "BrowserState"}
 
 
 def handler_key(bf) -> str:
