@@ -44,7 +44,9 @@ from gtapp.tasks.base import Example
 #: which ``refine="auto"`` refines. Chosen on 50 held-out shadow cases (ci scale, seeds 0-2, with and
 #: without DP; bench/results/refine_calibration_ci_gate_2026-12-01.json): every threshold from 2.88
 #: to 3.2 gives a mean NLL gap recovery of 0.45-0.47 there (the plain GT's adapter 0.40, always
-#: refining 0.19); 2.9 gives 0.450.
+#: refining 0.19); 2.9 gives 0.450. The score is relative to the mapper's own shadow updates, and a
+#: denser pair set scores every update lower: against 51 shadow tasks (the quick5 preset) all
+#: updates scored 1.0-2.8, so this threshold, found with 15 shadow tasks, never refined there.
 AUTO_REFINE_OOD = 2.9
 
 PRIVACY_NOTE = ("post-processing of the TinyLM adapter (public text and base models only): the refined adapter "
