@@ -426,10 +426,21 @@ def test_account_page(alice_page, shots):
 def test_jobs_survive_a_server_restart(alice_page, dashboard, shots):
     """The Jobs table reads the database, and the session is signed with a persistent key:
     after a restart the same browser session still sees its finished job."""
+    from playwright.sync_api import Error as PlaywrightError
+
     dashboard.stop()
     dashboard.start()
     page = alice_page
-    page.reload()
+    # the page's own client may navigate as the server comes back; a reload racing with it is
+    # aborted (net::ERR_ABORTED), which says nothing about the dashboard: reload again
+    for attempt in range(3):
+        try:
+            page.reload()
+            break
+        except PlaywrightError as e:
+            if "ERR_ABORTED" not in str(e) or attempt == 2:
+                raise
+            page.wait_for_timeout(500)
     wait_text(page, "#whoami", r"alice · acme")
     tab(page, "Jobs")
     page.wait_for_selector(f"#jobs-table tr[data-job-id='{STATE['ft_job']}'][data-status='succeeded']",
