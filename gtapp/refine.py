@@ -83,8 +83,10 @@ class RefineConfig:
 def refine_wanted(mode: str, ood_score: Optional[float], threshold: float = AUTO_REFINE_OOD) -> tuple[bool, str]:
     """(whether to refine, why) for a refine mode (gtapp.choices.REFINE_MODES) and the mapped
     update's OOD score. Without a score (a mapper with no OOD reference) "auto" refines."""
-    if mode not in ("never", "auto", "always"):
-        raise ValueError(f"refine must be one of never, auto, always; got {mode!r}")
+    from gtapp.choices import REFINE_MODES
+
+    if mode not in REFINE_MODES:
+        raise ValueError(f"refine must be one of {', '.join(REFINE_MODES)}; got {mode!r}")
     if mode != "auto":
         return mode == "always", f"refine={mode}"
     if ood_score is None or ood_score != ood_score:
