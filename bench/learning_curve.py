@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -96,7 +95,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("learning_curve.json"))
     args = ap.parse_args(argv)
 
-    from gtapp.bench.benchmark import versions
+    from gtapp.bench.benchmark import provenance
     from gtapp.bench.presets import PRESETS
     from gtapp.mapper.curve import learning_curve
     from gtapp.pairset import PairSet
@@ -156,9 +155,7 @@ def main(argv=None) -> int:
               "private_fixed": {t: {m: {k: e[k] for k in ("answer_nll", "value", "n")} for m, e in d.items()}
                                 for t, d in (fixed or {}).items()},
               "target": {"name": "plain GT beats ridge on held-out tasks at the largest pair count", "met": met},
-              "versions": versions(), "machine": {"platform": platform.platform()},
-              "total_s": time.monotonic() - t0,
-              "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+              "total_s": time.monotonic() - t0, **provenance()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str))
     print(f"wrote {args.out}")

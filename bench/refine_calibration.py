@@ -4,9 +4,9 @@
         --out bench/results/refine_calibration_ci_s0.json
 
 The provider holds a library of tasks. This bench plays organisation with some of them:
-1. From the task library minus every preset's private and in-distribution tasks (and their
-   variants), per family, one task is held out and ``--shadow-per-family`` others, none a
-   variant of it, are shadow tasks (seeded draw).
+1. From the task library minus every preset's private and in-distribution tasks (and every
+   task sharing one's name up to the first "-"), per family, one task is held out and
+   ``--shadow-per-family`` others, none sharing its name that far, are shadow tasks (seeded draw).
 2. Shadow pairs on all of them, at the preset's scale (its subsets, steps, snapshots).
 3. Per held-out task T, the organisation's data is a part of T's train split the shadow
    subsets never drew from; the TinyLM is fine-tuned on it, and:
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import sys
 import time
@@ -49,7 +48,9 @@ SETTINGS = ("held_out_task", "held_out_run")
 
 def held_out_split(per_family: int, seed: int) -> tuple[list[str], list[str]]:
     """(shadow tasks, held-out tasks) from the library without any preset's private or
-    in-distribution task, nor any variant of one (``dialogue/travel-*`` for ``dialogue/travel-short``)."""
+    in-distribution task, nor any task sharing its name up to the first "-" (``dialogue/travel-*``
+    for ``dialogue/travel-short``, ``math/add-*`` for ``math/add-coins-hard``: stricter than
+    gtapp.tasks.library.task_topic, which tells only a task's variants apart)."""
     from gtapp.bench.presets import PRESETS
     from gtapp.tasks.library import task_library
 
@@ -133,7 +134,7 @@ def main(argv=None) -> int:
     from gtapp.baselines import Budget, evaluate_result, run_baseline
     from gtapp.baselines.selection import Selection
     from gtapp.bench import stats
-    from gtapp.bench.benchmark import versions
+    from gtapp.bench.benchmark import provenance
     from gtapp.bench.presets import PRESETS
     from gtapp.bench.protocol import Context, _eval, _fit_mappers, _finetune, _generate, _pair, _row
     from gtapp.refine import RefineConfig, provider_text, refine
@@ -217,8 +218,7 @@ def main(argv=None) -> int:
               "pairs": len(pairs), "shadow_s": shadow_s, "variants": {v: VARIANTS[v] for v in args.variants},
               "summary": summary, "chosen_variant": chosen, "gate": g,
               "rows": [{k: v for k, v in r.items() if k != "examples"} for r in ctx.rows],
-              "versions": versions(), "machine": {"platform": platform.platform()},
-              "total_s": time.monotonic() - t0, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+              "total_s": time.monotonic() - t0, **provenance()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str))
     print(f"wrote {args.out}")

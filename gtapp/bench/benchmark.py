@@ -36,6 +36,13 @@ def machine() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+def provenance() -> dict:
+    """What every benchmark's JSON records about how it was made: library versions, the
+    machine, and when."""
+    return {"versions": versions(), "machine": machine(),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
 def run_benchmark(preset: str | BenchPreset = "ci", out: str | Path = "results.json", *,
                   zoo_dir: Optional[str | Path] = None, work: Optional[str | Path] = None,
                   seeds: Optional[tuple[int, ...]] = None, private_datasets: Optional[dict[str, str]] = None,
@@ -74,9 +81,7 @@ def run_benchmark(preset: str | BenchPreset = "ci", out: str | Path = "results.j
             rows += _real_datasets(p, Path(zoo_dir), work, private_datasets, progress, log)
         result = {
             "preset": p.to_dict(), "seeds": list(p.seeds), "zoo": _zoo_info(Path(zoo_dir)), **_analyse(rows),
-            "timings": {**timings, "total_s": time.monotonic() - t0},
-            "versions": versions(), "machine": machine(),
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "timings": {**timings, "total_s": time.monotonic() - t0}, **provenance(),
         }
         _write(result, out, plot)
         return result
