@@ -18,8 +18,9 @@ The provider holds a library of tasks. This bench plays organisation with some o
    T's test split with the base LLM, the oracle (learning rate chosen on its own data) and
    proxy-tuning, with paired bootstrap intervals (gtapp.bench.stats).
 4. The variant with the highest mean NLL gap recovery over the held-out tasks is chosen, and
-   the OOD-score gate (keep the mapped adapter when the update's OOD score is at most tau,
-   refine otherwise) gets the tau that does best over both settings.
+   each gate signal (:data:`SIGNALS`: keep the mapped adapter when the signal's score is at most
+   tau, refine otherwise) gets the tau that does best over both settings; the rule
+   ``--refine auto`` applies (gtapp.refine.refine_wanted) is scored on the same cases.
 
 Prints the table and the choices, and writes JSON with versions, seeds and settings.
 """
@@ -69,45 +70,99 @@ def held_out_split(per_family: int, seed: int) -> tuple[list[str], list[str]]:
     return shadow, held
 
 
-def gate(rows: list[dict], variant: str) -> dict:
-    """The OOD threshold tau for "mapped adapter if OOD score <= tau, else refined", chosen by
-    the mean NLL gap recovery it gives over every (setting, task); the candidates are the
-    midpoints between observed scores, plus "always refine" and "never refine"."""
+#: gate signals: a case's score under each, refined where the score is above the threshold
+SIGNALS = {
+    "ood": lambda gt_row: gt_row.get("ood_score"),
+    # the mapped adapter's NLL gain on the fine-tuned TinyLM's samples (gtapp.refine.sample_check),
+    # negated: refine where the mapped adapter does not move the LLM towards them
+    "sample_gain": lambda gt_row: -(gt_row.get("sample_check") or {}).get("llm_gain", float("nan")),
+    "sample_agreement": lambda gt_row: -(gt_row.get("sample_check") or {}).get("agreement", float("nan")),
+    # the gain on the fine-tuned TinyLM's samples less the gain on the base TinyLM's, negated
+    "sample_contrast": lambda gt_row: -(gt_row.get("sample_check") or {}).get("contrast", float("nan")),
+}
+
+
+def gate(rows: list[dict], variant: str, signal: str = "ood") -> dict:
+    """The threshold tau for "mapped adapter if the signal's score <= tau, else refined", chosen
+    by the mean NLL gap recovery it gives over every (setting, task); the candidates are the
+    midpoints between observed scores, plus "always refine" and "never refine". Also what
+    tau = 0 gives (the sample signals' natural threshold: no gain at all)."""
     cases = {}
     for r in rows:
         key = (r["protocol"], r["task"], r["dp_epsilon"], r["seed"])
         if r["method"] == "gt":
-            cases.setdefault(key, {})["ood"] = r["ood_score"]
+            cases.setdefault(key, {})["score"] = SIGNALS[signal](r)
+            cases[key]["ood"] = r.get("ood_score")
             cases[key]["gt"] = r["gap_recovery_nll"]
         elif r["method"] == f"gt_refine:{variant}":
             cases.setdefault(key, {})["refine"] = r["gap_recovery_nll"]
     cases = [{"setting": k[0], "task": k[1], "dp_epsilon": k[2], "seed": k[3], **c} for k, c in cases.items()
-             if {"ood", "gt", "refine"} <= set(c) and c["gt"] == c["gt"] and c["refine"] == c["refine"]]
-    scores = sorted(c["ood"] for c in cases)
+             if {"score", "gt", "refine"} <= set(c) and c["score"] is not None and c["score"] == c["score"]
+             and c["gt"] == c["gt"] and c["refine"] == c["refine"]]
+    scores = sorted(c["score"] for c in cases)
     taus = [float("-inf")] + [(a + b) / 2 for a, b in zip(scores, scores[1:])] + [float("inf")]
 
-    def value(tau):
-        return sum(c["gt"] if c["ood"] <= tau else c["refine"] for c in cases) / max(len(cases), 1)
+    def value(tau, subset=None):
+        part = [c for c in cases if subset is None or subset(c)]
+        return sum(c["gt"] if c["score"] <= tau else c["refine"] for c in part) / max(len(part), 1)
 
     best = max(taus, key=value)
-    return {"variant": variant, "tau": best, "mean_gap_nll": value(best), "always_refine": value(float("-inf")),
-            "never_refine": value(float("inf")), "cases": cases}
+    return {"variant": variant, "signal": signal, "tau": best, "mean_gap_nll": value(best),
+            "at_zero": value(0.0), "always_refine": value(float("-inf")), "never_refine": value(float("inf")),
+            "no_dp": value(best, lambda c: c["dp_epsilon"] is None),
+            "dp": value(best, lambda c: c["dp_epsilon"] is not None), "cases": cases}
+
+
+def report_gates(rows: list[dict], variant: str, what: str, verbose: bool = False) -> dict:
+    """Every signal's gate over ``rows``, printed; the cases one by one when ``verbose``."""
+    gates = {}
+    for signal in SIGNALS:
+        g = gates[signal] = gate(rows, variant, signal)
+        if not g["cases"]:
+            print(f"{signal} gate: no case carries this signal")
+            continue
+        print(f"{signal} gate for {variant} over {len(g['cases'])} cases from {what}: tau = {g['tau']:.3g}, "
+              f"mean NLL gap {g['mean_gap_nll']:.3f} (no DP {g['no_dp']:.3f}, DP {g['dp']:.3f}; tau = 0: "
+              f"{g['at_zero']:.3f}; always refine {g['always_refine']:.3f}, never {g['never_refine']:.3f})")
+        if verbose:
+            for c in sorted(g["cases"], key=lambda c: c["score"]):
+                pick = "gt" if c["score"] <= g["tau"] else "refine"
+                print(f"  {signal} {c['score']:+7.3f}  {c['setting']:<14} {c['task']:<26} eps={c['dp_epsilon']!s:<5} "
+                      f"seed {c['seed']}  gt {c['gt']:+.3f}  refine {c['refine']:+.3f}  -> {pick}")
+    gates["product_rule"] = product_rule(gates["ood"]["cases"])
+    if gates["product_rule"]:
+        r = gates["product_rule"]
+        print(f"--refine auto as gtapp.refine.refine_wanted decides, over {r['cases']} cases: mean NLL gap "
+              f"{r['mean_gap_nll']:.3f} (no DP {r['no_dp']:.3f}, DP {r['dp']:.3f}; refined {r['refined']} of them)")
+    return gates
+
+
+def product_rule(cases: list[dict]) -> dict:
+    """What ``--refine auto`` (gtapp.refine.refine_wanted on the update's OOD score, at
+    gtapp.refine.AUTO_REFINE_OOD) gives over the OOD gate's cases."""
+    from gtapp.refine import refine_wanted
+
+    if not cases:
+        return {}
+    picks = [(c, refine_wanted("auto", c["ood"])[0]) for c in cases]
+
+    def mean(part):
+        part = list(part)
+        return sum(c["refine"] if w else c["gt"] for c, w in part) / max(len(part), 1) if part else float("nan")
+
+    return {"cases": len(cases), "refined": sum(w for _, w in picks), "mean_gap_nll": mean(picks),
+            "no_dp": mean(p for p in picks if p[0]["dp_epsilon"] is None),
+            "dp": mean(p for p in picks if p[0]["dp_epsilon"] is not None)}
 
 
 def merge(files: list[Path], out: Path) -> int:
     """The gate over every case of several runs (seeds); prints and writes it."""
     results = [json.loads(Path(f).read_text()) for f in files]
     variant = results[0]["chosen_variant"]
-    g = gate([r for res in results for r in res["rows"]], variant)
-    print(f"OOD gate for {variant} over {len(g['cases'])} cases from seeds {[r['seed'] for r in results]}: "
-          f"tau = {g['tau']:.3g}, mean NLL gap {g['mean_gap_nll']:.3f} (always refine {g['always_refine']:.3f}, "
-          f"never {g['never_refine']:.3f})")
-    for c in sorted(g["cases"], key=lambda c: c["ood"]):
-        pick = "gt" if c["ood"] <= g["tau"] else "refine"
-        print(f"  ood {c['ood']:6.2f}  {c['setting']:<14} {c['task']:<26} eps={c['dp_epsilon']!s:<5} seed {c['seed']}  "
-              f"gt {c['gt']:+.3f}  refine {c['refine']:+.3f}  -> {pick}")
+    rows = [r for res in results for r in res["rows"]]
+    gates = report_gates(rows, variant, f"seeds {[r['seed'] for r in results]}", verbose=True)
     out.write_text(json.dumps({"files": [str(f) for f in files], "seeds": [r["seed"] for r in results],
-                               "chosen_variant": variant, "gate": g,
+                               "chosen_variant": variant, "gate": gates["ood"], "gates": gates,
                                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2,
                               default=str))
     print(f"wrote {out}")
@@ -137,7 +192,7 @@ def main(argv=None) -> int:
     from gtapp.bench.benchmark import provenance
     from gtapp.bench.presets import PRESETS
     from gtapp.bench.protocol import Context, _eval, _fit_mappers, _finetune, _generate, _pair, _row
-    from gtapp.refine import RefineConfig, provider_text, refine
+    from gtapp.refine import RefineConfig, provider_text, refine, sample_check
     from gtapp.shadow import ShadowConfig, make_pairs
     from gtapp.tasks.universe import make_task
 
@@ -182,8 +237,9 @@ def main(argv=None) -> int:
             for eps in epsilons:
                 tag = "nodp" if eps is None else f"eps{eps:g}"
                 gt_dir, gw, _, ood = _generate(ctx, mapper, [tiny[eps]], d / f"gt_{setting}_{tag}")
+                check = sample_check(pair, tiny[eps], gt_dir, text, seed=seed)
                 _row(ctx, **common, method="gt", dp_epsilon=eps, ev=_eval(ctx, "llm", gt_dir, task), wall_s=gw,
-                     peak_mem_mb=0.0, ood_score=ood)
+                     peak_mem_mb=0.0, ood_score=ood, sample_check=check)
                 for variant in (args.variants if eps is None else args.variants[:1]):
                     rc = RefineConfig(**{"steps": p.llm_steps, "batch_size": p.batch_size, "lr": p.llm_lr,
                                          "seed": seed, **VARIANTS[variant]})
@@ -210,13 +266,11 @@ def main(argv=None) -> int:
             cells.append(f"{avg['mean']:>8.3f} [{avg['ci95'][0]:.2f}, {avg['ci95'][1]:.2f}]")
         print(f"{m:<24} " + " ".join(f"{c:>26}" for c in cells))
     chosen = max(args.variants, key=lambda v: summary[f"gt_refine:{v}"]["held_out_task"]["mean"])
-    g = gate(ctx.rows, chosen)
     print(f"\nchosen on held-out shadow tasks: {chosen} {VARIANTS[chosen]}")
-    print(f"OOD gate for {chosen}: tau = {g['tau']:.3g}, mean NLL gap {g['mean_gap_nll']:.3f} "
-          f"(always refine {g['always_refine']:.3f}, never {g['never_refine']:.3f})")
+    gates = report_gates(ctx.rows, chosen, f"seed {seed}")
     result = {"preset": p.name, "seed": seed, "zoo": str(args.zoo), "shadow_tasks": shadow, "held_out_tasks": held,
               "pairs": len(pairs), "shadow_s": shadow_s, "variants": {v: VARIANTS[v] for v in args.variants},
-              "summary": summary, "chosen_variant": chosen, "gate": g,
+              "summary": summary, "chosen_variant": chosen, "gate": gates["ood"], "gates": gates,
               "rows": [{k: v for k, v in r.items() if k != "examples"} for r in ctx.rows],
               "total_s": time.monotonic() - t0, **provenance()}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,8 @@ is low) the mapped adapter is already good and distilling it towards proxy-tunin
 it; where the update is unlike every shadow update the mapped adapter can hurt and refinement
 recovers part of proxy-tuning's gain. ``"auto"`` refines only above :data:`AUTO_REFINE_OOD`,
 a threshold calibrated on the provider's own held-out shadow tasks and runs
-(bench/refine_calibration.py), never on a private task.
+(bench/refine_calibration.py), never on a private task. :func:`sample_check`, a signal from text
+the fine-tuned TinyLM writes, was measured there as an alternative and did worse.
 
 Privacy: the refinement reads only the TinyLM adapter (already private, with whatever DP
 guarantee its fine-tune gave), public text and the two base models. By the post-processing
@@ -95,6 +96,73 @@ def refine_wanted(mode: str, ood_score: Optional[float], threshold: float = AUTO
         return True, f"OOD score {ood_score:.2f} > {threshold:g}: the update is unlike the shadow updates, refined"
     return False, (f"OOD score {ood_score:.2f} <= {threshold:g}: the mapper knows updates like this one, "
                    "its adapter kept as it is")
+
+
+@torch.no_grad()
+def sample_check(pair, tiny_adapter_dir: str | Path, mapped_adapter_dir: str | Path,
+                 provider_examples: Sequence[Example], n: int = 64, tokens: int = 48, seed: int = 0,
+                 device: str = "cpu") -> dict:
+    """Whether the mapped adapter moves the LLM the way the fine-tune moved the TinyLM.
+
+    After ``n`` prompts of the provider's public examples (seeded apart from refinement's own
+    draw), continuations are sampled from the fine-tuned TinyLM and, with the same prompts and
+    seed, from the base TinyLM. ``llm_gain`` is how much the mapped adapter lowers the LLM's mean
+    per-token NLL on the fine-tuned TinyLM's samples; ``llm_gain_base_samples`` the same on the
+    base TinyLM's. Their difference, ``contrast``, is the part of the gain that follows what the
+    fine-tune changed: an adapter that only fits the shadow tasks' kind of text (as the mean
+    shadow update does) lowers both alike. ``agreement`` is ``llm_gain`` over the TinyLM's own
+    gain (``tiny_gain``). It reads only the TinyLM adapter, public text and the base models, so it
+    is post-processing like the refinement itself.
+
+    A measured candidate for the ``"auto"`` gate, not the gate: on the calibration's 60 held-out
+    shadow cases it did worse than the OOD score (bench/refine_calibration.py records it).
+    """
+    from gtapp.baselines.distill import pack_samples, sample_sequences
+    from gtapp.data import IGNORE_INDEX
+    from gtapp.evaluate import load_with_adapter, sequence_nll
+    from gtapp.models import load_model
+
+    examples = list(provider_examples)
+    if not examples or n < 1:
+        raise ValueError("the sample check needs provider prompts and n >= 1")
+    rng = random.Random(seed + 7919)  # apart from refine()'s draw with the same seed
+    prompts = [e.prompt for e in rng.choices(examples, k=n)]
+    t0 = time.monotonic()
+    tiny_ft, tokenizer = load_with_adapter(pair.tiny_path, tiny_adapter_dir, device=device)
+    tiny_base = load_model(pair.tiny_path, device=device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def texts(model):
+        samples = sample_sequences(model, tokenizer, n, tokens, 1.0, seed + 7919, prefixes=prompts, device=device,
+                                   min_new_tokens=1)
+        ids, mask, tgt = pack_samples(samples, pad, 256)
+        return ids, mask, torch.where(tgt, ids, torch.full_like(ids, IGNORE_INDEX))
+
+    def mean_nll(model, batch) -> float:
+        model.eval()
+        ids, mask, labels = batch
+        total, count = 0.0, 0
+        for i in range(0, ids.shape[0], 32):
+            s, c = sequence_nll(model, ids[i:i + 32].to(device), mask[i:i + 32].to(device),
+                                labels[i:i + 32].to(device))
+            total, count = total + float(s.sum()), count + int(c.sum())
+        return total / max(count, 1)
+
+    ft_text, base_text = texts(tiny_ft), texts(tiny_base)
+    out = {"tiny_ft_nll": mean_nll(tiny_ft, ft_text), "tiny_base_nll": mean_nll(tiny_base, ft_text)}
+    del tiny_ft, tiny_base
+    llm = load_with_adapter(pair.llm_path, None, device=device)[0]
+    base_on_ft, base_on_base = mean_nll(llm, ft_text), mean_nll(llm, base_text)
+    del llm
+    mapped = load_with_adapter(pair.llm_path, mapped_adapter_dir, device=device)[0]
+    out.update(llm_base_nll=base_on_ft, llm_mapped_nll=mean_nll(mapped, ft_text))
+    out["llm_gain"] = out["llm_base_nll"] - out["llm_mapped_nll"]
+    out["llm_gain_base_samples"] = base_on_base - mean_nll(mapped, base_text)
+    out["contrast"] = out["llm_gain"] - out["llm_gain_base_samples"]
+    out["tiny_gain"] = out["tiny_base_nll"] - out["tiny_ft_nll"]
+    out["agreement"] = out["llm_gain"] / out["tiny_gain"] if out["tiny_gain"] > 1e-9 else float("nan")
+    out.update(samples=n, sample_tokens=int((ft_text[2] != IGNORE_INDEX).sum()), wall_s=round(time.monotonic() - t0, 3))
+    return out
 
 
 def _pad_cat(parts):

@@ -79,3 +79,36 @@ def test_provider_text_comes_from_the_pair_sets_shadow_tasks():
     assert all((e.prompt, e.answer) in pool for e in text)
     with pytest.raises(ValueError, match="no shadow tasks"):
         provider_text({"runs": {}}, 5)
+
+
+@pytest.mark.slow
+def test_sample_check_sees_whether_the_mapped_adapter_moves_towards_the_tinylms_text(micro_zoo, tmp_path):
+    """On text sampled from the fine-tuned TinyLM, an LLM adapter trained on the same private
+    task lowers the LLM's NLL, more than on the base TinyLM's text, and an adapter that changes
+    nothing does neither; the TinyLM's own gain is positive (it wrote the text), and the same
+    seed draws the same samples."""
+    from gtapp.finetune import FinetuneConfig, finetune
+    from gtapp.models import ModelPair
+    from gtapp.refine import sample_check
+    from gtapp.tasks.universe import make_task
+
+    pair = ModelPair.from_dir(micro_zoo)
+    private = make_task("math/add-fruit-easy", seed=5, n_train=64, n_test=2).train
+    public = make_task("math/sub-fruit-easy", seed=0, n_train=48, n_test=1).train
+    cfg = FinetuneConfig(steps=30, batch_size=8, lr=1e-2)
+    tiny = finetune(pair.tiny_path, pair.recipes.tiny, private, cfg, tmp_path / "tiny").adapter_dir
+    moved = finetune(pair.llm_path, pair.recipes.llm, private, cfg, tmp_path / "moved").adapter_dir
+    unmoved = finetune(pair.llm_path, pair.recipes.llm, private[:8],
+                       FinetuneConfig(steps=1, batch_size=8, lr=1e-12), tmp_path / "unmoved").adapter_dir
+    good = sample_check(pair, tiny, moved, public, n=24, tokens=12, seed=3)
+    null = sample_check(pair, tiny, unmoved, public, n=24, tokens=12, seed=3)
+    print("sample check, trained adapter:", good, "\nunchanged adapter:", null)
+    assert good["tiny_gain"] > 0 and good["tiny_ft_nll"] == null["tiny_ft_nll"]  # same samples
+    assert good["llm_base_nll"] == null["llm_base_nll"] and good["sample_tokens"] == null["sample_tokens"] > 24
+    assert abs(null["llm_gain"]) < 1e-6 and good["llm_gain"] > 0.002 and good["agreement"] > 0.25
+    assert good["agreement"] == pytest.approx(good["llm_gain"] / good["tiny_gain"])
+    # the contrast: the gain on the fine-tuned TinyLM's samples beyond the gain on the base TinyLM's
+    assert null["contrast"] == 0.0 and good["contrast"] > 0
+    assert good["contrast"] == pytest.approx(good["llm_gain"] - good["llm_gain_base_samples"])
+    with pytest.raises(ValueError, match="provider prompts"):
+        sample_check(pair, tiny, moved, [], n=4)
