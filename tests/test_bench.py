@@ -147,3 +147,25 @@ def test_dp_target_is_a_ratio_of_mean_gap_recoveries():
     summary = [line("a", None, 1.0), line("a", 8.0, 0.9), line("b", None, 0.05), line("b", 8.0, 0.3)]
     dp = next(t for t in report.targets(summary, []) if "eps=8" in t["target"])
     assert dp["measured"] == pytest.approx(1.2 / 1.05) and dp["met"] and "over 2 tasks" in dp["detail"]
+
+
+def test_cost_table_times_the_named_method():
+    """The cost of the organisation's path is the named method's own: gt_auto pays the
+    refinement only on the task where it refined; without a method, gt_refine where it ran."""
+    from gtapp.bench import report
+
+    def row(task, method, **kw):
+        return {"protocol": "cross_task", "task": task, "seed": 0, "clients": 1, "dp_epsilon": None,
+                "method": method, "wall_s": 99.0, **kw}
+
+    ours = dict(tiny_finetune_s=1.0, generate_s=0.5)
+    rows = []
+    for task, refined in (("t0", True), ("t1", False)):
+        rows += [row(task, "oracle", final_fit_s=10.0), row(task, "gt", **ours),
+                 row(task, "gt_refine", **ours, refine_s=4.0),
+                 row(task, "gt_auto", **ours, **({"refine_s": 4.0} if refined else {}))]
+    auto = {c["task"]: c["tiny_plus_generate_share"] for c in report.cost_table(rows, "gt_auto")}
+    assert auto == {"t0": pytest.approx(0.55), "t1": pytest.approx(0.15)}
+    default = report.cost_table(rows)
+    assert {c["method"] for c in default} == {"gt_refine"} and default[0]["tiny_plus_generate_share"] == pytest.approx(0.55)
+    assert [c["tiny_plus_generate_share"] for c in report.cost_table(rows, "gt")] == [pytest.approx(0.15)] * 2
