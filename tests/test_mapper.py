@@ -132,6 +132,39 @@ def test_ood_score_flags_far_inputs():
     assert not near["ood"] and far["ood"] and far["score"] > 5 * near["score"]
 
 
+def test_ood_task_score_is_relative_to_the_distance_between_tasks(tmp_path):
+    """With the shadow runs' tasks the OOD reference also keeps the typical distance to another
+    task's updates (never smaller than to another run's), the task score divides by it, and both
+    survive saving; a pair set without tasks has no task score."""
+    import math
+
+    from gtapp.mapper.base import OodReference
+
+    rec = small_recipes()
+    pairs = linear_pairs(rec, n_runs=8, seed=3)
+    for p in pairs:
+        p.meta["task"] = f"task{int(p.run_id[3:]) // 2}"  # runs syn0..syn7: two per task
+    assert len({p.meta["task"] for p in pairs}) == 4, {p.run_id for p in pairs}
+    m = RidgeMapper(rec)
+    m.fit(pairs)
+    ref = m.ood
+    assert ref.task_reference >= ref.reference > 0 and m.card["ood"]["task_reference_nn_distance"] == ref.task_reference
+    new = m.ood_score(linear_pairs(rec, n_runs=1, seed=99)[0].tiny)
+    assert new["task_score"] == pytest.approx(new["nn_distance"] / ref.task_reference)
+    assert new["task_score"] <= new["score"]
+    m.save(tmp_path / "m")
+    again = load_mapper(tmp_path / "m").ood_score(linear_pairs(rec, n_runs=1, seed=99)[0].tiny)
+    assert again["task_score"] == pytest.approx(new["task_score"], rel=1e-5)
+    old = ref.state_dict()
+    old["ood.reference"] = old["ood.reference"][:2]  # a mapper saved before the task reference
+    assert math.isnan(OodReference(m.tiny).load_state_dict(old).task_reference)
+    for p in pairs:
+        p.meta.pop("task")
+    m2 = RidgeMapper(rec)
+    m2.fit(pairs)
+    assert math.isnan(m2.ood.task_reference) and math.isnan(m2.ood_score(pairs[0].tiny)["task_score"])
+
+
 def test_predict_refuses_wrong_shapes():
     rec = small_recipes()
     m = MeanMapper(rec)

@@ -118,31 +118,45 @@ class OodReference:
     near copies and would make every distance look large). Score of an input = distance to its
     nearest shadow update / that typical distance: about 1 for inputs like the shadow set, and
     above :data:`OOD_THRESHOLD` a warning.
+
+    With the shadow runs' tasks, also the typical distance from a shadow update to the nearest
+    update of *another task* (``task_reference``): ``task_score`` = distance / that, about 1 for an
+    update as far from the shadow set as a task the mapper never saw typically is. Both distances
+    shrink as the pair set grows denser, so this ratio, unlike ``score``, means the same for a
+    15-task and a 51-task pair set.
     """
 
     def __init__(self, space: UpdateSpace, k: int = 16):
         self.pca = BlockPCA(space, k)
         self.points = self.resid2 = None
-        self.reference = self.p90 = float("nan")
+        self.reference = self.p90 = self.task_reference = float("nan")
 
-    def fit(self, normalised: Tensors, run_ids: Sequence[str]) -> "OodReference":
+    @staticmethod
+    def _typical_nn(d2: torch.Tensor, groups: Sequence[str]) -> torch.Tensor:
+        """Each point's distance to its nearest point of another group (inf-free)."""
+        ids = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+        code = torch.tensor([ids[g] for g in groups])
+        same = code[:, None] == code[None, :]
+        if same.all():  # a single group: fall back to any other point
+            same = torch.eye(d2.shape[0], dtype=torch.bool)
+        nn = d2.masked_fill(same, float("inf")).min(1).values.sqrt()
+        return nn[torch.isfinite(nn)]
+
+    def fit(self, normalised: Tensors, run_ids: Sequence[str],
+            task_ids: Optional[Sequence[Optional[str]]] = None) -> "OodReference":
         self.pca.fit(normalised)
         self.points, self.resid2 = self.pca.scores(normalised)
         n = self.points.shape[0]
+        self.reference = self.p90 = self.task_reference = float("nan")
         if n < 2:
-            self.reference = self.p90 = float("nan")
             return self
         d2 = torch.cdist(self.points, self.points).pow(2) + self.resid2[:, None] + self.resid2[None, :]
-        ids = {r: i for i, r in enumerate(dict.fromkeys(run_ids))}
-        code = torch.tensor([ids[r] for r in run_ids])
-        same = code[:, None] == code[None, :]
-        if same.all():  # a single run: fall back to any other point
-            same = torch.eye(n, dtype=torch.bool)
-        d2 = d2.masked_fill(same, float("inf"))
-        nn = d2.min(1).values.sqrt()
-        nn = nn[torch.isfinite(nn)]
+        nn = self._typical_nn(d2, run_ids)
         self.reference = float(nn.median()) if nn.numel() else float("nan")
         self.p90 = float(nn.quantile(0.9)) if nn.numel() else float("nan")
+        if task_ids is not None and None not in task_ids and len(set(task_ids)) > 1:
+            nn_task = self._typical_nn(d2, task_ids)
+            self.task_reference = float(nn_task.median()) if nn_task.numel() else float("nan")
         return self
 
     def score(self, normalised: Tensors) -> dict:
@@ -152,19 +166,23 @@ class OodReference:
         nn = float(d2.min().sqrt())
         ref = self.reference
         score = nn / ref if ref and math.isfinite(ref) and ref > 0 else float("nan")
+        tref = self.task_reference
+        task_score = nn / tref if tref and math.isfinite(tref) and tref > 0 else float("nan")
         total = z[0].pow(2).sum() + r2[0]
         return {"nn_distance": nn, "reference": ref, "reference_p90": self.p90, "score": score,
+                "task_reference": tref, "task_score": task_score,
                 "threshold": OOD_THRESHOLD, "ood": bool(math.isfinite(score) and score > OOD_THRESHOLD),
                 "outside_subspace_fraction": float((r2[0] / total.clamp_min(1e-300)).sqrt())}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {**self.pca.state_dict("ood.pca"), "ood.points": self.points.float(), "ood.resid2": self.resid2.float(),
-                "ood.reference": torch.tensor([self.reference, self.p90])}
+                "ood.reference": torch.tensor([self.reference, self.p90, self.task_reference])}
 
     def load_state_dict(self, sd) -> "OodReference":
         self.pca.load_state_dict(sd, "ood.pca")
         self.points, self.resid2 = sd["ood.points"].double(), sd["ood.resid2"].double()
-        self.reference, self.p90 = (float(x) for x in sd["ood.reference"])
+        ref = [float(x) for x in sd["ood.reference"]] + [float("nan")]  # versions before task_reference: 2 values
+        self.reference, self.p90, self.task_reference = ref[:3]
         return self
 
 
@@ -243,10 +261,11 @@ class Mapper:
             self.norm_in.fit(ox)
             self.norm_out.fit(oy)
             self._refit(ox, oy)
-            ood_runs = [p.run_id for p in train + val]
+            ood_pairs = train + val
         else:
-            ox, ood_runs = tx, [p.run_id for p in train]
-        self.ood = OodReference(self.tiny).fit(self.norm_in.normalise(ox), ood_runs)
+            ox, ood_pairs = tx, train
+        self.ood = OodReference(self.tiny).fit(self.norm_in.normalise(ox), [p.run_id for p in ood_pairs],
+                                               [(p.meta or {}).get("task") for p in ood_pairs])
         self.card = {
             "kind": self.kind,
             "config": self.config,
@@ -261,6 +280,7 @@ class Mapper:
             "validation_mean_baseline": val_mean,
             "fit": report,
             "ood": {"reference_nn_distance": self.ood.reference, "p90_nn_distance": self.ood.p90,
+                    "task_reference_nn_distance": self.ood.task_reference,
                     "threshold": OOD_THRESHOLD, "components": int(self.ood.pca.width)},
             "fit_wall_s": round(time.monotonic() - t0, 3),
             "gtapp_version": __version__,
