@@ -73,6 +73,8 @@ def held_out_split(per_family: int, seed: int) -> tuple[list[str], list[str]]:
 #: gate signals: a case's score under each, refined where the score is above the threshold
 SIGNALS = {
     "ood": lambda gt_row: gt_row.get("ood_score"),
+    # the nearest-shadow distance over the typical distance to another task's updates (density-free)
+    "ood_task": lambda gt_row: gt_row.get("ood_task_score"),
     # the mapped adapter's NLL gain on the fine-tuned TinyLM's samples (gtapp.refine.sample_check),
     # negated: refine where the mapped adapter does not move the LLM towards them
     "sample_gain": lambda gt_row: -(gt_row.get("sample_check") or {}).get("llm_gain", float("nan")),
@@ -129,7 +131,7 @@ def report_gates(rows: list[dict], variant: str, what: str, verbose: bool = Fals
                 pick = "gt" if c["score"] <= g["tau"] else "refine"
                 print(f"  {signal} {c['score']:+7.3f}  {c['setting']:<14} {c['task']:<26} eps={c['dp_epsilon']!s:<5} "
                       f"seed {c['seed']}  gt {c['gt']:+.3f}  refine {c['refine']:+.3f}  -> {pick}")
-    gates["product_rule"] = product_rule(gates["ood"]["cases"])
+    gates["product_rule"] = product_rule(gates["ood_task"]["cases"])
     if gates["product_rule"]:
         r = gates["product_rule"]
         print(f"--refine auto as gtapp.refine.refine_wanted decides, over {r['cases']} cases: mean NLL gap "
@@ -138,13 +140,13 @@ def report_gates(rows: list[dict], variant: str, what: str, verbose: bool = Fals
 
 
 def product_rule(cases: list[dict]) -> dict:
-    """What ``--refine auto`` (gtapp.refine.refine_wanted on the update's OOD score, at
-    gtapp.refine.AUTO_REFINE_OOD) gives over the OOD gate's cases."""
+    """What ``--refine auto`` (gtapp.refine.refine_wanted on the update's task score, at
+    gtapp.refine.AUTO_REFINE_TASK_OOD) gives over the task-score gate's cases."""
     from gtapp.refine import refine_wanted
 
     if not cases:
         return {}
-    picks = [(c, refine_wanted("auto", c["ood"])[0]) for c in cases]
+    picks = [(c, refine_wanted("auto", {"score": c["ood"], "task_score": c["score"]})[0]) for c in cases]
 
     def mean(part):
         part = list(part)
@@ -239,14 +241,15 @@ def main(argv=None) -> int:
                 gt_dir, gw, _, ood = _generate(ctx, mapper, [tiny[eps]], d / f"gt_{setting}_{tag}")
                 check = sample_check(pair, tiny[eps], gt_dir, text, seed=seed)
                 _row(ctx, **common, method="gt", dp_epsilon=eps, ev=_eval(ctx, "llm", gt_dir, task), wall_s=gw,
-                     peak_mem_mb=0.0, ood_score=ood, sample_check=check)
+                     peak_mem_mb=0.0, ood_score=ood.get("score"), ood_task_score=ood.get("task_score"),
+                     sample_check=check)
                 for variant in (args.variants if eps is None else args.variants[:1]):
                     rc = RefineConfig(**{"steps": p.llm_steps, "batch_size": p.batch_size, "lr": p.llm_lr,
                                          "seed": seed, **VARIANTS[variant]})
                     out = d / f"refine_{setting}_{tag}_{variant}"
                     rec = refine(pair, tiny[eps], text, out, rc, start_adapter=gt_dir)
                     _row(ctx, **common, method=f"gt_refine:{variant}", dp_epsilon=eps, ev=_eval(ctx, "llm", out, task),
-                         wall_s=rec["wall_s"], peak_mem_mb=rec["peak_mem_mb"], ood_score=ood,
+                         wall_s=rec["wall_s"], peak_mem_mb=rec["peak_mem_mb"], ood_score=ood.get("score"),
                          refine={k: rec.get(k) for k in ("lr", "steps", "text")})
             print(f"  {setting} {name}: done ({time.monotonic() - t0:.0f}s)")
 

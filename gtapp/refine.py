@@ -14,13 +14,17 @@ share ``sample_share``. The learning rate and stopping step are chosen by the be
 shared procedure (gtapp.baselines.selection) on held-out provider text. The result is a stock
 peft adapter: serving needs no TinyLM.
 
-When to refine (``refine_wanted``): where the mapper knows updates like this one (its OOD score
-is low) the mapped adapter is already good and distilling it towards proxy-tuning loses some of
-it; where the update is unlike every shadow update the mapped adapter can hurt and refinement
-recovers part of proxy-tuning's gain. ``"auto"`` refines only above :data:`AUTO_REFINE_OOD`,
-a threshold calibrated on the provider's own held-out shadow tasks and runs
-(bench/refine_calibration.py), never on a private task. :func:`sample_check`, a signal from text
-the fine-tuned TinyLM writes, was measured there as an alternative and did worse.
+When to refine (``refine_wanted``): where the mapper knows updates like this one the mapped
+adapter is already good and distilling it towards proxy-tuning loses some of it; where the update
+is unlike every shadow update the mapped adapter can hurt and refinement recovers part of
+proxy-tuning's gain. ``"auto"`` refines where the update's *task score* (gtapp.mapper.base.
+OodReference: nearest-shadow distance over the typical distance between two shadow tasks'
+updates) is above :data:`AUTO_REFINE_TASK_OOD`, a threshold calibrated on the provider's own
+held-out shadow tasks and runs (bench/refine_calibration.py), never on a private task. The
+earlier score (over the typical distance between two *runs*) shrinks as the pair set grows
+denser, so its threshold did not carry from 15 to 51 shadow tasks; it remains the rule where
+the mapper has no task reference (a pair set of one task, or a mapper fitted before it). :func:`sample_check`, a signal from text the
+fine-tuned TinyLM writes, was measured there as an alternative and did worse.
 
 Privacy: the refinement reads only the TinyLM adapter (already private, with whatever DP
 guarantee its fine-tune gave), public text and the two base models. By the post-processing
@@ -41,13 +45,17 @@ import torch
 from gtapp.progress import ProgressFn
 from gtapp.tasks.base import Example
 
-#: OOD score (gtapp.mapper.base.OodReference: nearest-shadow distance over the typical one) above
-#: which ``refine="auto"`` refines. Chosen on 50 held-out shadow cases (ci scale, seeds 0-2, with and
-#: without DP; bench/results/refine_calibration_ci_gate_2026-12-01.json): every threshold from 2.88
-#: to 3.2 gives a mean NLL gap recovery of 0.45-0.47 there (the plain GT's adapter 0.40, always
-#: refining 0.19); 2.9 gives 0.450. The score is relative to the mapper's own shadow updates, and a
-#: denser pair set scores every update lower: against 51 shadow tasks (the quick5 preset) all
-#: updates scored 1.0-2.8, so this threshold, found with 15 shadow tasks, never refined there.
+#: Task score (gtapp.mapper.base.OodReference.score's "task_score") above which ``refine="auto"``
+#: refines. Chosen on 60 held-out shadow cases (ci scale, seeds 0-2, with and without DP;
+#: bench/results/refine_calibration_ci_task_gate_2026-12-01.json): every threshold from 1.4 to 1.55
+#: gives a mean NLL gap recovery of 0.649 on the 30 cases without DP (the GT's adapter alone 0.555,
+#: always refining 0.274); 1.5 gives 0.423 over all 60 (0.197 at epsilon = 8). Held-out runs
+#: scored 0.33-0.85 without DP, held-out tasks 0.65-2.30.
+AUTO_REFINE_TASK_OOD = 1.5
+#: The run-relative OOD score's threshold, where the mapper has no task reference (no "task_score":
+#: a pair set of one task, or a mapper fitted before the task reference): chosen the same way with 15 shadow tasks (0.649 without DP there too), but a
+#: denser pair set scores every update lower: against 51 shadow tasks (quick5) all updates scored
+#: 1.0-2.8, so it never refined there.
 AUTO_REFINE_OOD = 2.9
 
 PRIVACY_NOTE = ("post-processing of the TinyLM adapter (public text and base models only): the refined adapter "
@@ -81,21 +89,28 @@ class RefineConfig:
         return asdict(self)
 
 
-def refine_wanted(mode: str, ood_score: Optional[float], threshold: float = AUTO_REFINE_OOD) -> tuple[bool, str]:
+def refine_wanted(mode: str, ood: Optional[dict | float]) -> tuple[bool, str]:
     """(whether to refine, why) for a refine mode (gtapp.choices.REFINE_MODES) and the mapped
-    update's OOD score. Without a score (a mapper with no OOD reference) "auto" refines."""
+    update's OOD record (gtapp.mapper.base.OodReference.score; a bare number is the run-relative
+    score). "auto" uses the task score, or the run-relative score where the mapper has no task
+    reference; with neither (a mapper with no OOD reference) it refines."""
     from gtapp.choices import REFINE_MODES
 
     if mode not in REFINE_MODES:
         raise ValueError(f"refine must be one of {', '.join(REFINE_MODES)}; got {mode!r}")
     if mode != "auto":
         return mode == "always", f"refine={mode}"
-    if ood_score is None or ood_score != ood_score:
+    rec = ood if isinstance(ood, dict) else {"score": ood}
+    task_score, score = rec.get("task_score"), rec.get("score")
+    if task_score is not None and task_score == task_score:
+        value, threshold, what = task_score, AUTO_REFINE_TASK_OOD, "task score"
+    elif score is not None and score == score:
+        value, threshold, what = score, AUTO_REFINE_OOD, "OOD score"
+    else:
         return True, "no OOD score for the update: refined"
-    if ood_score > threshold:
-        return True, f"OOD score {ood_score:.2f} > {threshold:g}: the update is unlike the shadow updates, refined"
-    return False, (f"OOD score {ood_score:.2f} <= {threshold:g}: the mapper knows updates like this one, "
-                   "its adapter kept as it is")
+    if value > threshold:
+        return True, f"{what} {value:.2f} > {threshold:g}: the update is unlike the shadow updates, refined"
+    return False, f"{what} {value:.2f} <= {threshold:g}: the mapper knows updates like this one, its adapter kept as it is"
 
 
 @torch.no_grad()

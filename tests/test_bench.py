@@ -64,15 +64,21 @@ def test_ci_benchmark_runs_end_to_end(ci_zoo, tmp_path):
         oracle = next(r for r in rows if r["protocol"] == p and r["method"] == "oracle")
         print(p, "base", base["value"], "oracle", oracle["value"])
         assert base["value"] < oracle["value"]
-    # gt_auto is the GT's adapter or its refinement, decided by the update's OOD score alone
-    from gtapp.refine import AUTO_REFINE_OOD
+    # gt_auto is the GT's adapter or its refinement, decided by the update's task score alone (the
+    # run-relative OOD score where the pair set has one task, in-distribution)
+    from gtapp.refine import AUTO_REFINE_OOD, AUTO_REFINE_TASK_OOD
 
     autos = [r for r in rows if r["method"] == "gt_auto"]
     assert autos
     for a in autos:
         key = (a["protocol"], a["task"], a["seed"], a["dp_epsilon"], a["clients"])
         by = {r["method"]: r for r in rows if (r["protocol"], r["task"], r["seed"], r["dp_epsilon"], r["clients"]) == key}
-        want = "gt_refine" if by["gt"]["ood_score"] > AUTO_REFINE_OOD else "gt"
+        task_score = by["gt"]["ood_task_score"]
+        if a["protocol"] == "in_distribution":
+            assert task_score != task_score or task_score is None  # one shadow task: no task reference
+            want = "gt_refine" if by["gt"]["ood_score"] > AUTO_REFINE_OOD else "gt"
+        else:
+            want = "gt_refine" if task_score > AUTO_REFINE_TASK_OOD else "gt"
         assert a["auto_choice"] == want and a["answer_nll"] == by[want]["answer_nll"], (key, a["auto_reason"])
     assert saved["versions"]["torch"] and saved["seeds"] == [0] and saved["preset"]["name"] == "ci"
     assert len(saved["targets"]) == 5 and all("met" in t for t in saved["targets"])

@@ -153,6 +153,17 @@ def test_generate_refine_cli_writes_a_static_adapter_closer_to_the_proxy(setup, 
     assert kl_to_teacher(refined, teacher, tok, held_out) < kl_to_teacher(mapped, teacher, tok, held_out)
     assert main(["generate", "--mapper", str(setup["mapper"]), "--tiny-adapter", str(setup["adapters"][0]),
                  "--tiny-adapter", str(setup["adapters"][1]), "--out", str(tmp_path / "x"), "--refine"]) == 2
+    capsys.readouterr()
+    # --refine auto: decided from the update's OOD record, said on stderr and in the report
+    from gtapp.refine import refine_wanted
+
+    rc = main(["generate", "--mapper", str(setup["mapper"]), "--tiny-adapter", str(setup["adapters"][1]),
+               "--zoo", str(setup["zoo"]), "--out", str(tmp_path / "a"), "--refine", "auto", "--refine-steps", "6"])
+    io = capsys.readouterr()
+    auto = json.loads(io.out)
+    assert rc == 0 and auto["refine"]["mode"] == "auto" and f"refine=auto: {auto['refine']['reason']}" in io.err
+    assert (auto["refine"]["refined"], auto["refine"]["reason"]) == refine_wanted("auto", auto["ood"][0])
+    assert (tmp_path / "a" / "adapter_model.safetensors").is_file() == auto["refine"]["refined"]
 
 
 def test_mapper_cli_train_info_eval(setup, tmp_path, capsys):

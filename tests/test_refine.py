@@ -53,15 +53,22 @@ def test_refine_refuses_bad_requests(micro_zoo, tmp_path):
 
 
 def test_when_to_refine():
-    from gtapp.refine import AUTO_REFINE_OOD, refine_wanted
+    from gtapp.refine import AUTO_REFINE_OOD, AUTO_REFINE_TASK_OOD, refine_wanted
 
     assert refine_wanted("always", 0.1)[0] and not refine_wanted("never", 99.0)[0]
-    wanted, why = refine_wanted("auto", AUTO_REFINE_OOD + 0.5)
-    assert wanted and "unlike the shadow updates" in why
-    wanted, why = refine_wanted("auto", AUTO_REFINE_OOD - 0.5)
+    # the task score decides where the mapper has one, whatever the run-relative score says
+    wanted, why = refine_wanted("auto", {"score": 0.5, "task_score": AUTO_REFINE_TASK_OOD + 0.1})
+    assert wanted and "task score" in why and "unlike the shadow updates" in why
+    wanted, why = refine_wanted("auto", {"score": 99.0, "task_score": AUTO_REFINE_TASK_OOD - 0.1})
     assert not wanted and "kept as it is" in why
-    assert not refine_wanted("auto", AUTO_REFINE_OOD)[0]  # at the threshold: kept
+    assert not refine_wanted("auto", {"task_score": AUTO_REFINE_TASK_OOD})[0]  # at the threshold: kept
+    # a mapper fitted before the task reference: the run-relative score and its threshold
+    for ood in (AUTO_REFINE_OOD + 0.5, {"score": AUTO_REFINE_OOD + 0.5, "task_score": float("nan")}):
+        wanted, why = refine_wanted("auto", ood)
+        assert wanted and why.startswith("OOD score")
+    assert not refine_wanted("auto", {"score": AUTO_REFINE_OOD, "task_score": None})[0]
     assert refine_wanted("auto", None)[0] and refine_wanted("auto", float("nan"))[0]  # no score: refined
+    assert refine_wanted("auto", {})[0]
     with pytest.raises(ValueError, match="never, auto, always"):
         refine_wanted("sometimes", 1.0)
 

@@ -44,17 +44,17 @@ def test_gate_keeps_the_mapped_adapter_below_the_threshold_it_finds():
 
 def test_sample_gain_gate_and_the_product_rule():
     """The sample-gain signal refines where the mapped adapter's gain on the TinyLM's samples is
-    low; the product rule (gtapp.refine.refine_wanted) refines above the OOD threshold."""
-    from gtapp.refine import AUTO_REFINE_OOD
+    low; the product rule (gtapp.refine.refine_wanted) refines above the task-score threshold."""
+    from gtapp.refine import AUTO_REFINE_TASK_OOD
 
     from refine_calibration import product_rule
 
     rows = []
-    # (gain, OOD score, dp, gt, refine)
-    for i, (gain, ood, eps, gt, ref) in enumerate([(0.10, 1.0, None, 0.9, 0.5), (0.05, 1.5, None, 0.7, 0.3),
-                                                    (-0.02, 1.2, None, -0.4, 0.3), (-0.01, 5.0, 8.0, 0.5, 0.1)]):
+    # (gain, task score, dp, gt, refine)
+    for i, (gain, task, eps, gt, ref) in enumerate([(0.10, 0.5, None, 0.9, 0.5), (0.05, 0.8, None, 0.7, 0.3),
+                                                     (-0.02, 0.9, None, -0.4, 0.3), (-0.01, 3.0, 8.0, 0.5, 0.1)]):
         for method, gap in (("gt", gt), ("gt_refine:v", ref)):
-            r = case("s", f"t{i}", method, gap, ood) | {"dp_epsilon": eps}
+            r = case("s", f"t{i}", method, gap, 1.0) | {"dp_epsilon": eps, "ood_task_score": task}
             if method == "gt":
                 r["sample_check"] = {"llm_gain": gain}
             rows.append(r)
@@ -63,8 +63,8 @@ def test_sample_gain_gate_and_the_product_rule():
     assert g["mean_gap_nll"] == pytest.approx((0.9 + 0.7 + 0.3 + 0.5) / 4)  # refine only t2
     assert g["at_zero"] == pytest.approx((0.9 + 0.7 + 0.3 + 0.1) / 4)  # tau = 0 refines t2 and t3
     assert g["no_dp"] == pytest.approx((0.9 + 0.7 + 0.3) / 3) and g["dp"] == pytest.approx(0.5)
-    assert 1.5 < AUTO_REFINE_OOD < 5.0
-    rule = product_rule(gate(rows, "v", "ood")["cases"])  # refines t3 only (its OOD score is above)
+    assert 0.9 < AUTO_REFINE_TASK_OOD < 3.0
+    rule = product_rule(gate(rows, "v", "ood_task")["cases"])  # refines t3 only (its task score is above)
     assert rule["refined"] == 1 and rule["mean_gap_nll"] == pytest.approx((0.9 + 0.7 - 0.4 + 0.1) / 4)
     assert rule["no_dp"] == pytest.approx((0.9 + 0.7 - 0.4) / 3) and rule["dp"] == pytest.approx(0.1)
     no_signal = [{k: v for k, v in r.items() if k != "sample_check"} for r in rows]

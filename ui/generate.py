@@ -157,7 +157,7 @@ def latest_results(svc: Service, who) -> tuple:
 # what "Save these settings" keeps (in this order: the form's fields)
 FORM_KEYS = ("organisation", "method", "weighting", "merged", "refine_mode", "evaluate", "n_test")
 REFINE_CHOICES = [("no", "never"),
-                  ("when the update is unlike every shadow update (OOD score above the calibrated threshold)", "auto"),
+                  ("when the update is unlike every shadow update (task score above the calibrated threshold)", "auto"),
                   ("always", "always")]
 
 

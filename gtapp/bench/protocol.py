@@ -122,15 +122,16 @@ def _fit_mappers(ctx: Context, pair_set, which: tuple[str, ...]) -> dict:
     return mappers
 
 
-def _generate(ctx: Context, mapper, tiny_adapters: list, out: Path) -> tuple[Path, float, float, Optional[float]]:
-    """Map TinyLM adapter(s) to an LLM adapter; returns (adapter_dir, wall_s, peak_mb, OOD score)."""
+def _generate(ctx: Context, mapper, tiny_adapters: list, out: Path) -> tuple[Path, float, float, dict]:
+    """Map TinyLM adapter(s) to an LLM adapter; returns (adapter_dir, wall_s, peak_mb, the first
+    input's OOD record: "score", "task_score", ...; empty for a mapper without an OOD reference)."""
     from gtapp.baselines.common import CostMeter
     from gtapp.generate import generate
 
     with CostMeter() as meter:
         res = generate(mapper, [str(a) for a in tiny_adapters], out, zoo=ctx.zoo_dir)
     f = meter.fields()
-    ood = res.ood[0].get("score") if res.ood and isinstance(res.ood[0], dict) else None
+    ood = res.ood[0] if res.ood and isinstance(res.ood[0], dict) else {}
     return Path(res.adapter_dir), f["wall_s"], f["peak_mem_mb"], ood
 
 
@@ -195,7 +196,8 @@ def run_private_task(ctx: Context, protocol: str, task: Task, private, public, m
             out, gw, gm, ood = _generate(ctx, mapper, [tiny_dir], d / f"{kind}_{tag}")
             row = _row(ctx, **common, method=MAPPER_METHOD[kind], dp_epsilon=eps if kind != "mean" else None,
                        clients=1, ev=_eval(ctx, "llm", out, task), wall_s=(tw + gw) if kind != "mean" else gw,
-                       peak_mem_mb=max(tm, gm), generate_s=gw, tiny_finetune_s=tw, ood_score=ood, **extra)
+                       peak_mem_mb=max(tm, gm), generate_s=gw, tiny_finetune_s=tw, ood_score=ood.get("score"),
+                       ood_task_score=ood.get("task_score"), **extra)
             if kind == "gt":
                 gt_by_eps[eps] = (out, gw, row)
         ctx.tick(f"dp {tag}", task.name)
@@ -233,12 +235,12 @@ def run_private_task(ctx: Context, protocol: str, task: Task, private, public, m
 
 
 def _auto_row(ctx: Context, gt_row: Row, refined: Row) -> Row:
-    """gt_auto: the GT's row where the update's OOD score says the mapper knows it, the refined
+    """gt_auto: the GT's row where the update's task score says the mapper knows it, the refined
     row where it does not (gtapp.refine.refine_wanted), decided from the update alone. Its wall
     time is what it spent: the refinement only where it refined."""
     from gtapp.refine import refine_wanted
 
-    wanted, why = refine_wanted("auto", gt_row.get("ood_score"))
+    wanted, why = refine_wanted("auto", {"score": gt_row.get("ood_score"), "task_score": gt_row.get("ood_task_score")})
     row = {**(refined if wanted else gt_row), "method": "gt_auto", "auto_choice": "gt_refine" if wanted else "gt",
            "auto_reason": why}
     ctx.rows.append(row)

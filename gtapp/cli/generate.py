@@ -26,7 +26,7 @@ def register(sub) -> None:
     p.add_argument("--refine", nargs="?", const="always", default=None, choices=["always", "auto"],
                    help="then refine the adapter towards the proxy-tuned distribution on the provider's text "
                         "(gtapp.refine; one TinyLM adapter, needs --zoo; DP carries over by post-processing); "
-                        "'auto': only where the update's OOD score is above gtapp.refine.AUTO_REFINE_OOD")
+                        "'auto': only where the update's task score is above gtapp.refine.AUTO_REFINE_TASK_OOD")
     p.add_argument("--pairs", type=Path, default=None,
                    help="with --refine: the pair set whose shadow tasks give the provider's text (default: the "
                         "one the mapper's card names)")
@@ -52,8 +52,7 @@ def _run(args) -> int:
     if args.refine:
         from gtapp.refine import refine_wanted
 
-        score = res.ood[0].get("score") if res.ood and isinstance(res.ood[0], dict) else None
-        wanted, why = refine_wanted(args.refine, score)
+        wanted, why = refine_wanted(args.refine, res.ood[0] if res.ood and isinstance(res.ood[0], dict) else None)
         print(f"refine={args.refine}: {why}", file=sys.stderr)
         report["refine"] = {"mode": args.refine, "refined": wanted, "reason": why}
         if wanted:

@@ -187,11 +187,13 @@ def test_shadow_ridge_finetune_generate_through_real_worker(celery_pg, micro_zoo
 def test_gt_mapper_and_two_organisation_style_generate(emb, tmp_path):
     """Embedded: a GT mapper (small config, picked by id, not promoted), two of alice's
     adapters with explicit weights, map-then-average; privacy spend of a DP contributor."""
-    shadow = emb.run("shadow", {"pair_id": emb.pair_id, **SHADOW})
+    # two shadow tasks: the mapper's OOD reference knows how far apart two tasks' updates lie
+    shadow = emb.run("shadow", {"pair_id": emb.pair_id, **SHADOW, "tasks": [TASK, "math/sub-fruit-easy"]})
     gt = emb.run("train_mapper", {"pair_id": emb.pair_id, "kind": "gt", "config": GT, "device": "cpu"})
     with session_scope(settings=emb.settings) as s:
         mv = s.get(MapperVersion, gt.outputs["mapper_id"])
         assert (mv.kind, mv.promoted, mv.pair_set_id) == ("gt", False, shadow.outputs["pair_set_id"])
+        assert mv.metrics["card"]["ood"]["task_reference_nn_distance"] > 0
         assert mv.metrics["card"]["config"]["steps"] == 20 and mv.metrics["card"]["config"]["d_model"] == 16
     ds = emb.dataset(emb.alice, "alice-a", seed=2, epsilon_budget=50.0)
     plain = emb.tiny_adapter(emb.dataset(emb.alice, "alice-plain", seed=2), seed=0)  # no budget: no DP needed
@@ -228,16 +230,20 @@ def test_gt_mapper_and_two_organisation_style_generate(emb, tmp_path):
         artifact = a.artifact
     assert "refine.json" in emb.store.manifest(artifact)
     assert _loads_in_peft(emb, artifact, tmp_path / "refined")
-    # refine="auto": refined only where the update's OOD score is above the calibrated threshold
-    from gtapp.refine import AUTO_REFINE_OOD
+    # refine="auto": refined only where the update's task score (or, for a pair set of one task, its
+    # OOD score) is above the calibrated threshold
+    from gtapp.refine import AUTO_REFINE_OOD, AUTO_REFINE_TASK_OOD
 
     auto = emb.run("generate", {"adapter_ids": [dp], "mapper_id": mv.id, "refine": "auto", "device": "cpu"},
                    user="alice")
     with session_scope(settings=emb.settings) as s:
         a = s.get(Adapter, auto.outputs["adapter_id"])
         rec, score = a.meta["refine"], a.meta["ood"][0]
-        assert rec["mode"] == "auto" and rec["threshold"] == AUTO_REFINE_OOD and rec["ood_score"] == score
-        assert rec["refined"] == (score is None or score > AUTO_REFINE_OOD), rec
+        assert rec["mode"] == "auto" and rec["ood_score"] == score
+        assert rec["task_score"] == a.meta["contributors"][0]["ood"]["task_score"] > 0, rec
+        assert rec["threshold"] == AUTO_REFINE_TASK_OOD and rec["refined"] == (rec["task_score"] > AUTO_REFINE_TASK_OOD)
+        assert ("task score" in rec["reason"]) and AUTO_REFINE_OOD != AUTO_REFINE_TASK_OOD
+        print("refine=auto:", rec)
         assert ("refine.json" in emb.store.manifest(a.artifact)) == rec["refined"]
     with pytest.raises(ValueError, match="refine must be one of never, auto, always"):
         emb.client.submit("generate", {"adapter_ids": [dp], "mapper_id": mv.id, "refine": "sometimes"},

@@ -153,7 +153,7 @@ def generate(params: dict, ctx) -> dict:
     score and every contributor's privacy spend are recorded; `merged` also stores the merged
     LLM; `evaluate_task` (or your `dataset_id`) also scores the new adapter; `refine` (never,
     auto, always) distils one adapter towards the proxy-tuned distribution on the provider's
-    text, "auto" only where its OOD score is above gtapp.refine.AUTO_REFINE_OOD. Produces an
+    text, "auto" only where its task score is above gtapp.refine.AUTO_REFINE_TASK_OOD. Produces an
     adapter (and an evaluation)."""
     import shutil
 
@@ -238,11 +238,17 @@ def generate(params: dict, ctx) -> dict:
     ood = [o.get("score") if isinstance(o, dict) else None for o in (record.get("ood") or [])]
     refine_rec = None
     if params["refine"] != "never":
-        from gtapp.refine import AUTO_REFINE_OOD, refine_wanted
+        from gtapp.refine import AUTO_REFINE_OOD, AUTO_REFINE_TASK_OOD, refine_wanted
 
-        wanted, why = refine_wanted(params["refine"], ood[0] if ood else None)
+        first = (record.get("ood") or [None])[0]
+        first = first if isinstance(first, dict) else {}
+        task_score = first.get("task_score")
+        by_task = task_score is not None and task_score == task_score
+        wanted, why = refine_wanted(params["refine"], first)
         refine_rec = {"mode": params["refine"], "refined": wanted, "reason": why, "ood_score": ood[0] if ood else None,
-                      "threshold": AUTO_REFINE_OOD if params["refine"] == "auto" else None}
+                      "task_score": task_score if by_task else None,
+                      "threshold": (AUTO_REFINE_TASK_OOD if by_task else AUTO_REFINE_OOD)
+                      if params["refine"] == "auto" else None}
         ctx.log(f"refine={params['refine']}: {why}")
         if wanted:
             out, rec = _refine(ctx, zoo_dir, tiny_dirs[0], out, pair_set_artifact, params, device, spans["refine"])
