@@ -23,8 +23,9 @@ updates) is above :data:`AUTO_REFINE_TASK_OOD`, a threshold calibrated on the pr
 held-out shadow tasks and runs (bench/refine_calibration.py), never on a private task. The
 earlier score (over the typical distance between two *runs*) shrinks as the pair set grows
 denser, so its threshold did not carry from 15 to 51 shadow tasks; it remains the rule where
-the mapper has no task reference (a pair set of one task, or a mapper fitted before it). :func:`sample_check`, a signal from text the
-fine-tuned TinyLM writes, was measured there as an alternative and did worse.
+the mapper has no task reference (a pair set of one task, or a mapper fitted before it).
+:func:`sample_check`, a signal from text the fine-tuned TinyLM writes, was measured there as an
+alternative and did worse.
 
 Privacy: the refinement reads only the TinyLM adapter (already private, with whatever DP
 guarantee its fine-tune gave), public text and the two base models. By the post-processing
@@ -53,9 +54,9 @@ from gtapp.tasks.base import Example
 #: scored 0.33-0.85 without DP, held-out tasks 0.65-2.30.
 AUTO_REFINE_TASK_OOD = 1.5
 #: The run-relative OOD score's threshold, where the mapper has no task reference (no "task_score":
-#: a pair set of one task, or a mapper fitted before the task reference): chosen the same way with 15 shadow tasks (0.649 without DP there too), but a
-#: denser pair set scores every update lower: against 51 shadow tasks (quick5) all updates scored
-#: 1.0-2.8, so it never refined there.
+#: a pair set of one task, or a mapper fitted before the task reference): chosen the same way with
+#: 15 shadow tasks (0.649 without DP there too), but a denser pair set scores every update lower:
+#: against 51 shadow tasks (quick5) all updates scored 1.0-2.8, so it never refined there.
 AUTO_REFINE_OOD = 2.9
 
 PRIVACY_NOTE = ("post-processing of the TinyLM adapter (public text and base models only): the refined adapter "
@@ -110,7 +111,8 @@ def refine_wanted(mode: str, ood: Optional[dict | float]) -> tuple[bool, str]:
         return True, "no OOD score for the update: refined"
     if value > threshold:
         return True, f"{what} {value:.2f} > {threshold:g}: the update is unlike the shadow updates, refined"
-    return False, f"{what} {value:.2f} <= {threshold:g}: the mapper knows updates like this one, its adapter kept as it is"
+    return False, (f"{what} {value:.2f} <= {threshold:g}: the mapper knows updates like this one, its adapter "
+                   "kept as it is")
 
 
 @torch.no_grad()
@@ -130,7 +132,7 @@ def sample_check(pair, tiny_adapter_dir: str | Path, mapped_adapter_dir: str | P
     is post-processing like the refinement itself.
 
     A measured candidate for the ``"auto"`` gate, not the gate: on the calibration's 60 held-out
-    shadow cases it did worse than the OOD score (bench/refine_calibration.py records it).
+    shadow cases it did worse than either OOD score (bench/refine_calibration.py records it).
     """
     from gtapp.baselines.distill import pack_samples, sample_sequences
     from gtapp.data import IGNORE_INDEX

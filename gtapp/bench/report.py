@@ -184,10 +184,9 @@ def _nan_low(x: float) -> float:
 
 def cost_table(rows: list[dict], method: Optional[str] = None) -> list[dict]:
     """Per (protocol, task, seed): the organisation's path with ``method`` (TinyLM fine-tune +
-    generation, and what the method spent after it: the refinement where it refined, gt_auto's
-    sample check) against the LLM fine-tune on the same private data (the oracle's final run, its
-    learning-rate selection not counted: the conservative comparison). Without ``method``:
-    gt_refine where it ran, else gt."""
+    generation, and the refinement where the method refined) against the LLM fine-tune on the
+    same private data (the oracle's final run, its learning-rate selection not counted: the
+    conservative comparison). Without ``method``: gt_refine where it ran, else gt."""
     out = []
     by = defaultdict(dict)
     for r in rows:
@@ -203,11 +202,10 @@ def cost_table(rows: list[dict], method: Optional[str] = None) -> list[dict]:
         if ours is None:
             continue
         tiny_s, gen_s = ours.get("tiny_finetune_s", float("nan")), ours.get("generate_s", float("nan"))
-        after_s = (ours.get("refine_s") or 0.0) + (ours.get("check_s") or 0.0)
-        share = (tiny_s + gen_s + after_s) / llm_s
+        refine_s = ours.get("refine_s") or 0.0
+        share = (tiny_s + gen_s + refine_s) / llm_s
         out.append({"protocol": protocol, "task": task, "seed": seed, "method": ours["method"],
-                    "tiny_finetune_s": tiny_s, "generate_s": gen_s, "refine_s": ours.get("refine_s") or 0.0,
-                    "check_s": ours.get("check_s") or 0.0, "llm_finetune_s": llm_s,
+                    "tiny_finetune_s": tiny_s, "generate_s": gen_s, "refine_s": refine_s, "llm_finetune_s": llm_s,
                     "tiny_plus_generate_share": share, "time_saved_pct": 100 * (1 - share)})
     return out
 
