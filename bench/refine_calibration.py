@@ -150,7 +150,7 @@ def product_rule(cases: list[dict]) -> dict:
 
     def mean(part):
         part = list(part)
-        return sum(c["refine"] if w else c["gt"] for c, w in part) / max(len(part), 1) if part else float("nan")
+        return sum(c["refine"] if w else c["gt"] for c, w in part) / len(part) if part else float("nan")
 
     return {"cases": len(cases), "refined": sum(w for _, w in picks), "mean_gap_nll": mean(picks),
             "no_dp": mean(p for p in picks if p[0]["dp_epsilon"] is None),

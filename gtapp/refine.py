@@ -90,25 +90,34 @@ class RefineConfig:
         return asdict(self)
 
 
+def auto_signal(ood: Optional[dict | float]) -> Optional[tuple[str, float, float]]:
+    """(what, value, threshold) that ``"auto"`` compares for the mapped update's OOD record
+    (gtapp.mapper.base.OodReference.score; a bare number is the run-relative score): the task
+    score, or the run-relative score where the mapper has no task reference; None with neither
+    (a mapper with no OOD reference)."""
+    rec = ood if isinstance(ood, dict) else {"score": ood}
+    task_score, score = rec.get("task_score"), rec.get("score")
+    if task_score is not None and task_score == task_score:
+        return "task score", task_score, AUTO_REFINE_TASK_OOD
+    if score is not None and score == score:
+        return "OOD score", score, AUTO_REFINE_OOD
+    return None
+
+
 def refine_wanted(mode: str, ood: Optional[dict | float]) -> tuple[bool, str]:
     """(whether to refine, why) for a refine mode (gtapp.choices.REFINE_MODES) and the mapped
-    update's OOD record (gtapp.mapper.base.OodReference.score; a bare number is the run-relative
-    score). "auto" uses the task score, or the run-relative score where the mapper has no task
-    reference; with neither (a mapper with no OOD reference) it refines."""
+    update's OOD record; "auto" compares :func:`auto_signal` with its threshold, and refines
+    where there is no score."""
     from gtapp.choices import REFINE_MODES
 
     if mode not in REFINE_MODES:
         raise ValueError(f"refine must be one of {', '.join(REFINE_MODES)}; got {mode!r}")
     if mode != "auto":
         return mode == "always", f"refine={mode}"
-    rec = ood if isinstance(ood, dict) else {"score": ood}
-    task_score, score = rec.get("task_score"), rec.get("score")
-    if task_score is not None and task_score == task_score:
-        value, threshold, what = task_score, AUTO_REFINE_TASK_OOD, "task score"
-    elif score is not None and score == score:
-        value, threshold, what = score, AUTO_REFINE_OOD, "OOD score"
-    else:
+    signal = auto_signal(ood)
+    if signal is None:
         return True, "no OOD score for the update: refined"
+    what, value, threshold = signal
     if value > threshold:
         return True, f"{what} {value:.2f} > {threshold:g}: the update is unlike the shadow updates, refined"
     return False, (f"{what} {value:.2f} <= {threshold:g}: the mapper knows updates like this one, its adapter "

@@ -238,17 +238,14 @@ def generate(params: dict, ctx) -> dict:
     ood = [o.get("score") if isinstance(o, dict) else None for o in (record.get("ood") or [])]
     refine_rec = None
     if params["refine"] != "never":
-        from gtapp.refine import AUTO_REFINE_OOD, AUTO_REFINE_TASK_OOD, refine_wanted
+        from gtapp.refine import auto_signal, refine_wanted
 
         first = (record.get("ood") or [None])[0]
-        first = first if isinstance(first, dict) else {}
-        task_score = first.get("task_score")
-        by_task = task_score is not None and task_score == task_score
         wanted, why = refine_wanted(params["refine"], first)
+        signal = auto_signal(first) if params["refine"] == "auto" else None
         refine_rec = {"mode": params["refine"], "refined": wanted, "reason": why, "ood_score": ood[0] if ood else None,
-                      "task_score": task_score if by_task else None,
-                      "threshold": (AUTO_REFINE_TASK_OOD if by_task else AUTO_REFINE_OOD)
-                      if params["refine"] == "auto" else None}
+                      "task_score": signal[1] if signal and signal[0] == "task score" else None,
+                      "threshold": signal[2] if signal else None}
         ctx.log(f"refine={params['refine']}: {why}")
         if wanted:
             out, rec = _refine(ctx, zoo_dir, tiny_dirs[0], out, pair_set_artifact, params, device, spans["refine"])
