@@ -43,6 +43,9 @@ VARIANTS = {
     "init_mix": {"start": "init"},
     "mapped_public": {"sample_share": 0.0},
     "mapped_samples": {"sample_share": 1.0},
+    # half, or all, of the TinyLM's samples written unprompted from the document start
+    "mapped_free": {"free_share": 0.5},
+    "mapped_free_all": {"free_share": 1.0},
 }
 SETTINGS = ("held_out_task", "held_out_run")
 

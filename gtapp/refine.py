@@ -9,8 +9,9 @@ decode step. Refinement distils that *proxy-tuned distribution* into the LLM's L
 
 The text is the provider's own, never the organisation's private data: the public examples
 of its shadow tasks (prompt + answer, KL on the answer) and continuations *sampled from the
-organisation's fine-tuned TinyLM* given those public prompts (KL on the sampled tokens), in the
-share ``sample_share``. The learning rate and stopping step are chosen by the benchmark's
+organisation's fine-tuned TinyLM* (KL on the sampled tokens), in the share ``sample_share``: of
+those, the share ``free_share`` is written unprompted from the document start (what the TinyLM
+learned to write by itself: a language-modelling task's text), the rest after public prompts. The learning rate and stopping step are chosen by the benchmark's
 shared procedure (gtapp.baselines.selection) on held-out provider text. The result is a stock
 peft adapter: serving needs no TinyLM.
 
@@ -71,6 +72,7 @@ class RefineConfig:
     max_length: int = 256
     n_sequences: int = 512  # provider sequences in all (public examples + TinyLM samples)
     sample_share: float = 0.5  # of them, continuations sampled from the fine-tuned TinyLM
+    free_share: float = 0.0  # of the samples, written from the document start instead of after a prompt
     sample_tokens: int = 48
     sample_temperature: float = 1.0
     temperature: float = 1.0  # KD temperature
@@ -81,8 +83,9 @@ class RefineConfig:
     def __post_init__(self):
         if self.start not in ("mapped", "init"):
             raise ValueError(f"refine start must be 'mapped' or 'init', got {self.start!r}")
-        if not 0.0 <= self.sample_share <= 1.0:
-            raise ValueError(f"sample_share must lie in [0, 1], got {self.sample_share}")
+        for name in ("sample_share", "free_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.steps < 1 or self.batch_size < 1 or self.n_sequences < 2:
             raise ValueError("refine needs steps >= 1, batch_size >= 1 and n_sequences >= 2")
 
@@ -202,6 +205,13 @@ def _pad_cat(parts):
     return tuple(out)
 
 
+def sample_prefixes(examples: Sequence[Example], n_samples: int, n_free: int, rng: random.Random) -> list[str]:
+    """One prefix per TinyLM sample: ``n_free`` empty ones (the document start: the sample is
+    written unprompted), then public prompts drawn without replacement, cycled if too few."""
+    drawn = [e.prompt for e in rng.sample(list(examples), min(len(examples), n_samples - n_free))]
+    return [""] * n_free + [drawn[i % len(drawn)] for i in range(n_samples - n_free)]
+
+
 def refine(pair, tiny_adapter_dir: str | Path, provider_examples: Sequence[Example], out_dir: str | Path,
            config: RefineConfig = RefineConfig(), start_adapter: Optional[str | Path] = None,
            progress: Optional[ProgressFn] = None, device: str = "cpu") -> dict:
@@ -221,6 +231,7 @@ def refine(pair, tiny_adapter_dir: str | Path, provider_examples: Sequence[Examp
         raise ValueError("refine start='mapped' needs the mapped adapter (start_adapter)")
     rng = random.Random(config.seed)
     n_samples = round(config.n_sequences * config.sample_share)
+    n_free = round(n_samples * config.free_share)
     n_text = config.n_sequences - n_samples
     text = rng.sample(examples, min(n_text, len(examples))) if n_text else []
     t0 = time.monotonic()
@@ -232,7 +243,7 @@ def refine(pair, tiny_adapter_dir: str | Path, provider_examples: Sequence[Examp
         if text:
             parts.append(encoded_examples(tokenizer, text, config.max_length))
         if n_samples:
-            prompts = [e.prompt for e in rng.sample(examples, min(len(examples), n_samples))]
+            prompts = sample_prefixes(examples, n_samples, n_free, rng)
             samples = sample_sequences(tiny_ft, tokenizer, n_samples, config.sample_tokens, config.sample_temperature,
                                        config.seed, prefixes=prompts, meter=meter, device=device,
                                        min_new_tokens=1)
@@ -248,7 +259,7 @@ def refine(pair, tiny_adapter_dir: str | Path, provider_examples: Sequence[Examp
     return rec | {"method": "gt_refine", "config": config.to_dict(), "wall_s": fields["wall_s"],
                   "peak_mem_mb": fields["peak_mem_mb"], "tokens": fields["tokens"],
                   "teacher": "llm_base + (tiny_ft - tiny_base) logits (proxy-tuning)",
-                  "text": {"public_examples": len(text), "tiny_samples": n_samples},
+                  "text": {"public_examples": len(text), "tiny_samples": n_samples, "unprompted_samples": n_free},
                   "privacy": PRIVACY_NOTE, "total_s": round(time.monotonic() - t0, 3)}
 
 

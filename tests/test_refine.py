@@ -26,7 +26,7 @@ def test_refined_adapter_is_closer_to_the_proxy_than_its_start(micro_zoo, tmp_pa
     cfg = RefineConfig(steps=20, batch_size=8, lr=1e-2, n_sequences=64, sample_tokens=12, select=False)
     rec = refine(pair, tiny, public, tmp_path / "refined", cfg, start_adapter=start)
     assert rec["privacy"] == PRIVACY_NOTE and rec["init_adapter"] == str(start)
-    assert rec["text"] == {"public_examples": 32, "tiny_samples": 32} and rec["final_loss"] < rec["first_loss"]
+    assert rec["text"] == {"public_examples": 32, "tiny_samples": 32, "unprompted_samples": 0} and rec["final_loss"] < rec["first_loss"]
 
     teacher, tok = load_proxy(pair, tiny)
     before, _ = load_with_adapter(pair.llm_path, start)
@@ -35,6 +35,22 @@ def test_refined_adapter_is_closer_to_the_proxy_than_its_start(micro_zoo, tmp_pa
     kl_after = kl_to_teacher(after, teacher, tok, held_out)
     print("KL to the proxy-tuned distribution on held-out text:", kl_before, "->", kl_after)
     assert kl_after < 0.9 * kl_before
+
+
+def test_sample_prefixes_put_the_unprompted_samples_first():
+    import random
+
+    from gtapp.refine import sample_prefixes
+    from gtapp.tasks.base import Example
+
+    examples = [Example(f"q{i}", "a") for i in range(3)]
+    prefixes = sample_prefixes(examples, 8, 3, random.Random(0))
+    assert prefixes[:3] == ["", "", ""] and len(prefixes) == 8
+    # every public prompt once before any repeats, in the cycle sample_sequences would use
+    assert sorted(prefixes[3:6]) == ["q0", "q1", "q2"] and prefixes[6:] == prefixes[3:5]
+    assert sample_prefixes(examples, 4, 4, random.Random(0)) == [""] * 4
+    # no unprompted share: the draw equals the one made before free_share existed
+    assert sample_prefixes(examples, 2, 0, random.Random(1)) == [e.prompt for e in random.Random(1).sample(examples, 2)]
 
 
 def test_refine_refuses_bad_requests(micro_zoo, tmp_path):
@@ -50,6 +66,8 @@ def test_refine_refuses_bad_requests(micro_zoo, tmp_path):
         refine(pair, tmp_path, [Example("q", "a")], tmp_path / "o")
     with pytest.raises(ValueError, match="start"):
         RefineConfig(start="somewhere")
+    with pytest.raises(ValueError, match="free_share"):
+        RefineConfig(free_share=1.5)
 
 
 def test_when_to_refine():
