@@ -12,8 +12,9 @@ Steps, each timed:
    mismatched recipe is refused with the validator's reason;
 4. map it (several adapters: gtapp.combine, average-then-map or map-then-average);
 5. score how far each input lies from the shadow TinyLM updates (OOD score: nearest shadow
-   update's distance over the typical nearest-neighbour distance among shadow updates; above
-   gtapp.mapper.OOD_THRESHOLD a warning -- the map was never trained near such inputs);
+   update's distance over the typical distance between two shadow tasks' updates, the *task
+   score*; above gtapp.mapper.base.OOD_TASK_THRESHOLD a warning -- the map was never trained
+   near such inputs; a mapper without task reference uses the run-relative score);
 6. write the LLM adapter (UpdateVector.write_peft, the one peft writer) and ``generate.json``;
 7. optionally the merged LLM (``merge_and_unload`` -> ``save_pretrained``) in ``OUT/merged``.
 """
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from gtapp.lora.recipe import RecipeError, RecipePair
+from gtapp.ood import ood_warning
 from gtapp.progress import ProgressFn, Tracker
 
 RECORD = "generate.json"
@@ -127,14 +129,9 @@ def generate(mapper, tiny_adapters: Sequence, out_dir: str | Path, *, weights: O
     timing["map_s"] = time.monotonic() - t
     tracker.update(3, "mapped")
 
-    warnings = []
-    for c, o in zip(contributors, ood):
-        if o and o.get("ood"):
-            warnings.append(f"{c.name}: out of distribution for this mapper (score {o['score']:.2f} > "
-                            f"{o['threshold']:g}: its update is {o['score']:.1f}x farther from the nearest shadow "
-                            f"update than shadow updates are from each other); expect a poor LLM update")
+    warnings = [f"{c.name}: {ood_warning(o)}" for c, o in zip(contributors, ood) if o and o.get("ood")]
     if combine and combine.get("combined_ood") and combine["combined_ood"].get("ood"):
-        warnings.append(f"the combined TinyLM update is out of distribution (score {combine['combined_ood']['score']:.2f})")
+        warnings.append(f"the combined TinyLM update: {ood_warning(combine['combined_ood'])}")
 
     t = time.monotonic()
     out = Path(out_dir)

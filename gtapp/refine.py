@@ -44,16 +44,17 @@ from typing import Optional, Sequence
 
 import torch
 
+from gtapp.ood import OOD_TASK_THRESHOLD
 from gtapp.progress import ProgressFn
 from gtapp.tasks.base import Example
 
 #: Task score (gtapp.mapper.base.OodReference.score's "task_score") above which ``refine="auto"``
-#: refines. Chosen on 60 held-out shadow cases (ci scale, seeds 0-2, with and without DP;
+#: refines: where generation warns the update is out of distribution. Chosen on 60 held-out shadow cases (ci scale, seeds 0-2, with and without DP;
 #: bench/results/refine_calibration_ci_task_gate_2026-12-01.json): every threshold from 1.4 to 1.55
 #: gives a mean NLL gap recovery of 0.649 on the 30 cases without DP (the GT's adapter alone 0.555,
 #: always refining 0.274); 1.5 gives 0.423 over all 60 (0.197 at epsilon = 8). Held-out runs
 #: scored 0.33-0.85 without DP, held-out tasks 0.65-2.30.
-AUTO_REFINE_TASK_OOD = 1.5
+AUTO_REFINE_TASK_OOD = OOD_TASK_THRESHOLD
 #: The run-relative OOD score's threshold, where the mapper has no task reference (no "task_score":
 #: a pair set of one task, or a mapper fitted before the task reference): chosen the same way with
 #: 15 shadow tasks (0.649 without DP there too), but a denser pair set scores every update lower:

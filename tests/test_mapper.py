@@ -139,6 +139,7 @@ def test_ood_task_score_is_relative_to_the_distance_between_tasks(tmp_path):
     import math
 
     from gtapp.mapper.base import OodReference
+    from gtapp.ood import OOD_TASK_THRESHOLD
 
     rec = small_recipes()
     pairs = linear_pairs(rec, n_runs=8, seed=3)
@@ -152,6 +153,13 @@ def test_ood_task_score_is_relative_to_the_distance_between_tasks(tmp_path):
     new = m.ood_score(linear_pairs(rec, n_runs=1, seed=99)[0].tiny)
     assert new["task_score"] == pytest.approx(new["nn_distance"] / ref.task_reference)
     assert new["task_score"] <= new["score"]
+    # the warning follows the task score where there is one, and says so
+    assert new["measure"] == "task_score" and new["threshold"] == OOD_TASK_THRESHOLD
+    assert new["ood"] == (new["task_score"] > OOD_TASK_THRESHOLD) and m.card["ood"]["shadow_tasks"] == 4
+    space = UpdateSpace(rec.tiny)
+    x = space.stack([pairs[0].tiny])
+    far = m.ood_score(space.unstack({t: (a * 30, b * 30) for t, (a, b) in x.items()})[0])
+    assert far["ood"] and far["task_score"] > OOD_TASK_THRESHOLD
     m.save(tmp_path / "m")
     again = load_mapper(tmp_path / "m").ood_score(linear_pairs(rec, n_runs=1, seed=99)[0].tiny)
     assert again["task_score"] == pytest.approx(new["task_score"], rel=1e-5)
@@ -163,6 +171,30 @@ def test_ood_task_score_is_relative_to_the_distance_between_tasks(tmp_path):
     m2 = RidgeMapper(rec)
     m2.fit(pairs)
     assert math.isnan(m2.ood.task_reference) and math.isnan(m2.ood_score(pairs[0].tiny)["task_score"])
+    assert m2.ood_score(pairs[0].tiny)["measure"] == "score" and m2.card["ood"]["shadow_tasks"] == 0
+
+
+def test_card_warnings_say_when_the_ood_warning_cannot_be_trusted():
+    """The Admin page and an auto-refining generate job show these for a mapper version."""
+    from gtapp.ood import MIN_TASKS_FOR_TASK_SCORE, card_warnings
+    from ui.admin import card_summary
+
+    rec = small_recipes()
+    pairs = linear_pairs(rec, n_runs=8, seed=3)
+    for n_tasks, expect in ((2, "only 2 shadow tasks"), (4, None), (1, "no task reference")):
+        for p in pairs:
+            p.meta["task"] = f"task{int(p.run_id[3:]) % n_tasks}"
+        m = RidgeMapper(rec)
+        m.fit(pairs)
+        warnings = card_warnings(m.card)
+        print(n_tasks, "tasks:", warnings)
+        if expect is None:
+            assert warnings == [] and n_tasks >= MIN_TASKS_FOR_TASK_SCORE
+        else:
+            assert len(warnings) == 1 and expect in warnings[0] and "refine: auto" in warnings[0]
+        summary = card_summary(json.loads(json.dumps(m.card, default=str)))  # as the database keeps it
+        assert f"of {n_tasks} shadow tasks" in summary and (expect is None) == ("⚠" not in summary)
+    assert "No model card" in card_summary({})
 
 
 def test_predict_refuses_wrong_shapes():

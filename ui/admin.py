@@ -120,6 +120,24 @@ def learning_curve_figure(curve):
     return fig
 
 
+def card_summary(card: dict) -> str:
+    """A mapper version's model card in a few lines: its pair set, its OOD reference and what to
+    watch for (gtapp.ood.card_warnings)."""
+    from gtapp.ood import card_warnings  # pure Python
+
+    if not card:
+        return "*No model card recorded for this version.*"
+    ps, ood, val = card.get("pair_set") or {}, card.get("ood") or {}, card.get("validation") or {}
+    tasks = ood.get("shadow_tasks")
+    lines = [f"**{card.get('kind', '?')}** on {ps.get('n_pairs', '?')} pairs from {ps.get('n_runs', '?')} runs"
+             + (f" of {tasks} shadow tasks" if tasks is not None else "")]
+    if isinstance(val.get("rel_err_mean"), (int, float)):
+        lines.append(f"validation runs: relative error {val['rel_err_mean']:.3f} (the mean shadow update: "
+                     f"{(card.get('validation_mean_baseline') or {}).get('rel_err_mean', float('nan')):.3f})")
+    lines += [f"⚠ {w}" for w in card_warnings(card)]
+    return "\n\n".join(lines)
+
+
 def build_admin_tab(svc: Service, demo):
     with gr.Tab("Admin", id="admin", visible=False) as tab:
         refresh = gr.Button("Refresh", size="sm", elem_id="admin-refresh")
@@ -198,6 +216,7 @@ def build_admin_tab(svc: Service, demo):
                 mapper_pick = gr.Dropdown(label="Mapper version", choices=[], elem_id="admin-mapper-pick")
                 promote = gr.Button("Promote", variant="primary", elem_id="admin-promote")
             mapper_msg = gr.Markdown(elem_id="admin-mapper-status")
+            card_md = gr.Markdown(elem_id="admin-mapper-card")
             curve_plot = gr.Plot(label="Learning curve of the chosen version (from its model card)",
                                  elem_id="admin-learning-curve")
 
@@ -310,10 +329,11 @@ def build_admin_tab(svc: Service, demo):
 
     def on_mapper(mid, request: gr.Request):
         if not svc.who(request).is_admin or mid in (None, ""):
-            return learning_curve_figure(None)
-        return learning_curve_figure(svc.mapper_card(int(mid)).get("learning_curve"))
+            return learning_curve_figure(None), ""
+        card = svc.mapper_card(int(mid))
+        return learning_curve_figure(card.get("learning_curve")), card_summary(card)
 
-    mapper_pick.change(on_mapper, mapper_pick, curve_plot, api_name=False)
+    mapper_pick.change(on_mapper, mapper_pick, [curve_plot, card_md], api_name=False)
     bench.click(on_bench, [job_pair, b_preset, b_on_pair, b_record], job_msg, api_name="admin_bench")
     chain(job_pair.input(lambda: None, api_name=False))
     chain(promote.click(on_promote, mapper_pick, mapper_msg, api_name="admin_promote"))

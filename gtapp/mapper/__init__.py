@@ -13,7 +13,8 @@ optional answer-NLL loss).
 """
 
 from gtapp.lora.factors import as_factors
-from gtapp.mapper.base import OOD_THRESHOLD, Mapper, OodReference, read_card, recipe_fingerprint, split_by_run
+from gtapp.ood import OOD_TASK_THRESHOLD, OOD_THRESHOLD
+from gtapp.mapper.base import Mapper, OodReference, read_card, recipe_fingerprint, split_by_run
 from gtapp.mapper.mean import MeanMapper
 from gtapp.mapper.registry import learning_curve, load_mapper, make_mapper, mapper_classes
 from gtapp.mapper.ridge import RidgeMapper
@@ -23,4 +24,5 @@ from gtapp.mapper.gt import GradientTransformer, GTConfig
 
 __all__ = ["Mapper", "GTMapper", "RidgeMapper", "MeanMapper", "GradientTransformer", "GTConfig", "OodReference",
            "UpdateSpace", "as_factors", "update_metrics", "load_mapper", "make_mapper", "mapper_classes",
-           "read_card", "recipe_fingerprint", "split_by_run", "learning_curve", "OOD_THRESHOLD"]
+           "read_card", "recipe_fingerprint", "split_by_run", "learning_curve", "OOD_THRESHOLD",
+           "OOD_TASK_THRESHOLD"]

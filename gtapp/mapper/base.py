@@ -44,13 +44,13 @@ from gtapp.mapper.blocks import BlockPCA
 from gtapp.mapper.space import Normaliser, Tensors, UpdateSpace, update_metrics
 from gtapp.progress import ProgressFn
 from gtapp.lora.recipe import RecipeError, RecipePair
+from gtapp.ood import OOD_TASK_THRESHOLD, OOD_THRESHOLD
 
 MAPPER_FORMAT = 2  # 2: ridge and the OOD reference per module (gtapp.mapper.blocks)
 WEIGHTS = "weights.safetensors"
 CONFIG = "config.json"
 RECIPE = "recipe.json"
 CARD = "card.json"
-OOD_THRESHOLD = 2.0  # nearest-shadow distance / typical nearest-neighbour distance above which we warn
 
 
 def recipe_fingerprint(recipe) -> str:
@@ -116,14 +116,17 @@ class OodReference:
     squared residual off them, and the *typical* nearest-neighbour distance (median over shadow
     updates of the distance to the nearest update of *another* run; same-run checkpoints are
     near copies and would make every distance look large). Score of an input = distance to its
-    nearest shadow update / that typical distance: about 1 for inputs like the shadow set, and
-    above :data:`OOD_THRESHOLD` a warning.
+    nearest shadow update / that typical distance: about 1 for inputs like the shadow set.
 
     With the shadow runs' tasks, also the typical distance from a shadow update to the nearest
     update of *another task* (``task_reference``): ``task_score`` = distance / that, about 1 for an
     update as far from the shadow set as a task the mapper never saw typically is. Both distances
     shrink as the pair set grows denser, so this ratio, unlike ``score``, means the same for a
     15-task and a 51-task pair set.
+
+    ``ood`` (the warning) compares the task score with :data:`OOD_TASK_THRESHOLD` where there is
+    one, else the run-relative score with :data:`OOD_THRESHOLD`; ``measure`` and ``threshold`` say
+    which.
     """
 
     def __init__(self, space: UpdateSpace, k: int = 16):
@@ -169,9 +172,12 @@ class OodReference:
         tref = self.task_reference
         task_score = nn / tref if tref and math.isfinite(tref) and tref > 0 else float("nan")
         total = z[0].pow(2).sum() + r2[0]
+        measure, threshold = ("task_score", OOD_TASK_THRESHOLD) if math.isfinite(task_score) else \
+            ("score", OOD_THRESHOLD)
+        value = task_score if measure == "task_score" else score
         return {"nn_distance": nn, "reference": ref, "reference_p90": self.p90, "score": score,
                 "task_reference": tref, "task_score": task_score,
-                "threshold": OOD_THRESHOLD, "ood": bool(math.isfinite(score) and score > OOD_THRESHOLD),
+                "measure": measure, "threshold": threshold, "ood": bool(math.isfinite(value) and value > threshold),
                 "outside_subspace_fraction": float((r2[0] / total.clamp_min(1e-300)).sqrt())}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -281,7 +287,9 @@ class Mapper:
             "fit": report,
             "ood": {"reference_nn_distance": self.ood.reference, "p90_nn_distance": self.ood.p90,
                     "task_reference_nn_distance": self.ood.task_reference,
-                    "threshold": OOD_THRESHOLD, "components": int(self.ood.pca.width)},
+                    "threshold": OOD_THRESHOLD, "task_threshold": OOD_TASK_THRESHOLD,
+                    "shadow_tasks": len({(p.meta or {}).get("task") for p in ood_pairs} - {None}),
+                    "components": int(self.ood.pca.width)},
             "fit_wall_s": round(time.monotonic() - t0, 3),
             "gtapp_version": __version__,
         }

@@ -245,6 +245,9 @@ def test_gt_mapper_and_two_organisation_style_generate(emb, tmp_path):
         assert ("task score" in rec["reason"]) and AUTO_REFINE_OOD != AUTO_REFINE_TASK_OOD
         print("refine=auto:", rec)
         assert ("refine.json" in emb.store.manifest(a.artifact)) == rec["refined"]
+    # two shadow tasks: the job says the task score rests on too few tasks to trust "auto"
+    assert any("refine: auto: only 2 shadow tasks" in w for w in auto.outputs["warnings"]), auto.outputs["warnings"]
+    assert not any("refine: auto" in w for w in ref.outputs["warnings"])
     with pytest.raises(ValueError, match="refine must be one of never, auto, always"):
         emb.client.submit("generate", {"adapter_ids": [dp], "mapper_id": mv.id, "refine": "sometimes"},
                           emb.users["alice"])

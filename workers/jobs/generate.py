@@ -214,6 +214,10 @@ def generate(params: dict, ctx) -> dict:
                           init_known=[a["origin"] == "produced" for a in adapters],
                           progress=_scaled_progress(ctx, *spans["map"]))
     ctx.check_cancel()
+    if params["refine"] == "auto":  # how far this mapper's "auto" can be trusted (its pair set)
+        from gtapp.ood import card_warnings
+
+        result.warnings.extend(f"refine: auto: {w}" for w in card_warnings(mapper.card or {}))
     for w in result.warnings:
         ctx.log("warning: " + w)
     merged_sha = None
