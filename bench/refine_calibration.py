@@ -46,6 +46,11 @@ VARIANTS = {
     # half, or all, of the TinyLM's samples written unprompted from the document start
     "mapped_free": {"free_share": 0.5},
     "mapped_free_all": {"free_share": 1.0},
+    # a teacher that amplifies the fine-tune's offset (the student keeps only part of a teacher's gain)
+    "mapped_alpha15": {"teacher_alpha": 1.5},
+    "mapped_alpha2": {"teacher_alpha": 2.0},
+    # cooler TinyLM samples (a weak TinyLM at temperature 1 writes much noise)
+    "mapped_cool": {"sample_temperature": 0.7},
 }
 SETTINGS = ("held_out_task", "held_out_run")
 

@@ -3,7 +3,7 @@
 Proxy-tuning serves ``LLM(x) + (TinyLM_ft(x) - TinyLM(x))`` and so needs both TinyLMs at every
 decode step. Refinement distils that *proxy-tuned distribution* into the LLM's LoRA once:
 
-    teacher  = LLM_base + (TinyLM_ft - TinyLM_base)      (logits; gtapp.baselines.proxy)
+    teacher  = LLM_base + alpha (TinyLM_ft - TinyLM_base) (logits; gtapp.baselines.proxy; alpha = 1)
     student  = LLM + LoRA, starting from the mapped (GT) adapter, or from the recipe's init
     loss     = KL(teacher || student) on the answer positions of provider text
 
@@ -77,6 +77,7 @@ class RefineConfig:
     sample_tokens: int = 48
     sample_temperature: float = 1.0
     temperature: float = 1.0  # KD temperature
+    teacher_alpha: float = 1.0  # the teacher's TinyLM offset scale: LLM + alpha * (TinyLM_ft - TinyLM_base)
     start: str = "mapped"  # "mapped": from the given (GT) adapter; "init": from the recipe's seeded LoRA
     select: bool = True  # choose lr and steps on held-out provider text (gtapp.baselines.selection)
     seed: int = 0
@@ -87,6 +88,8 @@ class RefineConfig:
         for name in ("sample_share", "free_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if not self.teacher_alpha > 0:
+            raise ValueError(f"teacher_alpha must be positive, got {self.teacher_alpha}")
         if self.steps < 1 or self.batch_size < 1 or self.n_sequences < 2:
             raise ValueError("refine needs steps >= 1, batch_size >= 1 and n_sequences >= 2")
 
@@ -239,7 +242,7 @@ def refine(pair, tiny_adapter_dir: str | Path, provider_examples: Sequence[Examp
     with CostMeter(device) as meter:
         llm, tokenizer = load_with_adapter(pair.llm_path, None, device=device)
         tiny_ft, _ = load_with_adapter(pair.tiny_path, tiny_adapter_dir, device=device)
-        teacher = ProxyTunedLM(llm, load_model(pair.tiny_path, device=device), tiny_ft)
+        teacher = ProxyTunedLM(llm, load_model(pair.tiny_path, device=device), tiny_ft, alpha=config.teacher_alpha)
         parts = []
         if text:
             parts.append(encoded_examples(tokenizer, text, config.max_length))
@@ -259,7 +262,8 @@ def refine(pair, tiny_adapter_dir: str | Path, provider_examples: Sequence[Examp
     fields = meter.fields()
     return rec | {"method": "gt_refine", "config": config.to_dict(), "wall_s": fields["wall_s"],
                   "peak_mem_mb": fields["peak_mem_mb"], "tokens": fields["tokens"],
-                  "teacher": "llm_base + (tiny_ft - tiny_base) logits (proxy-tuning)",
+                  "teacher": "llm_base + (tiny_ft - tiny_base) logits (proxy-tuning)" if config.teacher_alpha == 1 else
+                  f"llm_base + {config.teacher_alpha:g} * (tiny_ft - tiny_base) logits (amplified proxy-tuning)",
                   "text": {"public_examples": len(text), "tiny_samples": n_samples, "unprompted_samples": n_free},
                   "privacy": PRIVACY_NOTE, "total_s": round(time.monotonic() - t0, 3)}
 

@@ -68,6 +68,8 @@ def test_refine_refuses_bad_requests(micro_zoo, tmp_path):
         RefineConfig(start="somewhere")
     with pytest.raises(ValueError, match="free_share"):
         RefineConfig(free_share=1.5)
+    with pytest.raises(ValueError, match="teacher_alpha"):
+        RefineConfig(teacher_alpha=0)
 
 
 def test_when_to_refine():
@@ -137,3 +139,26 @@ def test_sample_check_sees_whether_the_mapped_adapter_moves_towards_the_tinylms_
     assert good["contrast"] == pytest.approx(good["llm_gain"] - good["llm_gain_base_samples"])
     with pytest.raises(ValueError, match="provider prompts"):
         sample_check(pair, tiny, moved, [], n=4)
+
+
+def test_refine_teacher_alpha_changes_what_is_distilled(micro_zoo, tmp_path):
+    from safetensors.torch import load_file
+
+    from gtapp.finetune import FinetuneConfig, finetune
+    from gtapp.models import ModelPair
+    from gtapp.refine import RefineConfig, refine
+    from gtapp.tasks.universe import make_task
+
+    pair = ModelPair.from_dir(micro_zoo)
+    tiny = finetune(pair.tiny_path, pair.recipes.tiny, make_task("math/add-fruit-easy", seed=5, n_train=16).train,
+                    FinetuneConfig(steps=4, batch_size=8, lr=1e-2), tmp_path / "tiny").adapter_dir
+    public = make_task("math/sub-fruit-easy", seed=0, n_train=16, n_test=1).train
+    weights = {}
+    for alpha in (1.0, 2.0):
+        cfg = RefineConfig(steps=2, batch_size=8, lr=1e-2, n_sequences=16, sample_tokens=6, select=False,
+                           start="init", teacher_alpha=alpha)
+        rec = refine(pair, tiny, public, tmp_path / f"a{alpha}", cfg)
+        assert ("2 * (tiny_ft - tiny_base)" in rec["teacher"]) == (alpha == 2.0)
+        weights[alpha] = load_file(tmp_path / f"a{alpha}" / "adapter_model.safetensors")
+    # the same seed, text and start: only the teacher differs, so the adapters must
+    assert any(not (weights[1.0][k] == weights[2.0][k]).all() for k in weights[1.0])
