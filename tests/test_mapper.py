@@ -139,7 +139,7 @@ def test_ood_task_score_is_relative_to_the_distance_between_tasks(tmp_path):
     import math
 
     from gtapp.mapper.base import OodReference
-    from gtapp.ood import OOD_TASK_THRESHOLD
+    from gtapp.ood import OOD_TASK_THRESHOLD, ood_warning
 
     rec = small_recipes()
     pairs = linear_pairs(rec, n_runs=8, seed=3)
@@ -160,6 +160,7 @@ def test_ood_task_score_is_relative_to_the_distance_between_tasks(tmp_path):
     x = space.stack([pairs[0].tiny])
     far = m.ood_score(space.unstack({t: (a * 30, b * 30) for t, (a, b) in x.items()})[0])
     assert far["ood"] and far["task_score"] > OOD_TASK_THRESHOLD
+    assert f"task score {far['task_score']:.2f} > 1.5" in ood_warning(far) and "refine" in ood_warning(far)
     m.save(tmp_path / "m")
     again = load_mapper(tmp_path / "m").ood_score(linear_pairs(rec, n_runs=1, seed=99)[0].tiny)
     assert again["task_score"] == pytest.approx(new["task_score"], rel=1e-5)
