@@ -51,6 +51,9 @@ VARIANTS = {
     "mapped_alpha2": {"teacher_alpha": 2.0},
     # cooler TinyLM samples (a weak TinyLM at temperature 1 writes much noise)
     "mapped_cool": {"sample_temperature": 0.7},
+    # the samples written by the proxy-tuned LLM (the teacher) instead of the TinyLM
+    "teacher_free_all": {"sample_from": "teacher", "free_share": 1.0},
+    "teacher_mix": {"sample_from": "teacher"},
 }
 SETTINGS = ("held_out_task", "held_out_run")
 
@@ -165,14 +168,30 @@ def product_rule(cases: list[dict]) -> dict:
             "dp": mean(p for p in picks if p[0]["dp_epsilon"] is not None)}
 
 
+def pooled_variants(results: list[dict]) -> dict:
+    """Per refinement variant run in every file: the mean over files (seeds) of each setting's
+    mean NLL gap recovery, printed next to the GT's and proxy-tuning's."""
+    common = set.intersection(*(set(r.get("variants") or {}) for r in results))
+    pooled = {}
+    print(f"\n{'method (mean over seeds)':<28} " + " ".join(f"{s:>14}" for s in SETTINGS))
+    for m in ["gt", "proxy_tuning"] + [f"gt_refine:{v}" for v in sorted(common)]:
+        cells = {s: sum(r["summary"][m][s]["mean"] for r in results) / len(results) for s in SETTINGS}
+        print(f"{m:<28} " + " ".join(f"{cells[s]:>14.3f}" for s in SETTINGS))
+        if m.startswith("gt_refine:"):
+            pooled[m.split(":", 1)[1]] = cells
+    return pooled
+
+
 def merge(files: list[Path], out: Path) -> int:
     """The gate over every case of several runs (seeds); prints and writes it."""
     results = [json.loads(Path(f).read_text()) for f in files]
-    variant = results[0]["chosen_variant"]
+    pooled = pooled_variants(results)
+    variant = max(pooled, key=lambda v: pooled[v]["held_out_task"])
+    print(f"chosen over seeds {[r['seed'] for r in results]} on held-out shadow tasks: {variant}")
     rows = [r for res in results for r in res["rows"]]
     gates = report_gates(rows, variant, f"seeds {[r['seed'] for r in results]}", verbose=True)
     out.write_text(json.dumps({"files": [str(f) for f in files], "seeds": [r["seed"] for r in results],
-                               "chosen_variant": variant, "gate": gates["ood"], "gates": gates,
+                               "variants": pooled, "chosen_variant": variant, "gate": gates["ood"], "gates": gates,
                                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2,
                               default=str))
     print(f"wrote {out}")
@@ -181,7 +200,7 @@ def merge(files: list[Path], out: Path) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--zoo", type=Path, required=True)
+    ap.add_argument("--zoo", type=Path, help="the zoo folder (not needed with --merge)")
     ap.add_argument("--preset", default="ci", help="the scale: its shadow, fine-tune and evaluation settings")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shadow-per-family", type=int, default=2)
@@ -208,6 +227,8 @@ def main(argv=None) -> int:
 
     if args.merge:
         return merge(args.merge, args.out)
+    if args.zoo is None:
+        ap.error("--zoo is required (unless --merge)")
     p = PRESETS[args.preset]
     seed = args.seed
     epsilons = [None] + list(args.dp_epsilon)

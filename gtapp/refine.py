@@ -9,9 +9,10 @@ decode step. Refinement distils that *proxy-tuned distribution* into the LLM's L
 
 The text is the provider's own, never the organisation's private data: the public examples
 of its shadow tasks (prompt + answer, KL on the answer) and continuations *sampled from the
-organisation's fine-tuned TinyLM* (KL on the sampled tokens), in the share ``sample_share``: of
-those, the share ``free_share`` is written unprompted from the document start (what the TinyLM
-learned to write by itself: a language-modelling task's text), the rest after public prompts. The learning rate and stopping step are chosen by the benchmark's
+organisation's fine-tuned TinyLM* (or, with ``sample_from="teacher"``, from the proxy-tuned LLM
+itself; KL on the sampled tokens), in the share ``sample_share``: of those, the share
+``free_share`` is written unprompted from the document start (what the fine-tune learned to write
+by itself: a language-modelling task's text), the rest after public prompts. The learning rate and stopping step are chosen by the benchmark's
 shared procedure (gtapp.baselines.selection) on held-out provider text. The result is a stock
 peft adapter: serving needs no TinyLM.
 
@@ -74,6 +75,7 @@ class RefineConfig:
     n_sequences: int = 512  # provider sequences in all (public examples + TinyLM samples)
     sample_share: float = 0.5  # of them, continuations sampled from the fine-tuned TinyLM
     free_share: float = 0.0  # of the samples, written from the document start instead of after a prompt
+    sample_from: str = "tiny"  # "tiny": the fine-tuned TinyLM writes them; "teacher": the proxy-tuned LLM does
     sample_tokens: int = 48
     sample_temperature: float = 1.0
     temperature: float = 1.0  # KD temperature
@@ -88,6 +90,8 @@ class RefineConfig:
         for name in ("sample_share", "free_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.sample_from not in ("tiny", "teacher"):
+            raise ValueError(f"refine sample_from must be 'tiny' or 'teacher', got {self.sample_from!r}")
         if not self.teacher_alpha > 0:
             raise ValueError(f"teacher_alpha must be positive, got {self.teacher_alpha}")
         if self.steps < 1 or self.batch_size < 1 or self.n_sequences < 2:
@@ -248,7 +252,8 @@ def refine(pair, tiny_adapter_dir: str | Path, provider_examples: Sequence[Examp
             parts.append(encoded_examples(tokenizer, text, config.max_length))
         if n_samples:
             prompts = sample_prefixes(examples, n_samples, n_free, rng)
-            samples = sample_sequences(tiny_ft, tokenizer, n_samples, config.sample_tokens, config.sample_temperature,
+            writer = teacher if config.sample_from == "teacher" else tiny_ft
+            samples = sample_sequences(writer, tokenizer, n_samples, config.sample_tokens, config.sample_temperature,
                                        config.seed, prefixes=prompts, meter=meter, device=device,
                                        min_new_tokens=1)
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -264,7 +269,8 @@ def refine(pair, tiny_adapter_dir: str | Path, provider_examples: Sequence[Examp
                   "peak_mem_mb": fields["peak_mem_mb"], "tokens": fields["tokens"],
                   "teacher": "llm_base + (tiny_ft - tiny_base) logits (proxy-tuning)" if config.teacher_alpha == 1 else
                   f"llm_base + {config.teacher_alpha:g} * (tiny_ft - tiny_base) logits (amplified proxy-tuning)",
-                  "text": {"public_examples": len(text), "tiny_samples": n_samples, "unprompted_samples": n_free},
+                  "text": {"public_examples": len(text), "tiny_samples": n_samples, "unprompted_samples": n_free,
+                           "samples_from": "proxy-tuned LLM" if config.sample_from == "teacher" else "fine-tuned TinyLM"},
                   "privacy": PRIVACY_NOTE, "total_s": round(time.monotonic() - t0, 3)}
 
 

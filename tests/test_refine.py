@@ -26,7 +26,8 @@ def test_refined_adapter_is_closer_to_the_proxy_than_its_start(micro_zoo, tmp_pa
     cfg = RefineConfig(steps=20, batch_size=8, lr=1e-2, n_sequences=64, sample_tokens=12, select=False)
     rec = refine(pair, tiny, public, tmp_path / "refined", cfg, start_adapter=start)
     assert rec["privacy"] == PRIVACY_NOTE and rec["init_adapter"] == str(start)
-    assert rec["text"] == {"public_examples": 32, "tiny_samples": 32, "unprompted_samples": 0} and rec["final_loss"] < rec["first_loss"]
+    assert rec["text"] == {"public_examples": 32, "tiny_samples": 32, "unprompted_samples": 0,
+                           "samples_from": "fine-tuned TinyLM"} and rec["final_loss"] < rec["first_loss"]
 
     teacher, tok = load_proxy(pair, tiny)
     before, _ = load_with_adapter(pair.llm_path, start)
@@ -70,6 +71,8 @@ def test_refine_refuses_bad_requests(micro_zoo, tmp_path):
         RefineConfig(free_share=1.5)
     with pytest.raises(ValueError, match="teacher_alpha"):
         RefineConfig(teacher_alpha=0)
+    with pytest.raises(ValueError, match="sample_from"):
+        RefineConfig(sample_from="llm")
 
 
 def test_when_to_refine():
@@ -141,7 +144,7 @@ def test_sample_check_sees_whether_the_mapped_adapter_moves_towards_the_tinylms_
         sample_check(pair, tiny, moved, [], n=4)
 
 
-def test_refine_teacher_alpha_changes_what_is_distilled(micro_zoo, tmp_path):
+def test_refine_teacher_alpha_and_sample_writer_change_what_is_distilled(micro_zoo, tmp_path):
     from safetensors.torch import load_file
 
     from gtapp.finetune import FinetuneConfig, finetune
@@ -154,11 +157,14 @@ def test_refine_teacher_alpha_changes_what_is_distilled(micro_zoo, tmp_path):
                     FinetuneConfig(steps=4, batch_size=8, lr=1e-2), tmp_path / "tiny").adapter_dir
     public = make_task("math/sub-fruit-easy", seed=0, n_train=16, n_test=1).train
     weights = {}
-    for alpha in (1.0, 2.0):
+    for name, alpha, writer in (("a1", 1.0, "tiny"), ("a2", 2.0, "tiny"), ("teacher", 1.0, "teacher")):
         cfg = RefineConfig(steps=2, batch_size=8, lr=1e-2, n_sequences=16, sample_tokens=6, select=False,
-                           start="init", teacher_alpha=alpha)
-        rec = refine(pair, tiny, public, tmp_path / f"a{alpha}", cfg)
+                           start="init", teacher_alpha=alpha, sample_from=writer, free_share=0.5)
+        rec = refine(pair, tiny, public, tmp_path / name, cfg)
         assert ("2 * (tiny_ft - tiny_base)" in rec["teacher"]) == (alpha == 2.0)
-        weights[alpha] = load_file(tmp_path / f"a{alpha}" / "adapter_model.safetensors")
-    # the same seed, text and start: only the teacher differs, so the adapters must
-    assert any(not (weights[1.0][k] == weights[2.0][k]).all() for k in weights[1.0])
+        assert rec["text"]["samples_from"] == ("proxy-tuned LLM" if writer == "teacher" else "fine-tuned TinyLM")
+        assert rec["text"]["unprompted_samples"] == 4
+        weights[name] = load_file(tmp_path / name / "adapter_model.safetensors")
+    # the same seed, text and start: only the teacher (or who wrote the samples) differs, so the adapters must
+    for other in ("a2", "teacher"):
+        assert any(not (weights["a1"][k] == weights[other][k]).all() for k in weights["a1"]), other

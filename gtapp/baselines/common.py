@@ -233,7 +233,10 @@ def cached_forward(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor
 
 
 def model_step(model: torch.nn.Module) -> StepFn:
-    """A :data:`StepFn` for one transformers causal LM, with its own KV cache."""
+    """A :data:`StepFn` for one transformers causal LM, with its own KV cache (or the model's
+    own ``decode_step``: a combination of models such as proxy-tuning's)."""
+    if hasattr(model, "decode_step"):
+        return model.decode_step
 
     def step(ids, mask, pos, past):
         logits, cache = cached_forward(model, ids, mask, pos, past)

@@ -56,7 +56,8 @@ class ProxyTunedLM(torch.nn.Module):
         self.tokens += 3 * int(attention_mask.sum())
         return CausalLMOutput(logits=logits)
 
-    def _step(self, ids, mask, pos, past):
+    def decode_step(self, ids, mask, pos, past):
+        """One cached decoding step under the combined logits (gtapp.baselines.common.StepFn)."""
         past = past or (None, None, None)
         outs = [cached_forward(model, ids, mask, pos, p)
                 for model, p in zip((self.llm, self.tiny_ft, self.tiny_base), past)]
@@ -75,7 +76,7 @@ class ProxyTunedLM(torch.nn.Module):
             attention_mask = torch.ones_like(input_ids)
         if pad_token_id is None:
             pad_token_id = eos_token_id if eos_token_id is not None else 0
-        return decode(self._step, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id)
+        return decode(self.decode_step, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id)
 
 
 def load_proxy(pair: ModelPair, tiny_adapter_dir: str | Path, alpha: float = 1.0,
