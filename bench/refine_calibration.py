@@ -117,7 +117,9 @@ def gate(rows: list[dict], variant: str, signal: str = "ood") -> dict:
 
     def value(tau, subset=None):
         part = [c for c in cases if subset is None or subset(c)]
-        return sum(c["gt"] if c["score"] <= tau else c["refine"] for c in part) / max(len(part), 1)
+        if not part:
+            return float("nan")  # e.g. the DP share of a run without DP
+        return sum(c["gt"] if c["score"] <= tau else c["refine"] for c in part) / len(part)
 
     best = max(taus, key=value)
     return {"variant": variant, "signal": signal, "tau": best, "mean_gap_nll": value(best),

@@ -69,3 +69,28 @@ def test_sample_gain_gate_and_the_product_rule():
     assert rule["no_dp"] == pytest.approx((0.9 + 0.7 - 0.4) / 3) and rule["dp"] == pytest.approx(0.1)
     no_signal = [{k: v for k, v in r.items() if k != "sample_check"} for r in rows]
     assert gate(no_signal, "v", "sample_gain")["cases"] == []  # rows without the check are left out
+    assert gate(rows[:4], "v")["dp"] != gate(rows[:4], "v")["dp"]  # no DP case: nan, not 0
+
+
+def test_merge_chooses_the_variant_over_every_seed(tmp_path):
+    """Seed 0 alone prefers variant a; over both seeds b does better on held-out tasks."""
+    import json
+
+    from refine_calibration import merge
+
+    def result(seed, a, b):
+        summary = {m: {s: {"mean": v} for s in ("held_out_task", "held_out_run")}
+                   for m, v in (("gt", 0.2), ("proxy_tuning", 0.3), ("gt_refine:a", a), ("gt_refine:b", b))}
+        rows = [case("held_out_task", "t", m, v, 1.0) | {"seed": seed}
+                for m, v in (("gt", 0.2), ("gt_refine:a", a), ("gt_refine:b", b))]
+        return {"seed": seed, "variants": {"a": {}, "b": {"free_share": 1.0}}, "summary": summary,
+                "chosen_variant": "a" if a > b else "b", "rows": rows}
+
+    files = []
+    for seed, (a, b) in enumerate([(0.30, 0.28), (0.00, 0.20)]):
+        files.append(tmp_path / f"s{seed}.json")
+        files[-1].write_text(json.dumps(result(seed, a, b)))
+    assert merge(files, tmp_path / "gate.json") == 0
+    out = json.loads((tmp_path / "gate.json").read_text())
+    assert out["chosen_variant"] == "b" and out["variants"]["b"]["held_out_task"] == pytest.approx(0.24)
+    assert out["variants"]["a"]["held_out_task"] == pytest.approx(0.15)
