@@ -13,7 +13,7 @@ Steps, each timed:
 4. map it (several adapters: gtapp.combine, average-then-map or map-then-average);
 5. score how far each input lies from the shadow TinyLM updates (OOD score: nearest shadow
    update's distance over the typical distance between two shadow tasks' updates, the *task
-   score*; above gtapp.mapper.base.OOD_TASK_THRESHOLD a warning -- the map was never trained
+   score*; above gtapp.ood.OOD_TASK_THRESHOLD a warning -- the map was never trained
    near such inputs; a mapper without task reference uses the run-relative score);
 6. write the LLM adapter (UpdateVector.write_peft, the one peft writer) and ``generate.json``;
 7. optionally the merged LLM (``merge_and_unload`` -> ``save_pretrained``) in ``OUT/merged``.
