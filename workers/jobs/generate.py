@@ -333,7 +333,8 @@ def _refine(ctx, zoo_dir, tiny_dir: str, mapped, pair_set_artifact: str, params:
                  start_adapter=mapped, progress=_scaled_progress(ctx, *span), device=device)
     record = {k: rec[k] for k in ("lr", "steps", "text", "privacy", "wall_s", "final_loss", "teacher")}
     (out / "refine.json").write_text(json.dumps(record, indent=2, default=str))
-    ctx.log(f"refined: {rec['steps']} steps at lr {rec['lr']:g} on {sum(rec['text'].values())} provider sequences "
+    n_text = rec["text"]["public_examples"] + rec["text"]["tiny_samples"]  # the unprompted are among the samples
+    ctx.log(f"refined: {rec['steps']} steps at lr {rec['lr']:g} on {n_text} provider sequences "
             f"in {rec['wall_s']:.1f}s; {rec['privacy']}")
     return out, record
 
