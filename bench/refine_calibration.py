@@ -37,22 +37,24 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+# the variants measured before 0.7 became the default sample temperature keep theirs
+_T1 = {"sample_temperature": 1.0}
 # RefineConfig fields that differ from its defaults (the default first)
 VARIANTS = {
     "mapped_cool": {},  # the default since the variants run of 2026-12-01 (sample temperature 0.7)
-    "mapped_mix": {"sample_temperature": 1.0},
-    "init_mix": {"start": "init", "sample_temperature": 1.0},
-    "mapped_public": {"sample_share": 0.0, "sample_temperature": 1.0},
-    "mapped_samples": {"sample_share": 1.0, "sample_temperature": 1.0},
+    "mapped_mix": {**_T1},
+    "init_mix": {**_T1, "start": "init"},
+    "mapped_public": {**_T1, "sample_share": 0.0},
+    "mapped_samples": {**_T1, "sample_share": 1.0},
     # half, or all, of the TinyLM's samples written unprompted from the document start
-    "mapped_free": {"free_share": 0.5, "sample_temperature": 1.0},
-    "mapped_free_all": {"free_share": 1.0, "sample_temperature": 1.0},
+    "mapped_free": {**_T1, "free_share": 0.5},
+    "mapped_free_all": {**_T1, "free_share": 1.0},
     # a teacher that amplifies the fine-tune's offset (the student keeps only part of a teacher's gain)
-    "mapped_alpha15": {"teacher_alpha": 1.5, "sample_temperature": 1.0},
-    "mapped_alpha2": {"teacher_alpha": 2.0, "sample_temperature": 1.0},
+    "mapped_alpha15": {**_T1, "teacher_alpha": 1.5},
+    "mapped_alpha2": {**_T1, "teacher_alpha": 2.0},
     # the samples written by the proxy-tuned LLM (the teacher) instead of the TinyLM
-    "teacher_free_all": {"sample_from": "teacher", "free_share": 1.0, "sample_temperature": 1.0},
-    "teacher_mix": {"sample_from": "teacher", "sample_temperature": 1.0},
+    "teacher_free_all": {**_T1, "sample_from": "teacher", "free_share": 1.0},
+    "teacher_mix": {**_T1, "sample_from": "teacher"},
 }
 SETTINGS = ("held_out_task", "held_out_run")
 

@@ -10,6 +10,8 @@ updates (pure Python here, so the dashboard can explain a model card without loa
 
 from __future__ import annotations
 
+from typing import Optional
+
 #: Run-relative score above which an update is out of distribution, where the mapper has no task
 #: reference (a pair set of one task, or a mapper fitted before the task reference).
 OOD_THRESHOLD = 2.0
@@ -20,6 +22,16 @@ OOD_THRESHOLD = 2.0
 #: gap (8 of 8: 0.03 to -0.89); held-out runs of known tasks all scored at most 0.85.
 #: ``--refine auto`` refines above the same value (gtapp.refine.AUTO_REFINE_TASK_OOD).
 OOD_TASK_THRESHOLD = 1.5
+
+
+def deciding_score(record: dict) -> Optional[tuple[str, float]]:
+    """Which score of an OOD record (gtapp.mapper.base.OodReference.score) decides, and its value:
+    ("task_score", v) where the mapper has a task reference, else ("score", v); None with neither."""
+    for measure in ("task_score", "score"):
+        value = record.get(measure)
+        if value is not None and value == value:
+            return measure, float(value)
+    return None
 
 
 #: Fewer shadow tasks than this and the task score rests on too few between-task distances: with

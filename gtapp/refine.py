@@ -47,7 +47,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from gtapp.ood import OOD_TASK_THRESHOLD
+from gtapp.ood import OOD_TASK_THRESHOLD, deciding_score
 from gtapp.progress import ProgressFn
 from gtapp.tasks.base import Example
 
@@ -113,13 +113,12 @@ def auto_signal(ood: Optional[dict | float]) -> Optional[tuple[str, float, float
     (gtapp.mapper.base.OodReference.score; a bare number is the run-relative score): the task
     score, or the run-relative score where the mapper has no task reference; None with neither
     (a mapper with no OOD reference)."""
-    rec = ood if isinstance(ood, dict) else {"score": ood}
-    task_score, score = rec.get("task_score"), rec.get("score")
-    if task_score is not None and task_score == task_score:
-        return "task score", task_score, AUTO_REFINE_TASK_OOD
-    if score is not None and score == score:
-        return "OOD score", score, AUTO_REFINE_OOD
-    return None
+    decides = deciding_score(ood if isinstance(ood, dict) else {"score": ood})
+    if decides is None:
+        return None
+    measure, value = decides
+    return ("task score", value, AUTO_REFINE_TASK_OOD) if measure == "task_score" else \
+        ("OOD score", value, AUTO_REFINE_OOD)
 
 
 def refine_wanted(mode: str, ood: Optional[dict | float]) -> tuple[bool, str]:

@@ -44,7 +44,7 @@ from gtapp.mapper.blocks import BlockPCA
 from gtapp.mapper.space import Normaliser, Tensors, UpdateSpace, update_metrics
 from gtapp.progress import ProgressFn
 from gtapp.lora.recipe import RecipeError, RecipePair
-from gtapp.ood import OOD_TASK_THRESHOLD, OOD_THRESHOLD
+from gtapp.ood import OOD_TASK_THRESHOLD, OOD_THRESHOLD, deciding_score
 
 MAPPER_FORMAT = 2  # 2: ridge and the OOD reference per module (gtapp.mapper.blocks)
 WEIGHTS = "weights.safetensors"
@@ -172,13 +172,12 @@ class OodReference:
         tref = self.task_reference
         task_score = nn / tref if tref and math.isfinite(tref) and tref > 0 else float("nan")
         total = z[0].pow(2).sum() + r2[0]
-        measure, threshold = ("task_score", OOD_TASK_THRESHOLD) if math.isfinite(task_score) else \
-            ("score", OOD_THRESHOLD)
-        value = task_score if measure == "task_score" else score
-        return {"nn_distance": nn, "reference": ref, "reference_p90": self.p90, "score": score,
-                "task_reference": tref, "task_score": task_score,
-                "measure": measure, "threshold": threshold, "ood": bool(math.isfinite(value) and value > threshold),
-                "outside_subspace_fraction": float((r2[0] / total.clamp_min(1e-300)).sqrt())}
+        rec = {"nn_distance": nn, "reference": ref, "reference_p90": self.p90, "score": score,
+               "task_reference": tref, "task_score": task_score,
+               "outside_subspace_fraction": float((r2[0] / total.clamp_min(1e-300)).sqrt())}
+        measure, value = deciding_score(rec) or ("score", float("nan"))
+        threshold = OOD_TASK_THRESHOLD if measure == "task_score" else OOD_THRESHOLD
+        return rec | {"measure": measure, "threshold": threshold, "ood": bool(value > threshold)}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {**self.pca.state_dict("ood.pca"), "ood.points": self.points.float(), "ood.resid2": self.resid2.float(),
