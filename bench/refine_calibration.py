@@ -55,6 +55,11 @@ VARIANTS = {
     # the samples written by the proxy-tuned LLM (the teacher) instead of the TinyLM
     "teacher_free_all": {**_T1, "sample_from": "teacher", "free_share": 1.0},
     "teacher_mix": {**_T1, "sample_from": "teacher"},
+    # at the default temperature: the proxy-tuned LLM writes the samples, or half of them
+    "teacher_cool": {"sample_from": "teacher"},
+    "both_cool": {"sample_from": "both"},
+    # the calibration's usual learning rate (the preset's, 3e-3) with no selection: a quarter of the cost
+    "cool_fixed_lr": {"select": False},
 }
 SETTINGS = ("held_out_task", "held_out_run")
 

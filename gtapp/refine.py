@@ -10,7 +10,8 @@ decode step. Refinement distils that *proxy-tuned distribution* into the LLM's L
 The text is the provider's own, never the organisation's private data: the public examples
 of its shadow tasks (prompt + answer, KL on the answer) and continuations *sampled from the
 organisation's fine-tuned TinyLM* (or, with ``sample_from="teacher"``, from the proxy-tuned LLM
-itself; KL on the sampled tokens), in the share ``sample_share``: of those, the share
+itself; with ``"both"``, half from each; KL on the sampled tokens), in the share ``sample_share``:
+of those, the share
 ``free_share`` is written unprompted from the document start (what the fine-tune learned to write
 by itself: a language-modelling task's text), the rest after public prompts. The defaults are
 the best of the variants measured on the provider's held-out shadow tasks
@@ -69,6 +70,11 @@ PRIVACY_NOTE = ("post-processing of the TinyLM adapter (public text and base mod
                 "has the TinyLM adapter's (epsilon, delta); no privacy budget is spent")
 
 
+#: Who writes the refinement's samples (RefineConfig.sample_from), as the record names them.
+SAMPLE_WRITERS = {"tiny": "fine-tuned TinyLM", "teacher": "proxy-tuned LLM",
+                  "both": "fine-tuned TinyLM and proxy-tuned LLM, half each"}
+
+
 @dataclass(frozen=True)
 class RefineConfig:
     steps: int = 60  # the distillation baselines' budget
@@ -78,7 +84,7 @@ class RefineConfig:
     n_sequences: int = 512  # provider sequences in all (public examples + TinyLM samples)
     sample_share: float = 0.5  # of them, continuations sampled from the fine-tuned TinyLM
     free_share: float = 0.0  # of the samples, written from the document start instead of after a prompt
-    sample_from: str = "tiny"  # "tiny": the fine-tuned TinyLM writes them; "teacher": the proxy-tuned LLM does
+    sample_from: str = "tiny"  # who writes them: "tiny" (the fine-tuned TinyLM), "teacher" (the proxy-tuned LLM), "both"
     sample_tokens: int = 48
     # chosen on the provider's held-out shadow tasks (bench/refine_calibration.py, 3 seeds, 8
     # variants: bench/results/refine_calibration_ci_{free,alpha,teacher}_gate_2026-12-01.json):
@@ -97,8 +103,8 @@ class RefineConfig:
         for name in ("sample_share", "free_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
-        if self.sample_from not in ("tiny", "teacher"):
-            raise ValueError(f"refine sample_from must be 'tiny' or 'teacher', got {self.sample_from!r}")
+        if self.sample_from not in SAMPLE_WRITERS:
+            raise ValueError(f"refine sample_from must be one of {', '.join(SAMPLE_WRITERS)}, got {self.sample_from!r}")
         if not self.teacher_alpha > 0:
             raise ValueError(f"teacher_alpha must be positive, got {self.teacher_alpha}")
         if self.steps < 1 or self.batch_size < 1 or self.n_sequences < 2:
@@ -226,6 +232,14 @@ def sample_prefixes(examples: Sequence[Example], n_samples: int, n_free: int, rn
     return [""] * n_free + [drawn[i % len(drawn)] for i in range(n_samples - n_free)]
 
 
+def _writers(sample_from: str, tiny_ft, teacher, prompts: list[str]) -> list[tuple[object, list[str]]]:
+    """(model, its prefixes) per sample writer. With "both" the prefixes alternate between the
+    two, so each writes half of the unprompted samples and half of those after a prompt."""
+    if sample_from == "both":
+        return [(w, p) for w, p in ((tiny_ft, prompts[0::2]), (teacher, prompts[1::2])) if p]
+    return [(teacher if sample_from == "teacher" else tiny_ft, prompts)]
+
+
 def refine(pair, tiny_adapter_dir: str | Path, provider_examples: Sequence[Example], out_dir: str | Path,
            config: RefineConfig = RefineConfig(), start_adapter: Optional[str | Path] = None,
            progress: Optional[ProgressFn] = None, device: str = "cpu") -> dict:
@@ -258,10 +272,11 @@ def refine(pair, tiny_adapter_dir: str | Path, provider_examples: Sequence[Examp
             parts.append(encoded_examples(tokenizer, text, config.max_length))
         if n_samples:
             prompts = sample_prefixes(examples, n_samples, n_free, rng)
-            writer = teacher if config.sample_from == "teacher" else tiny_ft
-            samples = sample_sequences(writer, tokenizer, n_samples, config.sample_tokens, config.sample_temperature,
-                                       config.seed, prefixes=prompts, meter=meter, device=device,
-                                       min_new_tokens=1)
+            samples = []
+            for writer, part in _writers(config.sample_from, tiny_ft, teacher, prompts):
+                samples += sample_sequences(writer, tokenizer, len(part), config.sample_tokens,
+                                            config.sample_temperature, config.seed, prefixes=part, meter=meter,
+                                            device=device, min_new_tokens=1)
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
             parts.append(pack_samples(samples, pad, config.max_length))
         ids, mask, tgt = _pad_cat(parts)
@@ -276,7 +291,7 @@ def refine(pair, tiny_adapter_dir: str | Path, provider_examples: Sequence[Examp
                   "teacher": "llm_base + (tiny_ft - tiny_base) logits (proxy-tuning)" if config.teacher_alpha == 1 else
                   f"llm_base + {config.teacher_alpha:g} * (tiny_ft - tiny_base) logits (amplified proxy-tuning)",
                   "text": {"public_examples": len(text), "tiny_samples": n_samples, "unprompted_samples": n_free,
-                           "samples_from": "proxy-tuned LLM" if config.sample_from == "teacher" else "fine-tuned TinyLM"},
+                           "samples_from": SAMPLE_WRITERS[config.sample_from]},
                   "privacy": PRIVACY_NOTE, "total_s": round(time.monotonic() - t0, 3)}
 
 

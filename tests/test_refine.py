@@ -168,3 +168,33 @@ def test_refine_teacher_alpha_and_sample_writer_change_what_is_distilled(micro_z
     # the same seed, text and start: only the teacher (or who wrote the samples) differs, so the adapters must
     for other in ("a2", "teacher"):
         assert any(not (weights["a1"][k] == weights[other][k]).all() for k in weights["a1"]), other
+
+
+def test_both_writers_split_the_unprompted_and_the_prompted_samples_alike():
+    from gtapp.refine import SAMPLE_WRITERS, RefineConfig, _writers
+
+    tiny, teacher = object(), object()
+    prompts = ["", "", "q0", "q1", "q2"]
+    assert _writers("tiny", tiny, teacher, prompts) == [(tiny, prompts)]
+    assert _writers("teacher", tiny, teacher, prompts) == [(teacher, prompts)]
+    assert _writers("both", tiny, teacher, prompts) == [(tiny, ["", "q0", "q2"]), (teacher, ["", "q1"])]
+    assert _writers("both", tiny, teacher, ["q0"]) == [(tiny, ["q0"])]  # no writer gets an empty share
+    assert RefineConfig(sample_from="both").sample_from in SAMPLE_WRITERS
+
+
+def test_refine_with_both_writers_runs_and_says_who_wrote(micro_zoo, tmp_path):
+    from gtapp.finetune import FinetuneConfig, finetune
+    from gtapp.models import ModelPair
+    from gtapp.refine import SAMPLE_WRITERS, RefineConfig, refine
+    from gtapp.tasks.universe import make_task
+
+    pair = ModelPair.from_dir(micro_zoo)
+    public = make_task("math/sub-fruit-easy", seed=0, n_train=16, n_test=1).train
+    tiny = finetune(pair.tiny_path, pair.recipes.tiny, public[:8], FinetuneConfig(steps=1, batch_size=8, lr=1e-2),
+                    tmp_path / "tiny").adapter_dir
+    cfg = RefineConfig(steps=2, batch_size=4, n_sequences=8, sample_tokens=4, sample_from="both", free_share=0.5,
+                       start="init", select=False)
+    rec = refine(pair, tiny, public, tmp_path / "refined", cfg)
+    assert rec["text"] == {"public_examples": 4, "tiny_samples": 4, "unprompted_samples": 2,
+                           "samples_from": SAMPLE_WRITERS["both"]}
+    assert (tmp_path / "refined" / "adapter_model.safetensors").is_file()
