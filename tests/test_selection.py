@@ -54,3 +54,40 @@ def test_oracle_picks_its_rate_on_its_own_data(micro_zoo, tmp_path):
     assert set(curves) == {"0.0001", "0.01"} and curves["0.0001"] != curves["0.01"]
     assert res.extra["lr"] == s["lr"] and res.extra["steps"] == s["steps"] and res.extra["examples"] == 40
     assert res.extra["selection"]["selection_s"] > 0
+
+
+def test_distillation_runs_the_teacher_once_per_batch_and_learns_the_same(micro_zoo, tmp_path):
+    """The selection's learning rates share their training batches and held-out rows: the fixed
+    teacher runs once per distinct batch, and the cached logits are the ones it would give again."""
+    import torch
+
+    from gtapp.baselines.common import Budget, CostMeter
+    from gtapp.baselines.distill import TeacherTargets, distill, encoded_examples, kd_loss, kd_loss_at_targets
+    from gtapp.baselines.selection import Selection
+    from gtapp.models import ModelPair, load_model, load_tokenizer
+    from gtapp.tasks.universe import make_task
+
+    pair = ModelPair.from_dir(micro_zoo)
+    teacher = load_model(pair.llm_path)
+    calls = []
+    teacher.register_forward_hook(lambda module, args, out: calls.append(1))
+    tokenizer = load_tokenizer(pair.llm_path)
+    ids, mask, tgt = encoded_examples(tokenizer, make_task("math/add-fruit-easy", seed=0, n_train=40, n_test=1).train,
+                                      64)
+    budget, selection = Budget(steps=4, batch_size=8, lr=1e-3), Selection(lrs=(1e-3, 3e-3), checkpoints=2)
+    with CostMeter() as meter:
+        rec = distill(pair.llm_path, pair.recipes.llm, teacher, ids, mask, tgt, budget, tmp_path / "a", 0, meter,
+                      selection=selection)
+    # without the cache: 2 rates x (4 training batches + 2 checkpoints x 1 held-out batch of 8) + 4 final
+    uncached = 2 * (4 + 2 * 1) + 4
+    assert rec["selection"]["n_val"] == 8 and len(calls) < uncached
+    assert len(calls) <= 4 + 1 + 4  # the shared training batches, the held-out batch, the final run's
+
+    # a cached batch is what the teacher gives again, and the loss on it is kd_loss's
+    targets = TeacherTargets(teacher, CostMeter(), max_mb=0)  # nothing kept: computes every time
+    rows = torch.arange(8)
+    first = targets(rows, ids[:8], mask[:8], tgt[:8])
+    assert torch.equal(first, targets(rows, ids[:8], mask[:8], tgt[:8])) and targets.computed == 2
+    student_logits = torch.randn(8, ids.shape[1], first.shape[-1])
+    t_logits = teacher(input_ids=ids[:8], attention_mask=mask[:8]).logits
+    assert torch.equal(kd_loss_at_targets(student_logits, first, tgt[:8]), kd_loss(student_logits, t_logits, tgt[:8]))

@@ -51,13 +51,56 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target_m
     ``*_logits`` are [B, L, V] from one forward pass over the same ids; ``target_mask`` [B, L]
     marks the tokens to distil (position t's distribution is read from logits at t - 1).
     """
+    return kd_loss_at_targets(student_logits, at_targets(teacher_logits, target_mask), target_mask, temperature)
+
+
+def at_targets(logits: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """[n_targets, V] (float): the logits that predict each target token of ``target_mask``."""
+    return logits[:, :-1][target_mask[:, 1:].bool()].float()
+
+
+def kd_loss_at_targets(student_logits: torch.Tensor, teacher_targets: torch.Tensor, target_mask: torch.Tensor,
+                       temperature: float = 1.0) -> torch.Tensor:
+    """:func:`kd_loss` with the teacher's logits already read at the targets (:func:`at_targets`)."""
     m = target_mask[:, 1:].bool()
     if not bool(m.any()):
         return student_logits.sum() * 0.0
     s = student_logits[:, :-1][m].float() / temperature
-    t = teacher_logits[:, :-1][m].float() / temperature
+    t = teacher_targets / temperature
     kl = F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), log_target=True, reduction="batchmean")
     return kl * temperature * temperature
+
+
+class TeacherTargets:
+    """The fixed teacher's logits at a batch's targets, computed once per batch of rows.
+
+    The selection's candidate learning rates train on the same batches of the same rows and
+    score the same held-out rows at every checkpoint; without this each of them ran the
+    teacher (an LLM and two TinyLMs for proxy-tuning) again on identical input, about two
+    thirds of a refinement's time. The same ids give the same logits, so results are
+    unchanged. Batches are keyed by their rows' indices; the cache stops growing at ``max_mb``.
+    """
+
+    def __init__(self, teacher: torch.nn.Module, meter: CostMeter, max_mb: float = 1024):
+        self.teacher, self.meter = teacher, meter
+        self.cache: dict[tuple[int, ...], torch.Tensor] = {}
+        self.free_bytes = int(max_mb * 2 ** 20)
+        self.computed = self.reused = 0
+
+    @torch.no_grad()
+    def __call__(self, rows: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        key = tuple(int(i) for i in rows)
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.reused += 1
+            return hit
+        out = at_targets(self.teacher(input_ids=ids, attention_mask=mask).logits, tgt)
+        self.meter.add_tokens(int(mask.sum()), "teacher")
+        self.computed += 1
+        if out.numel() * out.element_size() <= self.free_bytes:
+            self.cache[key] = out
+            self.free_bytes -= out.numel() * out.element_size()
+        return out
 
 
 @torch.no_grad()
@@ -105,18 +148,18 @@ def distill(llm_path: str | Path, recipe: LoraRecipe, teacher: torch.nn.Module, 
     if n == 0:
         raise ValueError("no sequences to distil on")
     rows = (input_ids, attention_mask, target_mask)
+    targets = TeacherTargets(teacher, meter)
     chosen = None
     if selection is not None:
         def curve(lr, train_idx, val_idx, stops):
-            part = tuple(t[train_idx] for t in rows)
-            val = tuple(t[val_idx] for t in rows)
-            held_out, _ = _train(llm_path, recipe, teacher, part, replace(budget, lr=lr, steps=stops[-1]), seed,
-                                 meter, temperature, None, stage, device, init_adapter, val=val, stops=stops)
+            held_out, _ = _train(llm_path, recipe, targets, rows, torch.as_tensor(train_idx),
+                                 replace(budget, lr=lr, steps=stops[-1]), seed, meter, temperature, None, stage,
+                                 device, init_adapter, val_idx=torch.as_tensor(val_idx), stops=stops)
             return held_out
         chosen = choose(selection, budget.steps, n, seed, curve)
         budget = replace(budget, lr=chosen.lr, steps=chosen.steps)
-    student, losses = _train(llm_path, recipe, teacher, rows, budget, seed, meter, temperature, progress, stage,
-                             device, init_adapter)
+    student, losses = _train(llm_path, recipe, targets, rows, torch.arange(n), budget, seed, meter, temperature,
+                             progress, stage, device, init_adapter)
     adapter_dir = Path(out_dir)
     student.save_pretrained(str(adapter_dir), safe_serialization=True)
     rec = {"adapter_dir": str(adapter_dir), "losses": [round(x, 6) for x in losses],
@@ -128,10 +171,11 @@ def distill(llm_path: str | Path, recipe: LoraRecipe, teacher: torch.nn.Module, 
     return rec
 
 
-def _train(llm_path, recipe, teacher, rows, budget, seed, meter, temperature, progress, stage, device,
-           init_adapter, val=None, stops=()):
-    """The distillation loop. Without ``val``: returns (student, losses). With ``val``: returns
-    (held-out KL at each step in ``stops``, losses)."""
+def _train(llm_path, recipe, targets, rows, train_idx, budget, seed, meter, temperature, progress, stage, device,
+           init_adapter, val_idx=None, stops=()):
+    """The distillation loop on the rows ``train_idx`` of ``rows``, with the teacher's logits from
+    ``targets`` (TeacherTargets). Without ``val_idx``: returns (student, losses). With it: returns
+    (held-out KL on those rows at each step in ``stops``, losses)."""
     input_ids, attention_mask, target_mask = rows
     torch.manual_seed(seed)
     student = attach_lora(load_model(llm_path, device=device), recipe)
@@ -140,35 +184,33 @@ def _train(llm_path, recipe, teacher, rows, budget, seed, meter, temperature, pr
     student.to(device)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=budget.lr, weight_decay=0.0)
-    teacher.eval()
-    batches = batch_indices(input_ids.shape[0], budget.batch_size, seed)
+    targets.teacher.eval()
+    batches = batch_indices(len(train_idx), budget.batch_size, seed)
     tracker = Tracker(progress, stage, budget.steps)
     losses, curve = [], {}
     student.train()
     for step in range(budget.steps):
-        idx = next(batches)
+        idx = train_idx[next(batches)]
         ids, mask, tgt = _trimmed(input_ids[idx], attention_mask[idx], target_mask[idx], device)
-        with torch.no_grad():
-            t_logits = teacher(input_ids=ids, attention_mask=mask).logits
+        t_targets = targets(idx, ids, mask, tgt)
         s_logits = student(input_ids=ids, attention_mask=mask).logits
-        loss = kd_loss(s_logits, t_logits, tgt, temperature)
+        loss = kd_loss_at_targets(s_logits, t_targets, tgt, temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        ntok = int(mask.sum())
-        meter.add_tokens(ntok, "student")
-        meter.add_tokens(ntok, "teacher")
+        meter.add_tokens(int(mask.sum()), "student")
         losses.append(loss.item())
         tracker.update(step + 1, f"kl {losses[-1]:.4f}")
-        if val is not None and step + 1 in stops:
-            curve[step + 1] = _held_out_kl(student, teacher, val, budget.batch_size, temperature, meter, device)
+        if val_idx is not None and step + 1 in stops:
+            curve[step + 1] = _held_out_kl(student, targets, rows, val_idx, budget.batch_size, temperature, meter,
+                                           device)
             student.train()
     student.eval()
     if not all(torch.isfinite(p).all() for p in params):
-        if val is not None:  # this learning rate diverged: not a candidate
+        if val_idx is not None:  # this learning rate diverged: not a candidate
             return {k: float("nan") for k in stops}, losses
         raise FloatingPointError("distillation diverged: non-finite LoRA weights (lower the learning rate)")
-    return (curve if val is not None else student), losses
+    return (curve if val_idx is not None else student), losses
 
 
 def _trimmed(ids, mask, tgt, device):
@@ -177,21 +219,21 @@ def _trimmed(ids, mask, tgt, device):
 
 
 @torch.no_grad()
-def _held_out_kl(student, teacher, val, batch_size, temperature, meter, device) -> float:
+def _held_out_kl(student, targets, rows, val_idx, batch_size, temperature, meter, device) -> float:
     student.eval()
     total, count = 0.0, 0
-    ids_all, mask_all, tgt_all = val
-    for start in range(0, ids_all.shape[0], batch_size):
-        sl = slice(start, start + batch_size)
-        ids, mask, tgt = _trimmed(ids_all[sl], mask_all[sl], tgt_all[sl], device)
+    ids_all, mask_all, tgt_all = rows
+    for start in range(0, len(val_idx), batch_size):
+        idx = val_idx[start:start + batch_size]
+        ids, mask, tgt = _trimmed(ids_all[idx], mask_all[idx], tgt_all[idx], device)
         n = int(tgt[:, 1:].sum())
         if n == 0:
             continue
-        kl = kd_loss(student(input_ids=ids, attention_mask=mask).logits,
-                     teacher(input_ids=ids, attention_mask=mask).logits, tgt, temperature)
+        kl = kd_loss_at_targets(student(input_ids=ids, attention_mask=mask).logits, targets(idx, ids, mask, tgt),
+                                tgt, temperature)
         total += float(kl) * n
         count += n
-        meter.add_tokens(2 * int(mask.sum()), "selection")
+        meter.add_tokens(int(mask.sum()), "selection")
     return total / count if count else float("nan")
 
 
