@@ -39,7 +39,10 @@ sys.path.insert(0, str(REPO_ROOT))
 
 # the variants measured before 0.7 became the default sample temperature keep theirs
 _T1 = {"sample_temperature": 1.0}
-# RefineConfig fields that differ from its defaults (the default first)
+#: A variant's key (not a RefineConfig field) for which provider text it refines on: "all" the
+#: shadow tasks' (the default) or "family", those of the held-out task's family only.
+TEXT = "text"
+# RefineConfig fields that differ from its defaults (the default first), and TEXT
 VARIANTS = {
     "mapped_cool": {},  # the default since the variants run of 2026-12-01 (sample temperature 0.7)
     "mapped_mix": {**_T1},
@@ -60,6 +63,10 @@ VARIANTS = {
     "both_cool": {"sample_from": "both"},
     # the calibration's usual learning rate (the preset's, 3e-3) with no selection: a quarter of the cost
     "cool_fixed_lr": {"select": False},
+    # the provider text of the held-out task's own family only (what a family hint from the organisation
+    # would allow): is the text's closeness to the private task what limits refinement?
+    "family_cool": {TEXT: "family"},
+    "family_public": {TEXT: "family", "sample_share": 0.0},
 }
 SETTINGS = ("held_out_task", "held_out_run")
 
@@ -272,7 +279,12 @@ def main(argv=None) -> int:
                 _row(ctx, **common, method=method, dp_epsilon=None, ev=ev, wall_s=0.0, peak_mem_mb=0.0)
             manifest = pairs.manifest if setting == "held_out_run" else \
                 {**pairs.manifest, "runs": {r: v for r, v in runs.items() if v["task"] != name}}
-            text = provider_text(manifest, limit=4 * p.n_public, seed=seed)
+            family = name.split("/")[0]
+            texts = {"all": provider_text(manifest, limit=4 * p.n_public, seed=seed),
+                     "family": provider_text({**manifest, "runs": {r: v for r, v in manifest["runs"].items()
+                                                                   if v["task"].split("/")[0] == family}},
+                                             limit=4 * p.n_public, seed=seed)}
+            text = texts["all"]
             for eps in epsilons:
                 tag = "nodp" if eps is None else f"eps{eps:g}"
                 gt_dir, gw, _, ood = _generate(ctx, mapper, [tiny[eps]], d / f"gt_{setting}_{tag}")
@@ -281,10 +293,12 @@ def main(argv=None) -> int:
                      peak_mem_mb=0.0, ood_score=ood.get("score"), ood_task_score=ood.get("task_score"),
                      sample_check=check)
                 for variant in (args.variants if eps is None else args.variants[:1]):
+                    fields = {k: v for k, v in VARIANTS[variant].items() if k != TEXT}
                     rc = RefineConfig(**{"steps": p.llm_steps, "batch_size": p.batch_size, "lr": p.llm_lr,
-                                         "seed": seed, **VARIANTS[variant]})
+                                         "seed": seed, **fields})
                     out = d / f"refine_{setting}_{tag}_{variant}"
-                    rec = refine(pair, tiny[eps], text, out, rc, start_adapter=gt_dir)
+                    rec = refine(pair, tiny[eps], texts[VARIANTS[variant].get(TEXT, "all")], out, rc,
+                                 start_adapter=gt_dir)
                     _row(ctx, **common, method=f"gt_refine:{variant}", dp_epsilon=eps, ev=_eval(ctx, "llm", out, task),
                          wall_s=rec["wall_s"], peak_mem_mb=rec["peak_mem_mb"], ood_score=ood.get("score"),
                          refine={k: rec.get(k) for k in ("lr", "steps", "text")})
