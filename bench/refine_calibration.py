@@ -67,6 +67,9 @@ VARIANTS = {
     # would allow): is the text's closeness to the private task what limits refinement?
     "family_cool": {TEXT: "family"},
     "family_public": {TEXT: "family", "sample_share": 0.0},
+    # from the recipe's seeded LoRA instead of the GT's adapter, at the default temperature: where the
+    # mapped adapter is harmful, refinement starting from it must first undo the harm
+    "init_cool": {"start": "init"},
 }
 SETTINGS = ("held_out_task", "held_out_run")
 
