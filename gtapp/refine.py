@@ -10,12 +10,12 @@ decode step. Refinement distils that *proxy-tuned distribution* into the LLM's L
 The text is the provider's own, never the organisation's private data: the public examples
 of its shadow tasks (prompt + answer, KL on the answer) and continuations *sampled from the
 organisation's fine-tuned TinyLM* (or, with ``sample_from="teacher"``, from the proxy-tuned LLM
-itself; with ``"both"``, half from each; KL on the sampled tokens), in the share ``sample_share``:
-of those, the share
-``free_share`` is written unprompted from the document start (what the fine-tune learned to write
-by itself: a language-modelling task's text), the rest after public prompts. The defaults are
-the best of the variants measured on the provider's held-out shadow tasks
-(bench/refine_calibration.py). The learning rate and stopping step are chosen by the benchmark's
+itself; with ``"both"``, half from each; KL on the sampled tokens), in the share
+``sample_share``: of those, the share ``free_share`` is written unprompted from the document
+start (what the fine-tune learned to write by itself: a language-modelling task's text), the
+rest after public prompts. The defaults are the best of the variants measured on the
+provider's held-out shadow tasks (bench/refine_calibration.py). What limits it most is how close
+that text is to the private task's (bench/refine_text_probe.py). The learning rate and stopping step are chosen by the benchmark's
 shared procedure (gtapp.baselines.selection) on held-out provider text. The result is a stock
 peft adapter: serving needs no TinyLM.
 
@@ -82,9 +82,9 @@ class RefineConfig:
     lr: float = 3e-3  # used as is when select=False
     max_length: int = 256
     n_sequences: int = 512  # provider sequences in all (public examples + TinyLM samples)
-    sample_share: float = 0.5  # of them, continuations sampled from the fine-tuned TinyLM
+    sample_share: float = 0.5  # of them, sampled continuations (written by sample_from)
     free_share: float = 0.0  # of the samples, written from the document start instead of after a prompt
-    sample_from: str = "tiny"  # who writes them: "tiny" (the fine-tuned TinyLM), "teacher" (the proxy-tuned LLM), "both"
+    sample_from: str = "tiny"  # who writes the samples: a key of SAMPLE_WRITERS
     sample_tokens: int = 48
     # chosen on the provider's held-out shadow tasks (bench/refine_calibration.py, 3 seeds, 8
     # variants: bench/results/refine_calibration_ci_{free,alpha,teacher}_gate_2026-12-01.json):

@@ -76,9 +76,10 @@ class TeacherTargets:
 
     The selection's candidate learning rates train on the same batches of the same rows and
     score the same held-out rows at every checkpoint; without this each of them ran the
-    teacher (an LLM and two TinyLMs for proxy-tuning) again on identical input, about two
-    thirds of a refinement's time. The same ids give the same logits, so results are
-    unchanged. Batches are keyed by their rows' indices; the cache stops growing at ``max_mb``.
+    teacher (an LLM and two TinyLMs for proxy-tuning) again on identical input. On a ci
+    refinement that was about a third of its time: cached, it takes 0.68x as long and runs
+    0.63x the tokens. The same ids give the same logits, so results are unchanged. Batches are
+    keyed by their rows' indices; the cache (on the teacher's device) stops growing at ``max_mb``.
     """
 
     def __init__(self, teacher: torch.nn.Module, meter: CostMeter, max_mb: float = 1024):
