@@ -283,11 +283,12 @@ def main(argv=None) -> int:
             manifest = pairs.manifest if setting == "held_out_run" else \
                 {**pairs.manifest, "runs": {r: v for r, v in runs.items() if v["task"] != name}}
             family = name.split("/")[0]
-            texts = {"all": provider_text(manifest, limit=4 * p.n_public, seed=seed),
-                     "family": provider_text({**manifest, "runs": {r: v for r, v in manifest["runs"].items()
-                                                                   if v["task"].split("/")[0] == family}},
-                                             limit=4 * p.n_public, seed=seed)}
-            text = texts["all"]
+            text = provider_text(manifest, limit=4 * p.n_public, seed=seed)
+            texts = {"all": text}
+            if any(VARIANTS[v].get(TEXT) == "family" for v in args.variants):
+                texts["family"] = provider_text(
+                    {**manifest, "runs": {r: v for r, v in manifest["runs"].items() if v["task"].split("/")[0] == family}},
+                    limit=4 * p.n_public, seed=seed)
             for eps in epsilons:
                 tag = "nodp" if eps is None else f"eps{eps:g}"
                 gt_dir, gw, _, ood = _generate(ctx, mapper, [tiny[eps]], d / f"gt_{setting}_{tag}")

@@ -94,3 +94,15 @@ def test_merge_chooses_the_variant_over_every_seed(tmp_path):
     out = json.loads((tmp_path / "gate.json").read_text())
     assert out["chosen_variant"] == "b" and out["variants"]["b"]["held_out_task"] == pytest.approx(0.24)
     assert out["variants"]["a"]["held_out_task"] == pytest.approx(0.15)
+
+
+def test_every_variant_is_a_valid_refinement_on_a_known_text():
+    from refine_calibration import TEXT, VARIANTS
+
+    from gtapp.refine import RefineConfig
+
+    assert next(iter(VARIANTS.values())) == {}  # the default first: what every batch compares with
+    for name, fields in VARIANTS.items():
+        assert fields.get(TEXT, "all") in ("all", "family"), name
+        config = RefineConfig(**{k: v for k, v in fields.items() if k != TEXT})  # raises on a bad field
+        assert config != RefineConfig() or fields.get(TEXT) or name == "mapped_cool", f"{name} is the default"
