@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         held = [t for t in held if t.split("/")[0] in args.families]
     budget = Budget(steps=p.llm_steps, batch_size=p.batch_size, lr=p.llm_lr)
     public = {t: make_task(t, seed=seed, n_train=p.n_public, n_test=1).train for t in shadow}
-    per_task = max(1, 4 * p.n_public // len(shadow))  # as gtapp.refine.provider_text draws them
+    per_task = max(1, 4 * p.n_public // len(shadow))  # as many per task as gtapp.refine.provider_text takes
     results = []
     for name in held:
         family = name.split("/")[0]
@@ -80,6 +80,10 @@ def main(argv=None) -> int:
         texts = {"shadow": [e for t in shadow for e in public[t][:per_task]],
                  "family": [e for t in shadow if t.startswith(family + "/") for e in public[t]],
                  "own": list(task.train[:p.n_public])}
+        def recovered(value: float, of: str) -> float:
+            """The share of method ``of``'s NLL gain over the base LLM that an answer NLL of ``value`` has."""
+            return (nll["base_llm"] - value) / (nll["base_llm"] - nll[of])
+
         row = {"task": name, "seed": seed, "nll": nll, "runs": []}
         for text_name, text in texts.items():
             for share in (RefineConfig.sample_share, 0.0):
@@ -91,13 +95,13 @@ def main(argv=None) -> int:
                     value = evaluate_paths(pair.llm_path, task, adapter_dir=d / tag, limit=p.eval_limit)["answer_nll"]
                     run = {"text": text_name, "sequences": len(text), "sample_share": share, "steps": steps,
                            "answer_nll": value, "lr": rec["lr"], "chosen_steps": rec["steps"],
-                           "of_proxy_gain": (nll["base_llm"] - value) / (nll["base_llm"] - nll["proxy_tuning"]),
-                           "gap_recovery_nll": (nll["base_llm"] - value) / (nll["base_llm"] - nll["oracle"]),
+                           "of_proxy_gain": recovered(value, "proxy_tuning"),
+                           "gap_recovery_nll": recovered(value, "oracle"),
                            "wall_s": rec["wall_s"]}
                     row["runs"].append(run)
                     print(f"{name:28s} {tag:32s} NLL {value:.4f}  of proxy's gain {run['of_proxy_gain']:+.2f}  "
                           f"gap {run['gap_recovery_nll']:+.3f}", flush=True)
-        row["proxy_gap_recovery_nll"] = (nll["base_llm"] - nll["proxy_tuning"]) / (nll["base_llm"] - nll["oracle"])
+        row["proxy_gap_recovery_nll"] = recovered(nll["proxy_tuning"], "oracle")
         print(f"{name:28s} proxy-tuning gap {row['proxy_gap_recovery_nll']:+.3f}", flush=True)
         results.append(row)
     out = {"preset": p.name, "seed": seed, "zoo": str(args.zoo), "shadow_tasks": shadow, "held_out_tasks": held,

@@ -83,17 +83,16 @@ class TeacherTargets:
     """
 
     def __init__(self, teacher: torch.nn.Module, meter: CostMeter, max_mb: float = 1024):
-        self.teacher, self.meter = teacher, meter
+        self.teacher, self.meter = teacher.eval(), meter
         self.cache: dict[tuple[int, ...], torch.Tensor] = {}
         self.free_bytes = int(max_mb * 2 ** 20)
-        self.computed = self.reused = 0
+        self.computed = 0  # teacher forward passes run
 
     @torch.no_grad()
     def __call__(self, rows: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         key = tuple(int(i) for i in rows)
         hit = self.cache.get(key)
         if hit is not None:
-            self.reused += 1
             return hit
         out = at_targets(self.teacher(input_ids=ids, attention_mask=mask).logits, tgt)
         self.meter.add_tokens(int(mask.sum()), "teacher")
@@ -185,7 +184,6 @@ def _train(llm_path, recipe, targets, rows, train_idx, budget, seed, meter, temp
     student.to(device)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=budget.lr, weight_decay=0.0)
-    targets.teacher.eval()
     batches = batch_indices(len(train_idx), budget.batch_size, seed)
     tracker = Tracker(progress, stage, budget.steps)
     losses, curve = [], {}
