@@ -15,7 +15,10 @@ distribution, on three kinds of provider text:
   task: it bounds what better provider text could give.
 
 each with the default share of TinyLM samples and with none, for the preset's LLM step budget
-and ``--long`` times it. Every refinement chooses its learning rate by the shared selection.
+and ``--long`` times it. ``--runs TEXT:SHARE:MULT[:own]`` runs only the given ones instead; a
+fourth field ``own`` writes the samples after the held-out task's own public *prompts* (no
+answers; a document's opening where it has no prompt: gtapp.refine.public_prompts, what an
+organisation that gives its public prompts supplies), e.g. ``shadow:1:1:own`` is refinement on those prompts alone. Every refinement chooses its learning rate by the shared selection.
 Reported per run: answer NLL on the task's test split, the share of proxy-tuning's NLL gain it
 keeps, and its NLL gap recovery (base LLM 0, the oracle 1).
 """
@@ -40,6 +43,9 @@ def main(argv=None) -> int:
     ap.add_argument("--shadow-per-family", type=int, default=2)
     ap.add_argument("--families", nargs="+", default=None, help="only the held-out tasks of these families")
     ap.add_argument("--long", type=int, default=5, help="the longer budget, in multiples of the preset's LLM steps")
+    ap.add_argument("--runs", nargs="+", default=None, metavar="TEXT:SHARE:MULT[:own]",
+                    help="only these runs: text, sample share, budget in multiples of the preset's LLM steps, "
+                         "and 'own' for samples after the task's own public prompts")
     ap.add_argument("--work", type=Path, default=Path("/tmp/gtapp-refine-text-probe"))
     ap.add_argument("--out", type=Path, default=Path("refine_text_probe.json"))
     args = ap.parse_args(argv)
@@ -52,7 +58,7 @@ def main(argv=None) -> int:
     from gtapp.evaluate import evaluate_paths
     from gtapp.finetune import FinetuneConfig, finetune
     from gtapp.models import ModelPair
-    from gtapp.refine import RefineConfig, refine
+    from gtapp.refine import RefineConfig, public_prompts, refine
     from gtapp.tasks.universe import make_task
 
     p, seed, t0 = PRESETS[args.preset], args.seed, time.monotonic()
@@ -63,6 +69,10 @@ def main(argv=None) -> int:
     budget = Budget(steps=p.llm_steps, batch_size=p.batch_size, lr=p.llm_lr)
     public = {t: make_task(t, seed=seed, n_train=p.n_public, n_test=1).train for t in shadow}
     per_task = max(1, 4 * p.n_public // len(shadow))  # as many per task as gtapp.refine.provider_text takes
+    grid = [(t, share, mult, False) for t in ("shadow", "family", "own")
+            for share in (RefineConfig.sample_share, 0.0) for mult in (1, args.long)]
+    if args.runs:
+        grid = [_run_spec(r) for r in args.runs]
     results = []
     for name in held:
         family = name.split("/")[0]
@@ -85,22 +95,22 @@ def main(argv=None) -> int:
             return (nll["base_llm"] - value) / (nll["base_llm"] - nll[of])
 
         row = {"task": name, "seed": seed, "nll": nll, "runs": []}
-        for text_name, text in texts.items():
-            for share in (RefineConfig.sample_share, 0.0):
-                for steps in (p.llm_steps, args.long * p.llm_steps):
-                    tag = f"{text_name}_samples{share:g}_steps{steps}"
-                    cfg = RefineConfig(steps=steps, batch_size=p.batch_size, lr=p.llm_lr, sample_share=share,
-                                       start="init", seed=seed)
-                    rec = refine(pair, tiny, text, d / tag, cfg)
-                    value = evaluate_paths(pair.llm_path, task, adapter_dir=d / tag, limit=p.eval_limit)["answer_nll"]
-                    run = {"text": text_name, "sequences": len(text), "sample_share": share, "steps": steps,
-                           "answer_nll": value, "lr": rec["lr"], "chosen_steps": rec["steps"],
-                           "of_proxy_gain": recovered(value, "proxy_tuning"),
-                           "gap_recovery_nll": recovered(value, "oracle"),
-                           "wall_s": rec["wall_s"]}
-                    row["runs"].append(run)
-                    print(f"{name:28s} {tag:32s} NLL {value:.4f}  of proxy's gain {run['of_proxy_gain']:+.2f}  "
-                          f"gap {run['gap_recovery_nll']:+.3f}", flush=True)
+        own_prompts = public_prompts(task.train[:p.n_public])
+        for text_name, share, mult, own in grid:
+            steps = mult * p.llm_steps
+            tag = f"{text_name}_samples{share:g}_steps{steps}" + ("_ownprompts" if own else "")
+            cfg = RefineConfig(steps=steps, batch_size=p.batch_size, lr=p.llm_lr, sample_share=share,
+                               start="init", seed=seed)
+            rec = refine(pair, tiny, texts[text_name], d / tag, cfg, organisation_prompts=own_prompts if own else None)
+            value = evaluate_paths(pair.llm_path, task, adapter_dir=d / tag, limit=p.eval_limit)["answer_nll"]
+            run = {"text": text_name, "sequences": len(texts[text_name]), "sample_share": share, "steps": steps,
+                   "own_prompts": own, "answer_nll": value, "lr": rec["lr"], "chosen_steps": rec["steps"],
+                   "of_proxy_gain": recovered(value, "proxy_tuning"),
+                   "gap_recovery_nll": recovered(value, "oracle"),
+                   "wall_s": rec["wall_s"]}
+            row["runs"].append(run)
+            print(f"{name:28s} {tag:44s} NLL {value:.4f}  of proxy's gain {run['of_proxy_gain']:+.2f}  "
+                  f"gap {run['gap_recovery_nll']:+.3f}", flush=True)
         row["proxy_gap_recovery_nll"] = recovered(nll["proxy_tuning"], "oracle")
         print(f"{name:28s} proxy-tuning gap {row['proxy_gap_recovery_nll']:+.3f}", flush=True)
         results.append(row)
@@ -110,6 +120,14 @@ def main(argv=None) -> int:
     args.out.write_text(json.dumps(out, indent=2, default=str))
     print(f"wrote {args.out}")
     return 0
+
+
+def _run_spec(spec: str) -> tuple[str, float, int, bool]:
+    """``TEXT:SHARE:MULT[:own]`` -> (text, sample share, budget multiple, samples after own prompts)."""
+    parts = spec.split(":")
+    if len(parts) not in (3, 4) or parts[0] not in ("shadow", "family", "own") or parts[3:] not in ([], ["own"]):
+        raise SystemExit(f"error: --runs {spec!r}: expected TEXT:SHARE:MULT[:own] with TEXT shadow, family or own")
+    return parts[0], float(parts[1]), int(parts[2]), parts[3:] == ["own"]
 
 
 if __name__ == "__main__":

@@ -70,6 +70,12 @@ PRIVACY_NOTE = ("post-processing of the TinyLM adapter (public text and base mod
                 "has the TinyLM adapter's (epsilon, delta); no privacy budget is spent")
 
 
+#: Where the samples' prompts came from when the organisation gave its own (``organisation_prompts``),
+#: and what that adds to the privacy note: nothing is charged for them, so nothing protects them.
+ORG_PROMPTS = "the organisation's public prompts"
+ORG_PROMPTS_PRIVACY = ("; the organisation's prompts are read as public data: no privacy guarantee covers them, "
+                       "so they must not be private")
+
 #: Who writes the refinement's samples (RefineConfig.sample_from), as the record names them.
 SAMPLE_WRITERS = {"tiny": "fine-tuned TinyLM", "teacher": "proxy-tuned LLM",
                   "both": "fine-tuned TinyLM and proxy-tuned LLM, half each"}
@@ -225,11 +231,28 @@ def _pad_cat(parts):
     return tuple(out)
 
 
-def sample_prefixes(examples: Sequence[Example], n_samples: int, n_free: int, rng: random.Random) -> list[str]:
+def sample_prefixes(prompts: Sequence[str], n_samples: int, n_free: int, rng: random.Random) -> list[str]:
     """One prefix per TinyLM sample: ``n_free`` empty ones (the document start: the sample is
     written unprompted), then public prompts drawn without replacement, cycled if too few."""
-    drawn = [e.prompt for e in rng.sample(list(examples), min(len(examples), n_samples - n_free))]
+    drawn = rng.sample(list(prompts), min(len(prompts), n_samples - n_free))
     return [""] * n_free + [drawn[i % len(drawn)] for i in range(n_samples - n_free)]
+
+
+#: words of a public document that stand for its prompt when it has none (a language-modelling
+#: example): the sample continues the document's opening
+OPENING_WORDS = 8
+
+
+def public_prompts(examples: Sequence[Example], opening_words: int = OPENING_WORDS) -> list[str]:
+    """The prompts of public examples for ``organisation_prompts``: each example's prompt, or
+    where it has none (a document, as in a language-modelling task) the document's first
+    ``opening_words`` words. The answers are not read beyond that opening."""
+    out = []
+    for e in examples:
+        text = e.prompt if e.prompt.strip() else " ".join(e.answer.split()[:opening_words])
+        if text.strip():
+            out.append(text)
+    return out
 
 
 def _writers(sample_from: str, tiny_ft, teacher, prompts: list[str]) -> list[tuple[object, list[str]]]:
@@ -242,9 +265,14 @@ def _writers(sample_from: str, tiny_ft, teacher, prompts: list[str]) -> list[tup
 
 def refine(pair, tiny_adapter_dir: str | Path, provider_examples: Sequence[Example], out_dir: str | Path,
            config: RefineConfig = RefineConfig(), start_adapter: Optional[str | Path] = None,
-           progress: Optional[ProgressFn] = None, device: str = "cpu") -> dict:
+           progress: Optional[ProgressFn] = None, device: str = "cpu",
+           organisation_prompts: Optional[Sequence[str]] = None) -> dict:
     """Refine towards the proxy-tuned distribution; writes the adapter in ``out_dir`` and
-    returns a record (wall time, tokens, selection, text mix, privacy)."""
+    returns a record (wall time, tokens, selection, text mix, privacy).
+
+    ``organisation_prompts``: public prompts of the organisation's domain (questions, document
+    openings; no answers) that the samples are written after instead of the provider examples'
+    prompts. They must be public: refinement spends no privacy budget on them."""
     from gtapp.baselines.common import Budget, CostMeter
     from gtapp.baselines.distill import distill, encoded_examples, pack_samples, sample_sequences
     from gtapp.baselines.proxy import ProxyTunedLM
@@ -255,6 +283,9 @@ def refine(pair, tiny_adapter_dir: str | Path, provider_examples: Sequence[Examp
     examples = list(provider_examples)
     if not examples:
         raise ValueError("refinement needs provider text (the shadow tasks' public examples)")
+    org_prompts = [p for p in (organisation_prompts or []) if p.strip()]
+    if organisation_prompts is not None and not org_prompts:
+        raise ValueError("organisation_prompts is empty: give public prompts of the domain, or leave it out")
     if config.start == "mapped" and start_adapter is None:
         raise ValueError("refine start='mapped' needs the mapped adapter (start_adapter)")
     rng = random.Random(config.seed)
@@ -271,7 +302,7 @@ def refine(pair, tiny_adapter_dir: str | Path, provider_examples: Sequence[Examp
         if text:
             parts.append(encoded_examples(tokenizer, text, config.max_length))
         if n_samples:
-            prompts = sample_prefixes(examples, n_samples, n_free, rng)
+            prompts = sample_prefixes(org_prompts or [e.prompt for e in examples], n_samples, n_free, rng)
             samples = []
             for writer, part in _writers(config.sample_from, tiny_ft, teacher, prompts):
                 samples += sample_sequences(writer, tokenizer, len(part), config.sample_tokens,
@@ -291,8 +322,10 @@ def refine(pair, tiny_adapter_dir: str | Path, provider_examples: Sequence[Examp
                   "teacher": "llm_base + (tiny_ft - tiny_base) logits (proxy-tuning)" if config.teacher_alpha == 1 else
                   f"llm_base + {config.teacher_alpha:g} * (tiny_ft - tiny_base) logits (amplified proxy-tuning)",
                   "text": {"public_examples": len(text), "tiny_samples": n_samples, "unprompted_samples": n_free,
-                           "samples_from": SAMPLE_WRITERS[config.sample_from]},
-                  "privacy": PRIVACY_NOTE, "total_s": round(time.monotonic() - t0, 3)}
+                           "samples_from": SAMPLE_WRITERS[config.sample_from],
+                           "prompts_from": ORG_PROMPTS if org_prompts else "the provider's public examples",
+                           "organisation_prompts": len(org_prompts)},
+                  "privacy": PRIVACY_NOTE + (ORG_PROMPTS_PRIVACY if org_prompts else ""), "total_s": round(time.monotonic() - t0, 3)}
 
 
 def provider_text(pair_set_manifest: dict, limit: int, seed: int = 0,

@@ -107,6 +107,22 @@ def test_real_dataset_as_a_cross_task_private_task(micro_zoo, shared_datasets, t
     assert all(math.isfinite(r["answer_nll"]) for r in rows)
     oracle = next(r for r in rows if r["method"] == "oracle")
     assert oracle["gap_recovery_nll"] == pytest.approx(1.0)
+    # gt_refine_prompts: samples after other GSM8K train questions, never a private or test one
+    from gtapp.refine import ORG_PROMPTS
+
+    own = next(r for r in rows if r["method"] == "gt_refine_prompts")
+    assert own["refine"]["text"]["prompts_from"] == ORG_PROMPTS and own["refine"]["text"]["organisation_prompts"] > 0
+
+
+def test_public_prompts_for_leave_out_private_and_test_prompts_and_open_documents():
+    from gtapp.bench.protocol import public_prompts_for
+    from gtapp.tasks.base import Example, Task
+
+    task = Task(name="t", family="math", metric="exact_match", train=[Example("p1", "a")], test=[Example("p2", "b")])
+    public = [Example("p1", "a"), Example("p2", "b"), Example("p3", "c"), Example("", "one two three four five six "
+                                                                                      "seven eight nine ten")]
+    assert public_prompts_for(task, public, 10) == ["p3", "one two three four five six seven eight"]
+    assert public_prompts_for(task, public, 1) == ["p3"]
 
 
 def _results_file(path, seed, preset="ci", n_public=128):

@@ -164,6 +164,19 @@ def test_generate_refine_cli_writes_a_static_adapter_closer_to_the_proxy(setup, 
     assert rc == 0 and auto["refine"]["mode"] == "auto" and f"refine=auto: {auto['refine']['reason']}" in io.err
     assert (auto["refine"]["refined"], auto["refine"]["reason"]) == refine_wanted("auto", auto["ood"][0])
     assert (tmp_path / "a" / "adapter_model.safetensors").is_file() == auto["refine"]["refined"]
+    # --refine-prompts: the samples written after the organisation's public prompts (a CSV here)
+    from gtapp.refine import ORG_PROMPTS
+
+    prompts = tmp_path / "public.csv"
+    prompts.write_text("prompt,answer\n" + "".join(f"How many apples are {i} and {i + 1}?,-\n" for i in range(12)))
+    rc = main(["generate", "--mapper", str(setup["mapper"]), "--tiny-adapter", str(setup["adapters"][1]),
+               "--zoo", str(setup["zoo"]), "--out", str(tmp_path / "p"), "--refine", "--refine-steps", "4",
+               "--refine-prompts", str(prompts)])
+    text = json.loads(capsys.readouterr().out)["refine"]["text"]
+    assert rc == 0 and (text["prompts_from"], text["organisation_prompts"]) == (ORG_PROMPTS, 12)
+    assert main(["generate", "--mapper", str(setup["mapper"]), "--tiny-adapter", str(setup["adapters"][1]),
+                 "--zoo", str(setup["zoo"]), "--out", str(tmp_path / "q"), "--refine-prompts", str(prompts)]) == 2
+    assert "add --refine" in capsys.readouterr().err
 
 
 def test_mapper_cli_train_info_eval(setup, tmp_path, capsys):

@@ -27,7 +27,8 @@ def test_refined_adapter_is_closer_to_the_proxy_than_its_start(micro_zoo, tmp_pa
     rec = refine(pair, tiny, public, tmp_path / "refined", cfg, start_adapter=start)
     assert rec["privacy"] == PRIVACY_NOTE and rec["init_adapter"] == str(start)
     assert rec["text"] == {"public_examples": 32, "tiny_samples": 32, "unprompted_samples": 0,
-                           "samples_from": "fine-tuned TinyLM"} and rec["final_loss"] < rec["first_loss"]
+                           "samples_from": "fine-tuned TinyLM", "prompts_from": "the provider's public examples",
+                           "organisation_prompts": 0} and rec["final_loss"] < rec["first_loss"]
 
     teacher, tok = load_proxy(pair, tiny)
     before, _ = load_with_adapter(pair.llm_path, start)
@@ -42,16 +43,15 @@ def test_sample_prefixes_put_the_unprompted_samples_first():
     import random
 
     from gtapp.refine import sample_prefixes
-    from gtapp.tasks.base import Example
 
-    examples = [Example(f"q{i}", "a") for i in range(3)]
-    prefixes = sample_prefixes(examples, 8, 3, random.Random(0))
+    prompts = [f"q{i}" for i in range(3)]
+    prefixes = sample_prefixes(prompts, 8, 3, random.Random(0))
     assert prefixes[:3] == ["", "", ""] and len(prefixes) == 8
     # every public prompt once before any repeats, in the cycle sample_sequences would use
     assert sorted(prefixes[3:6]) == ["q0", "q1", "q2"] and prefixes[6:] == prefixes[3:5]
-    assert sample_prefixes(examples, 4, 4, random.Random(0)) == [""] * 4
+    assert sample_prefixes(prompts, 4, 4, random.Random(0)) == [""] * 4
     # no unprompted share: the draw equals the one made before free_share existed
-    assert sample_prefixes(examples, 2, 0, random.Random(1)) == [e.prompt for e in random.Random(1).sample(examples, 2)]
+    assert sample_prefixes(prompts, 2, 0, random.Random(1)) == random.Random(1).sample(prompts, 2)
 
 
 def test_refine_refuses_bad_requests(micro_zoo, tmp_path):
@@ -196,5 +196,14 @@ def test_refine_with_both_writers_runs_and_says_who_wrote(micro_zoo, tmp_path):
                        start="init", select=False)
     rec = refine(pair, tiny, public, tmp_path / "refined", cfg)
     assert rec["text"] == {"public_examples": 4, "tiny_samples": 4, "unprompted_samples": 2,
-                           "samples_from": SAMPLE_WRITERS["both"]}
+                           "samples_from": SAMPLE_WRITERS["both"], "prompts_from": "the provider's public examples",
+                           "organisation_prompts": 0}
     assert (tmp_path / "refined" / "adapter_model.safetensors").is_file()
+    # the organisation's public prompts instead of the provider's: said in the text and privacy record
+    from gtapp.refine import ORG_PROMPTS, ORG_PROMPTS_PRIVACY
+
+    rec = refine(pair, tiny, public, tmp_path / "own", cfg, organisation_prompts=["Tom has 3 apples.", " ", "Ann?"])
+    assert (rec["text"]["prompts_from"], rec["text"]["organisation_prompts"]) == (ORG_PROMPTS, 2)
+    assert rec["privacy"].endswith(ORG_PROMPTS_PRIVACY)
+    with pytest.raises(ValueError, match="organisation_prompts is empty"):
+        refine(pair, tiny, public, tmp_path / "none", cfg, organisation_prompts=["  "])

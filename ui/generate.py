@@ -72,8 +72,10 @@ def contributions(svc: Service, who, adapter_ids: Sequence[Any], weights_text: s
 def generate_params(pair_id: Any, adapter_ids: Sequence[Any], weights_text: str, mapper: Any,
                     evaluate: bool, eval_task: Optional[str], eval_dataset: Any, organisation: str = ORGANISATIONS[0],
                     method: str = COMBINE_METHODS[0], weighting: str = WEIGHTINGS[0], merged: bool = False,
-                    name: str = "", n_test: Any = None, refine: Any = "never") -> dict:
-    """The ``generate`` job's parameters from the form (checked again by the job API)."""
+                    name: str = "", n_test: Any = None, refine: Any = "never", refine_prompts: Any = None) -> dict:
+    """The ``generate`` job's parameters from the form (checked again by the job API).
+    ``refine_prompts``: one of the organisation's public datasets whose prompts the refinement
+    writes its samples after (the job refuses a private one)."""
     if pair_id in (None, ""):
         raise ValueError("choose a model pair")
     ids = [int(a) for a in adapter_ids or []]
@@ -86,6 +88,8 @@ def generate_params(pair_id: Any, adapter_ids: Sequence[Any], weights_text: str,
                     "merged": bool(merged), "name": (name or "").strip()[:200] or None}
     if refine not in (None, "", False, "never"):
         params["refine"] = "always" if refine is True else refine
+    if refine_prompts not in (None, ""):
+        params["refine_prompts_dataset_id"] = int(refine_prompts)
     if evaluate:
         if eval_dataset not in (None, ""):
             params["dataset_id"] = int(eval_dataset)
@@ -154,6 +158,16 @@ def latest_results(svc: Service, who) -> tuple:
     return results_markdown(results), gains_figure(results)
 
 
+PROVIDER_PROMPTS = "(the provider's prompts)"
+
+
+def public_dataset_choices(svc: Service, who) -> list[tuple[str, int]]:
+    """The organisation's datasets that may serve as public prompts: those without a DP budget
+    (the job also refuses the one the chosen adapter was trained on)."""
+    return choices([d for d in svc.list_datasets(who, own_only=True) if d["budget"] is None],
+                   lambda d: f"{d['name']} (id {d['id']}, {d['examples']} prompts)")
+
+
 # what "Save these settings" keeps (in this order: the form's fields)
 FORM_KEYS = ("organisation", "method", "weighting", "merged", "refine_mode", "evaluate", "n_test")
 REFINE_CHOICES = [("no", "never"),
@@ -191,6 +205,10 @@ def build_generate_tab(svc: Service, demo):
                 refine = gr.Radio(label="Refine towards the proxy-tuned distribution (one adapter; slower; the "
                                         "provider's text only, never your data; DP carries over)",
                                   choices=REFINE_CHOICES, value="never", elem_id="gen-refine")
+                refine_prompts = gr.Dropdown(
+                    label="Refinement prompts (optional): one of your datasets of public prompts, read as public "
+                          "(no DP budget, not what the adapter was trained on; answers not read)",
+                    choices=[], elem_id="gen-refine-prompts")
                 evaluate = gr.Checkbox(label="Evaluate the LLM adapter afterwards", value=True, elem_id="gen-eval")
                 with gr.Row():
                     task = gr.Dropdown(label="on a generated task", choices=[], elem_id="gen-task")
@@ -231,18 +249,20 @@ def build_generate_tab(svc: Service, demo):
         ads, maps = pair_changed(p, request)
         dc = dataset_choices(svc, who)
         tasks = task_names()
+        public = public_dataset_choices(svc, who)
         return (gr.Dropdown(choices=pc, value=p), ads, maps,
                 gr.Dropdown(choices=tasks, value=tasks[0] if tasks else None),
-                gr.Dropdown(choices=[("(none)", "")] + dc, value=""), downloads_html(svc.list_adapters(who)),
-                *latest_results(svc, who))
+                gr.Dropdown(choices=[("(none)", "")] + dc, value=""),
+                gr.Dropdown(choices=[(PROVIDER_PROMPTS, "")] + public, value=""),
+                downloads_html(svc.list_adapters(who)), *latest_results(svc, who))
 
     @guarded(msg)
-    def on_start(p, a, w, m, ev, t, eds, org, meth, wt, mg, nm, nt, rf, request: gr.Request):
-        return start_generate(svc, request, p, a, w, m, ev, t, eds, org, meth, wt, mg, nm, nt, rf)
+    def on_start(p, a, w, m, ev, t, eds, org, meth, wt, mg, nm, nt, rf, rp, request: gr.Request):
+        return start_generate(svc, request, p, a, w, m, ev, t, eds, org, meth, wt, mg, nm, nt, rf, rp)
 
     @guarded(cmd)
-    def on_cli(p, a, w, m, ev, t, eds, org, meth, wt, mg, nm, nt, rf):
-        return cli_command("generate", generate_params(p, a, w, m, ev, t, eds, org, meth, wt, mg, nm, nt, rf))
+    def on_cli(p, a, w, m, ev, t, eds, org, meth, wt, mg, nm, nt, rf, rp):
+        return cli_command("generate", generate_params(p, a, w, m, ev, t, eds, org, meth, wt, mg, nm, nt, rf, rp))
 
     wire_saved_settings(save_btn, restore_btn, saved, FORM_KEYS,
                         [organisation, method, weighting, merged, refine, evaluate, n_test], msg)
@@ -254,7 +274,7 @@ def build_generate_tab(svc: Service, demo):
         who = svc.who(request)
         return downloads_html(svc.list_adapters(who)), *latest_results(svc, who)
 
-    outs = [pair, adapters, mapper, task, eval_ds, dl, results, gains]
+    outs = [pair, adapters, mapper, task, eval_ds, refine_prompts, dl, results, gains]
     demo.load(when_open("generate", load, len(outs)), pair, outs, api_name=False)
     tab.select(load, pair, outs, api_name=False)
     tab.select(clear_message, outputs=msg, api_name=False)
@@ -262,8 +282,8 @@ def build_generate_tab(svc: Service, demo):
     adapters.change(on_contrib, [adapters, weights], contrib, api_name=False)
     weights.change(on_contrib, [adapters, weights], contrib, api_name=False)
     start.click(on_start, [pair, adapters, weights, mapper, evaluate, task, eval_ds, organisation, method, weighting,
-                           merged, name, n_test, refine], msg, api_name="start_generate")
+                           merged, name, n_test, refine, refine_prompts], msg, api_name="start_generate")
     refresh.click(on_refresh, outputs=[dl, results, gains], api_name=False)
     cmd_btn.click(on_cli, [pair, adapters, weights, mapper, evaluate, task, eval_ds, organisation, method, weighting,
-                           merged, name, n_test, refine], cmd, api_name=False)
+                           merged, name, n_test, refine, refine_prompts], cmd, api_name=False)
     return tab

@@ -284,7 +284,8 @@ def _check_references(s, params: dict, who: Principal) -> None:
             raise ValueError(f"expected integer ids, got {value!r}")
         return values
 
-    for key, model, tenant in (("dataset_id", Dataset, True), ("adapter_id", Adapter, True),
+    for key, model, tenant in (("dataset_id", Dataset, True), ("refine_prompts_dataset_id", Dataset, True),
+                               ("adapter_id", Adapter, True),
                                ("adapter_ids", Adapter, True), ("pair_id", ModelPairRecord, False),
                                ("mapper_id", MapperVersion, False)):
         label = key.removesuffix("_ids").removesuffix("_id")

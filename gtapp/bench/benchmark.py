@@ -176,11 +176,14 @@ def _real_datasets(p: BenchPreset, zoo_dir: Path, work: Path, specs: dict[str, s
 
     from gtapp import datasets
 
-    tasks = []
+    tasks, org_prompts = [], {}
     for name, path in specs.items():
         t = datasets.load(name, path=path, seed=p.seeds[0], limit=max(p.n_private, p.n_test))
         t.train, t.test = t.train[: p.n_private], t.test[: p.n_test]
         tasks.append(t)
+        # the organisation's public prompts (gt_refine_prompts): other train questions, never a private or test one
+        more = datasets.load(name, path=path, seed=p.seeds[0] + 1, limit=p.n_private + 2 * p.n_public).train
+        org_prompts[t.name] = protocol.public_prompts_for(t, more, p.n_public)
     sub = replace(p, in_dist_tasks=(), cross_private_tasks=(), clients=(1,))
     ctx = protocol.Context(sub, zoo_dir, work / "real", progress, log=log)
     ctx.steps_total = len(tasks) * 12 * len(sub.seeds) + 1
@@ -190,7 +193,8 @@ def _real_datasets(p: BenchPreset, zoo_dir: Path, work: Path, specs: dict[str, s
         provider = protocol.cross_provider_text(ctx, pairs, seed)
         for t in tasks:
             log(f"[seed {seed}] real dataset {t.name} as a private task")
-            protocol.run_private_task(ctx, "cross_task_real", t, t.train, None, mappers, seed, provider=provider)
+            protocol.run_private_task(ctx, "cross_task_real", t, t.train, None, mappers, seed, provider=provider,
+                                      org_prompts=org_prompts[t.name])
     return ctx.rows
 
 

@@ -23,7 +23,8 @@ LAYOUT = dict(template="plotly_white", height=420, margin=dict(l=60, r=20, t=70,
 METHOD_COLOURS = {
     "base_llm": "#7f7f7f", "base_tiny": "#c7c7c7", "tiny_ft": "#bcbd22", "oracle": "#2ca02c",
     "mean_shadow": "#8c564b", "public_ft": "#e377c2", "ridge": "#9467bd", "gt": "#d62728",
-    "gt_refine": "#ff7f0e", "gt_auto": "#ffbb78", "kd_logit": "#1f77b4", "weak_to_strong": "#17becf",
+    "gt_refine": "#ff7f0e", "gt_auto": "#ffbb78", "gt_refine_prompts": "#8b0000", "kd_logit": "#1f77b4",
+    "weak_to_strong": "#17becf",
     "proxy_tuning": "#000080", "datafree_kd": "#aec7e8", "cross_lora": "#98df8a",
 }
 _SPARE = ("#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5", "#393b79", "#637939")

@@ -149,11 +149,13 @@ def _baseline_row(ctx: Context, common: dict, method: str, res, ev: dict, **extr
 
 
 def run_private_task(ctx: Context, protocol: str, task: Task, private, public, mappers: dict, seed: int,
-                     group_tasks: Optional[list[Task]] = None, provider: Optional[list] = None) -> None:
+                     group_tasks: Optional[list[Task]] = None, provider: Optional[list] = None,
+                     org_prompts: Optional[list[str]] = None) -> None:
     """Every method on one private task. ``group_tasks``: the three tasks of a cross-task
     3-client setting (this task first). ``provider``: the provider's public text the
     refinement distils on (the public half in-distribution, the shadow tasks' examples
-    cross-task); never private data."""
+    cross-task); never private data. ``org_prompts``: the organisation's public prompts of its
+    task (gt_refine_prompts; :func:`public_prompts_for`)."""
     from gtapp.baselines import Budget, evaluate_result, run_baseline
     from gtapp.baselines.selection import Selection
     from gtapp.refine import RefineConfig, refine
@@ -203,6 +205,9 @@ def run_private_task(ctx: Context, protocol: str, task: Task, private, public, m
         ctx.tick(f"dp {tag}", task.name)
 
     tiny_nodp = tiny_by_eps[None][0]
+    refinements = [("gt_refine", None)]
+    if "gt_refine_prompts" in methods and org_prompts:
+        refinements.append(("gt_refine_prompts", org_prompts))
     if "gt_refine" in methods and provider:
         for eps in (None, 8.0):
             if eps not in gt_by_eps:
@@ -210,14 +215,16 @@ def run_private_task(ctx: Context, protocol: str, task: Task, private, public, m
             tag = "nodp" if eps is None else f"eps{eps:g}"
             (gt_dir, gw, gt_row), (tiny_dir, tw) = gt_by_eps[eps], tiny_by_eps[eps]
             cfg = RefineConfig(steps=p.llm_steps, batch_size=p.batch_size, lr=p.llm_lr, seed=seed)
-            rec = refine(pair, tiny_dir, provider, d / f"gt_refine_{tag}", cfg, start_adapter=gt_dir)
-            refined = _row(ctx, **common, method="gt_refine", dp_epsilon=eps, clients=1,
-                           ev=_eval(ctx, "llm", d / f"gt_refine_{tag}", task), wall_s=tw + gw + rec["wall_s"],
-                           peak_mem_mb=rec["peak_mem_mb"], generate_s=gw, tiny_finetune_s=tw, refine_s=rec["wall_s"],
-                           selection_s=rec.get("selection", {}).get("selection_s"), tokens=rec["tokens"],
-                           refine={k: rec[k] for k in ("lr", "steps", "text", "privacy")})
-            if "gt_auto" in methods:
-                _auto_row(ctx, gt_row, refined)
+            for method, prompts in refinements:
+                out = d / f"{method}_{tag}"
+                rec = refine(pair, tiny_dir, provider, out, cfg, start_adapter=gt_dir, organisation_prompts=prompts)
+                refined = _row(ctx, **common, method=method, dp_epsilon=eps, clients=1,
+                               ev=_eval(ctx, "llm", out, task), wall_s=tw + gw + rec["wall_s"],
+                               peak_mem_mb=rec["peak_mem_mb"], generate_s=gw, tiny_finetune_s=tw,
+                               refine_s=rec["wall_s"], selection_s=rec.get("selection", {}).get("selection_s"),
+                               tokens=rec["tokens"], refine={k: rec[k] for k in ("lr", "steps", "text", "privacy")})
+                if method == "gt_refine" and "gt_auto" in methods:
+                    _auto_row(ctx, gt_row, refined)
         ctx.tick("gt_refine", task.name)
 
     for method in ("kd_logit", "weak_to_strong", "datafree_kd", "proxy_tuning", "cross_lora"):
@@ -296,6 +303,17 @@ def cross_provider_text(ctx: Context, pairs, seed: int) -> list:
     return provider_text(pairs.manifest, limit=4 * ctx.preset.n_public, seed=seed, dataset_paths=ctx.shadow_datasets)
 
 
+def public_prompts_for(task: Task, public: list, limit: int) -> list[str]:
+    """The organisation's public prompts for gt_refine_prompts: those of ``public`` (examples of
+    the private task's distribution that are not its private or test examples) with no answers
+    (gtapp.refine.public_prompts: a document's opening where it has no prompt), none that is a
+    private or test prompt, at most ``limit``."""
+    from gtapp.refine import public_prompts
+
+    seen = {e.prompt for e in list(task.train) + list(task.test) if e.prompt.strip()}
+    return public_prompts([e for e in public if e.prompt not in seen])[:limit]
+
+
 def mapper_kinds(preset: BenchPreset) -> tuple[str, ...]:
     kinds = []
     for method, kind in (("gt", "gt"), ("ridge", "ridge"), ("mean_shadow", "mean")):
@@ -351,13 +369,15 @@ def run(preset: BenchPreset, zoo_dir: Path, work: Path, progress: Optional[Progr
                              for n in preset.cross_private_tasks]
             provider = cross_provider_text(ctx, pairs, seed)
             for i, task in enumerate(private_tasks):
+                big = make_task(task.name, seed=seed, n_train=preset.n_private + preset.n_public, n_test=1)
+                org_prompts = public_prompts_for(task, big.train[preset.n_private:], preset.n_public)
                 group = None
                 if len(private_tasks) >= 3:
                     group = [task] + [t for t in private_tasks if t is not task][:2]
                 elif 3 in preset.clients:
                     group = None  # fewer than three private tasks: split this one three ways
                 run_private_task(ctx, "cross_task", task, task.train, None, mappers, seed, group_tasks=group,
-                                 provider=provider)
+                                 provider=provider, org_prompts=org_prompts)
     return ctx.rows, timings
 
 

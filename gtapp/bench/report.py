@@ -30,7 +30,7 @@ def mean_ci(values: Iterable[float]) -> tuple[float, float, float, int]:
     return m, m - half, m + half, len(xs)
 
 
-GT_FAMILY = ("gt", "gt_refine", "gt_auto")
+GT_FAMILY = ("gt", "gt_refine", "gt_auto", "gt_refine_prompts")
 # what a GT-family method is compared with, task by task (paired bootstrap of the difference)
 RIVALS = ("mean_shadow", "public_ft", "ridge", "cross_lora", "proxy_tuning", "kd_logit", "weak_to_strong",
           "datafree_kd", "gt", "gt_refine")

@@ -30,6 +30,10 @@ def register(sub) -> None:
     p.add_argument("--pairs", type=Path, default=None,
                    help="with --refine: the pair set whose shadow tasks give the provider's text (default: the "
                         "one the mapper's card names)")
+    p.add_argument("--refine-prompts", type=Path, default=None, metavar="FILE",
+                   help="with --refine: a file of your *public* prompts (the --dataset formats of `gtapp finetune`; "
+                        "answers are not read) that the refinement's samples are written after instead of the "
+                        "provider's prompts; nothing is charged for them, so never give private data here")
     p.add_argument("--refine-steps", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_run)
@@ -40,6 +44,9 @@ def _run(args) -> int:
 
     if args.refine and (args.zoo is None or len(args.tiny_adapter) != 1):
         print("error: --refine needs --zoo and exactly one --tiny-adapter", file=sys.stderr)
+        return 2
+    if args.refine_prompts is not None and not args.refine:
+        print("error: --refine-prompts gives the refinement its prompts: add --refine", file=sys.stderr)
         return 2
     out = args.out / "mapped" if args.refine else args.out
     res = generate(args.mapper, [str(a) for a in args.tiny_adapter], out, weights=args.weight, zoo=args.zoo,
@@ -66,7 +73,7 @@ def _refine(args, mapped_dir: Path) -> dict:
     from gtapp.mapper.registry import load_mapper
     from gtapp.models import ModelPair
     from gtapp.pairset import PairSet
-    from gtapp.refine import RefineConfig, provider_text, refine
+    from gtapp.refine import RefineConfig, provider_text, public_prompts, refine
 
     pairs = args.pairs
     if pairs is None:
@@ -75,6 +82,13 @@ def _refine(args, mapped_dir: Path) -> dict:
         raise SystemExit(f"error: --refine needs the provider's text: give --pairs (a pair set folder); "
                          f"'{pairs}' is not one")
     text = provider_text(PairSet.load(pairs).manifest, limit=1024, seed=args.seed)
+    prompts = None
+    if args.refine_prompts is not None:
+        from gtapp.datasets import load_user_dataset
+
+        own = load_user_dataset(args.refine_prompts, seed=args.seed)
+        prompts = public_prompts(own.train + own.test)
     rec = refine(ModelPair.from_dir(args.zoo), args.tiny_adapter[0], text, args.out,
-                 RefineConfig(steps=args.refine_steps, seed=args.seed), start_adapter=mapped_dir)
+                 RefineConfig(steps=args.refine_steps, seed=args.seed), start_adapter=mapped_dir,
+                 organisation_prompts=prompts)
     return {k: rec[k] for k in ("lr", "steps", "text", "privacy", "wall_s", "final_loss")}

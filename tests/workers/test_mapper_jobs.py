@@ -196,7 +196,8 @@ def test_gt_mapper_and_two_organisation_style_generate(emb, tmp_path):
         assert mv.metrics["card"]["ood"]["task_reference_nn_distance"] > 0
         assert mv.metrics["card"]["config"]["steps"] == 20 and mv.metrics["card"]["config"]["d_model"] == 16
     ds = emb.dataset(emb.alice, "alice-a", seed=2, epsilon_budget=50.0)
-    plain = emb.tiny_adapter(emb.dataset(emb.alice, "alice-plain", seed=2), seed=0)  # no budget: no DP needed
+    plain_ds = emb.dataset(emb.alice, "alice-plain", seed=2)
+    plain = emb.tiny_adapter(plain_ds, seed=0)  # no budget: no DP needed
     dp = emb.run("finetune", {"pair_id": emb.pair_id, "dataset_id": ds, "steps": 3, "batch_size": 4,
                               "max_length": 64, "seed": 1, "device": "cpu", "dp": {"noise_multiplier": 1.0}},
                  user="alice").outputs["adapter_id"]
@@ -230,6 +231,31 @@ def test_gt_mapper_and_two_organisation_style_generate(emb, tmp_path):
         artifact = a.artifact
     assert "refine.json" in emb.store.manifest(artifact)
     assert _loads_in_peft(emb, artifact, tmp_path / "refined")
+    # the samples written after the organisation's own public prompts (a dataset without a budget)
+    from gtapp.refine import ORG_PROMPTS
+
+    public = emb.dataset(emb.alice, "alice-public-questions", seed=3)
+    own = emb.run("generate", {"adapter_ids": [dp], "mapper_id": mv.id, "refine": True, "device": "cpu",
+                               "refine_prompts_dataset_id": public}, user="alice")
+    with session_scope(settings=emb.settings) as s:
+        a = s.get(Adapter, own.outputs["adapter_id"])
+        text = a.meta["refine"]["text"]
+        assert text["prompts_from"] == ORG_PROMPTS and text["organisation_prompts"] > 0, text
+        assert text["prompts_dataset"]["id"] == public and "must not be private" in a.meta["refine"]["privacy"]
+        assert a.meta["record"]["epsilon"] == pytest.approx(spend[dp]["epsilon"])  # nothing charged for them
+    # private data is refused as "public prompts": a budgeted dataset, the adapter's own training
+    # data, another organisation's dataset (not found), and prompts with no refinement to use them
+    before = emb.count_jobs()
+    for params, error, match in (
+            ({"adapter_ids": [dp], "refine": True, "refine_prompts_dataset_id": ds}, ValueError, "has a privacy budget"),
+            ({"adapter_ids": [plain], "refine": True, "refine_prompts_dataset_id": plain_ds}, ValueError,
+             f"trained adapter\\(s\\) \\[{plain}\\]"),
+            ({"adapter_ids": [dp], "refine": True, "refine_prompts_dataset_id": emb.dataset(emb.bob, "bob-q", seed=4)},
+             JobNotFound, "dataset .* not found"),
+            ({"adapter_ids": [dp], "refine_prompts_dataset_id": public}, ValueError, "set refine to always or auto")):
+        with pytest.raises(error, match=match):
+            emb.client.submit("generate", {"mapper_id": mv.id, **params}, emb.users["alice"])
+    assert emb.count_jobs() == before
     # refine="auto": refined only where the update's task score (or, for a pair set of one task, its
     # OOD score) is above the calibrated threshold
     from gtapp.refine import AUTO_REFINE_OOD, AUTO_REFINE_TASK_OOD

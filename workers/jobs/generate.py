@@ -13,6 +13,7 @@ from workers.jobs.common import (
     WEIGHTINGS,
     _check_device,
     _check_task_names,
+    _dataset_examples,
     _eval_task,
     _is_int,
     _is_num,
@@ -68,6 +69,12 @@ def _check_generate(p: dict) -> None:
         raise ValueError("refine works on one TinyLM adapter (the proxy-tuned teacher is built from it)")
     if p["refine"] != "never" and p["merged"]:
         raise ValueError("refine and merged: choose one (merge the refined adapter after downloading it)")
+    if p["refine_prompts_dataset_id"] is not None:
+        if not _is_int(p["refine_prompts_dataset_id"]):
+            raise ValueError("refine_prompts_dataset_id must be a dataset id (an integer)")
+        if p["refine"] == "never":
+            raise ValueError("refine_prompts_dataset_id gives the refinement its prompts: set refine to "
+                             "always or auto, or leave it out")
     w = p["weights"]
     if w is not None:
         if not isinstance(w, list) or not all(_is_num(x) and x >= 0 for x in w):
@@ -127,8 +134,9 @@ def resolve_mapper(s, params: dict, adapters: list[dict]):
 
 
 def _precheck_generate(params: dict, s, who=None) -> None:
-    """At submission: the adapters are TinyLM adapters of one pair that has a mapper to use."""
-    from storage.models import Adapter
+    """At submission: the adapters are TinyLM adapters of one pair that has a mapper to use, and
+    the refinement's prompts (if given) come from a dataset that may be read as public."""
+    from storage.models import Adapter, Dataset
 
     adapters = []
     for aid in params["adapter_ids"]:
@@ -137,15 +145,35 @@ def _precheck_generate(params: dict, s, who=None) -> None:
             raise ValueError(f"adapter {aid} not found")
         if a.model != "tiny":
             raise ValueError(f"adapter {aid} ('{a.name}') is an LLM adapter: generate maps TinyLM adapters")
-        adapters.append({"id": a.id, "pair_id": a.model_pair_id})
+        adapters.append({"id": a.id, "pair_id": a.model_pair_id, "dataset_id": a.dataset_id})
     resolve_mapper(s, params, adapters)
+    if params["refine_prompts_dataset_id"] is not None:
+        check_public_prompts(s.get(Dataset, params["refine_prompts_dataset_id"]), adapters)
+
+
+def check_public_prompts(ds, adapters: list[dict]) -> None:
+    """The refinement reads the prompts of ``ds`` and charges no privacy budget for them, so it
+    must be public data: a dataset with a DP budget, or one a chosen adapter was trained on, is
+    the organisation's private data and is refused (ValueError saying what to give instead)."""
+    if ds is None:
+        raise ValueError("the refinement's prompt dataset was not found")
+    if ds.epsilon_budget is not None:
+        raise ValueError(f"dataset {ds.id} ('{ds.name}') has a privacy budget, so it is private: refinement "
+                         "charges nothing for its prompts and reads only public ones; upload public prompts of "
+                         "your domain as a dataset without a budget")
+    trained_on = [a["id"] for a in adapters if a.get("dataset_id") == ds.id]
+    if trained_on:
+        raise ValueError(f"dataset {ds.id} ('{ds.name}') trained adapter(s) {trained_on}: it is the private data "
+                         "the adapter protects; give a dataset of public prompts instead")
+    if not ds.n_examples:
+        raise ValueError(f"dataset {ds.id} ('{ds.name}') has no examples to take prompts from")
 
 
 @job("generate", queue="gpu", requires=("gtapp.generate",), validate=_check_generate, precheck=_precheck_generate,
      defaults={"adapter_ids": [], "mapper_id": None, "pair_id": None, "weights": None,
                "organisation": "average_then_map", "method": "mean", "weighting": "data_size", "merged": False,
                "evaluate_task": None, "dataset_id": None, "metric": "exact_match", "n_test": 128, "limit": None,
-               "name": None, "device": "auto", "config": None, "refine": None})
+               "name": None, "device": "auto", "config": None, "refine": None, "refine_prompts_dataset_id": None})
 def generate(params: dict, ctx) -> dict:
     """Map your TinyLM adapter(s) to an LLM adapter (stock peft) with a mapper version
     (`mapper_id`; default: the model pair's promoted one). Several adapters are combined
@@ -153,8 +181,10 @@ def generate(params: dict, ctx) -> dict:
     score and every contributor's privacy spend are recorded; `merged` also stores the merged
     LLM; `evaluate_task` (or your `dataset_id`) also scores the new adapter; `refine` (never,
     auto, always) distils one adapter towards the proxy-tuned distribution on the provider's
-    text, "auto" only where its task score is above gtapp.refine.AUTO_REFINE_TASK_OOD. Produces an
-    adapter (and an evaluation)."""
+    text, "auto" only where its task score is above gtapp.refine.AUTO_REFINE_TASK_OOD;
+    `refine_prompts_dataset_id` names a dataset of your *public* prompts (no DP budget, not what
+    the adapter was trained on; answers are not read) that the refinement's samples are written
+    after instead of the provider's prompts. Produces an adapter (and an evaluation)."""
     import shutil
 
     from gtapp.generate import generate as run_generate
@@ -186,6 +216,11 @@ def generate(params: dict, ctx) -> dict:
                 raise ValueError(f"mapper version {mv.version} names no pair set: refinement needs the provider's "
                                  "shadow-task text")
             pair_set_artifact = ps.artifact
+        prompts_ds = None
+        if params["refine_prompts_dataset_id"] is not None:
+            ds = of_org(s, Dataset, params["refine_prompts_dataset_id"], ctx.org_id, "dataset")
+            check_public_prompts(ds, adapters)
+            prompts_ds = {"id": ds.id, "name": ds.name, "artifact": ds.artifact}
         ds_examples = ds_name = None
         if params["dataset_id"] is not None:
             ds = of_org(s, Dataset, params["dataset_id"], ctx.org_id, "dataset")
@@ -252,7 +287,8 @@ def generate(params: dict, ctx) -> dict:
                       "threshold": signal[2] if signal else None}
         ctx.log(f"refine={params['refine']}: {why}")
         if wanted:
-            out, rec = _refine(ctx, zoo_dir, tiny_dirs[0], out, pair_set_artifact, params, device, spans["refine"])
+            out, rec = _refine(ctx, zoo_dir, tiny_dirs[0], out, pair_set_artifact, params, device, spans["refine"],
+                               prompts_ds)
             refine_rec.update(rec)
     ctx.progress(spans["refine"][1], "storing the LLM adapter")
     redact_json_files(out)  # generate.json names the work folders: the organisation downloads this
@@ -318,23 +354,30 @@ def generate(params: dict, ctx) -> dict:
 
 
 def _refine(ctx, zoo_dir, tiny_dir: str, mapped, pair_set_artifact: str, params: dict, device: str,
-            span: tuple[float, float]):
+            span: tuple[float, float], prompts_ds: dict | None = None):
     """Refine the mapped adapter towards the proxy-tuned distribution on the provider's text
-    (the mapper's pair set's shadow tasks; gtapp.refine). Returns (adapter folder, record)."""
+    (the mapper's pair set's shadow tasks; gtapp.refine), the samples written after the prompts
+    of ``prompts_ds`` (the organisation's public prompt dataset) where given. Returns (adapter
+    folder, record)."""
     from gtapp.models import ModelPair
     from gtapp.pairset import PairSet
-    from gtapp.refine import RefineConfig, provider_text, refine
+    from gtapp.refine import RefineConfig, provider_text, public_prompts, refine
 
-    ctx.progress(span[0], "refining towards the proxy-tuned distribution (provider text only)")
+    ctx.progress(span[0], "refining towards the proxy-tuned distribution (public text only)")
     pairs = PairSet.load(ctx.store.materialize(pair_set_artifact, ctx.work_dir / "pairset"), verify=False)
     text = provider_text(pairs.manifest, limit=1024, seed=params["seed"])
+    prompts = public_prompts(_dataset_examples(ctx, prompts_ds["artifact"])) if prompts_ds else None
     out = ctx.work_dir / "refined"
     rec = refine(ModelPair.from_dir(zoo_dir), tiny_dir, text, out, RefineConfig(seed=params["seed"]),
-                 start_adapter=mapped, progress=_scaled_progress(ctx, *span), device=device)
+                 start_adapter=mapped, progress=_scaled_progress(ctx, *span), device=device,
+                 organisation_prompts=prompts)
     record = {k: rec[k] for k in ("lr", "steps", "text", "privacy", "wall_s", "final_loss", "teacher")}
+    if prompts_ds:  # which dataset, so the organisation can check it was a public one
+        record["text"] = {**record["text"], "prompts_dataset": {"id": prompts_ds["id"], "name": prompts_ds["name"]}}
     (out / "refine.json").write_text(json.dumps(record, indent=2, default=str))
     n_text = rec["text"]["public_examples"] + rec["text"]["tiny_samples"]  # the unprompted are among the samples
-    ctx.log(f"refined: {rec['steps']} steps at lr {rec['lr']:g} on {n_text} provider sequences "
+    where = f" (samples after {len(prompts)} prompts of dataset {prompts_ds['id']})" if prompts_ds else ""
+    ctx.log(f"refined: {rec['steps']} steps at lr {rec['lr']:g} on {n_text} public sequences{where} "
             f"in {rec['wall_s']:.1f}s; {rec['privacy']}")
     return out, record
 
