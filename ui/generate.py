@@ -142,8 +142,11 @@ def results_markdown(results: list[dict]) -> str:
         rf = r.get("refine")
         if isinstance(rf, dict):  # whether the mapped adapter was refined, and why (gtapp.refine.refine_wanted)
             done = "refined" if rf.get("refined", True) else "not refined"
+            own = ((rf.get("text") or {}).get("prompts_dataset") or {}) if rf.get("refined", True) else {}
             body.append(f"\nRefinement ({md_escape(str(rf.get('mode', 'always')))}): {done}"
-                        + (f" — {md_escape(str(rf['reason']))}" if rf.get("reason") else ""))
+                        + (f" — {md_escape(str(rf['reason']))}" if rf.get("reason") else "")
+                        + (f"; samples written after the prompts of your dataset {md_escape(str(own.get('name')))} "
+                           f"(id {own.get('id')}), read as public" if own else ""))
         # result_lines marks a paragraph with a leading newline (a warning, the result); the rest are list items
         blocks.append(head + "".join(("\n\n" if line.startswith("\n") else "\n") + line.lstrip("\n")
                                      for line in body))

@@ -34,7 +34,8 @@ def test_latest_results_show_gains_with_intervals_and_warnings(svc, users, pair_
                        "gains": gains(0.40, [0.30, 0.52], 0.10, [0.04, 0.16])},
         "refine": {"mode": "auto", "refined": False, "reason": "OOD score 1.20 <= 3: the mapper knows updates like "
                                                                "this one, its adapter kept as it is"}})
-    add_generated(svc, alice, pair_id, "not-evaluated", {})
+    add_generated(svc, alice, pair_id, "not-evaluated", {
+        "refine": {"mode": "always", "refined": True, "text": {"prompts_dataset": {"id": 7, "name": "faq_public"}}}})
 
     words, fig = generate.latest_results(svc, alice)
     odd = words[words.index("**odd-one**"):]  # newest first: not-evaluated, good-one, odd-one
@@ -46,6 +47,9 @@ def test_latest_results_show_gains_with_intervals_and_warnings(svc, users, pair_
     good_words = words[words.index("**good-one**"):words.index("**odd-one**")]
     assert "Refinement (auto): not refined — OOD score 1.20 \\<= 3\\: the mapper knows" in good_words  # escaped
     assert "Refinement" not in odd
+    # refined on the organisation's own public prompts: the result names the dataset
+    assert "Refinement (always): refined; samples written after the prompts of your dataset faq\\_public (id 7)" \
+        in words[:words.index("**good-one**")]
     traces = {t.name: t for t in fig.data}
     assert set(traces) == {"over the base LLM", "over the provider's mean baseline"}
     base = traces["over the base LLM"]
