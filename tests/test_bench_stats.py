@@ -103,3 +103,26 @@ def test_missing_examples_fall_back_to_seed_interval():
         r.pop("examples")
     boot = stats.TaskBootstrap(rows)
     assert math.isnan(stats.interval(boot.gap("oracle"))[0])
+
+
+def test_a_task_whose_oracle_is_no_better_than_the_base_llm_leaves_the_averages():
+    """Gap recovery divides by oracle - base LLM; where that gap is not shown (its paired interval
+    reaches 0) the task is left out of the targets' averages and counts, and named."""
+    rng = np.random.default_rng(3)
+    base = {s: 3.0 + rng.normal(0, 0.3, 64) for s in range(3)}
+    real = _rows({"base_llm": base, "oracle": {s: base[s] - 1.0 for s in range(3)},
+                  "gt": {s: base[s] - 0.5 for s in range(3)}})
+    flat = [{**r, "task": "flat"} for r in _rows({"base_llm": base,
+                                                   "oracle": {s: base[s] + rng.normal(0, 0.3, 64) for s in range(3)},
+                                                   "gt": {s: base[s] - 0.5 for s in range(3)}})]
+    rows = [{**r, "protocol": "cross_task"} for r in real + flat]
+    from gtapp.bench.protocol import add_gap_recovery
+
+    add_gap_recovery(rows)
+    boots = stats.bootstraps(rows)
+    assert stats.interval(boots[("cross_task", "t")].oracle_gain("nll"))[0] > 0.9
+    assert report.gap_defined(boots, "cross_task", "t") and not report.gap_defined(boots, "cross_task", "flat")
+    summary = report.summarise(rows, boots)
+    head = report.targets(summary, rows, boots=boots)[0]
+    assert head["measured"] == pytest.approx(0.5) and "over 1 tasks" in head["detail"]
+    assert "left out (the oracle no better than the base LLM): flat" in head["detail"]

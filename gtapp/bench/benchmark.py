@@ -151,7 +151,7 @@ def _analyse(rows: list[dict]) -> dict:
     boots = stats.bootstraps(rows)
     summary = report.summarise(rows, boots)
     comps = report.comparisons(rows, boots)
-    return {"rows": rows, "summary": summary, "comparisons": comps, "targets": report.targets(summary, rows, comps),
+    return {"rows": rows, "summary": summary, "comparisons": comps, "targets": report.targets(summary, rows, comps, boots),
             "cost": report.cost_table(rows)}
 
 

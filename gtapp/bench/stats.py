@@ -104,6 +104,21 @@ class TaskBootstrap:
         return _nanmean_rows(g)
 
 
+    def oracle_gain(self, kind: str = "nll") -> np.ndarray:
+        """Replicates of how much better the oracle is than the base LLM (lower answer NLL or
+        perplexity, higher task score), averaged over the drawn seeds: where its interval does
+        not lie above 0 the gap every method's recovery divides by is not shown to exist."""
+        base = self._per_pick(_mkey("base_llm", None, 1), kind)
+        oracle = self._per_pick(_mkey("oracle", None, 1), kind)
+        if base is None or oracle is None:
+            return np.full(self.n_boot, np.nan)
+        lower_better = kind == "nll" or self._metric() == "perplexity"
+        return _nanmean_rows(base - oracle if lower_better else oracle - base)
+
+    def _metric(self) -> Optional[str]:
+        return next((r.get("metric") for by_seed in self.rows.values() for r in by_seed.values()), None)
+
+
 def _mkey(method: str, dp_epsilon, clients) -> str:
     return f"{method}|{dp_epsilon}|{clients}"
 
