@@ -13,8 +13,8 @@ from typing import Any, Sequence
 import gradio as gr  # module level: handlers' `request: gr.Request` annotations resolve here
 
 from ui import charts
-from ui.common import guarded, html_text, status, table, when_open
-from ui.service import RESULT_FIELDS, Service, UploadError, parse_results, safe_filename
+from ui.common import guarded, html_text, md_escape, status, table, when_open
+from ui.service import RESULT_FIELDS, Service, UploadError, parse_results, parse_targets, safe_filename
 
 EVALS = "evals"
 SESSION = "session"
@@ -30,11 +30,11 @@ def source_choices(svc: Service, who, has_session: bool = False) -> list[tuple[s
     return out
 
 
-def owned(who, rows: Sequence[dict]) -> dict:
-    """A ``gr.State`` value holding ``who``'s rows. Gradio keeps State on the server keyed by the
-    page's session hash, which the browser chooses; so each value names its owner, and
-    :func:`rows_of` hands it back only to that user."""
-    return {"owner": who.user_id, "rows": list(rows)}
+def owned(who, rows: Sequence[dict], targets: Sequence[dict] = ()) -> dict:
+    """A ``gr.State`` value holding ``who``'s rows (and the targets their results file recorded).
+    Gradio keeps State on the server keyed by the page's session hash, which the browser
+    chooses; so each value names its owner, and :func:`rows_of` hands it back only to that user."""
+    return {"owner": who.user_id, "rows": list(rows), "targets": list(targets)}
 
 
 def rows_of(who, value: Any) -> list[dict]:
@@ -42,6 +42,36 @@ def rows_of(who, value: Any) -> list[dict]:
     if isinstance(value, dict) and value.get("owner") == who.user_id:
         return list(value.get("rows") or [])
     return []
+
+
+def targets_of(who, value: Any) -> list[dict]:
+    """The targets of a State value made by :func:`owned` for ``who``; nothing for anyone else's."""
+    if isinstance(value, dict) and value.get("owner") == who.user_id:
+        return list(value.get("targets") or [])
+    return []
+
+
+def load_targets(svc: Service, who, key: str, session_rows: Any) -> list[dict]:
+    """What the selected results file's benchmark run said of its targets ([] for evaluations)."""
+    if key in (None, "", EVALS):
+        return []
+    if key == SESSION:
+        return targets_of(who, session_rows)
+    return svc.benchmark_targets(who, key)
+
+
+def targets_markdown(targets: Sequence[dict]) -> str:
+    """The targets as the benchmark run recorded them, one line each: MET, NOT MET or not measured,
+    the measured number and what it was measured on. Empty where the results have none."""
+    if not targets:
+        return ""
+    lines = ["**What this benchmark run said of its targets** (over the whole results file, not the filters):"]
+    for t in targets:
+        verdict = {True: "MET", False: "NOT MET"}.get(t.get("met"), "not measured")
+        measured = f": measured {t['measured']:.3f}" if isinstance(t.get("measured"), (int, float)) else ""
+        detail = f" ({md_escape(t['detail'])})" if t.get("detail") else ""
+        lines.append(f"- **{verdict}** — {md_escape(t['target'])}{measured}{detail}")
+    return "\n".join(lines)
 
 
 def load_rows(svc: Service, who, key: str, session_rows: Any) -> list[dict]:
@@ -124,6 +154,7 @@ def build_compare_tab(svc: Service, demo):
             seed = gr.Dropdown(label="Seed", choices=[ALL], value=ALL, scale=1, elem_id="cmp-seed")
         tasks = gr.Dropdown(label="Tasks (empty: all)", choices=[], multiselect=True, elem_id="cmp-tasks")
         info = gr.Markdown(elem_id="cmp-info")
+        targets = gr.Markdown(elem_id="cmp-targets")
         plots = []  # one per charts.ALL entry, in its order
         plots.append(gr.Plot(elem_id="cmp-metric", show_label=False))
         with gr.Row():
@@ -158,26 +189,27 @@ def build_compare_tab(svc: Service, demo):
         link = (f"<a id='cmp-csv-link' href='download/export/{token}' download>Download these {len(shown)} rows "
                 f"as CSV</a>")
         labels = {EVALS: "evaluations", SESSION: "this session's JSON"}
-        return (summary_line(rows, shown, labels.get(source_key, "benchmark results")), *figures(shown),
-                table(shown, TABLE_COLUMNS), link)
+        return (summary_line(rows, shown, labels.get(source_key, "benchmark results")),
+                targets_markdown(targets_of(who, state)), *figures(shown), table(shown, TABLE_COLUMNS), link)
 
-    render_outputs = [info, *plots, tbl, csv_link]
+    render_outputs = [info, targets, *plots, tbl, csv_link]
 
     def select_source(key, srows, p, t, m, s, request: gr.Request):
         """Load the source's rows; keep the filters that still apply."""
         who = svc.who(request)
         try:
-            rows = load_rows(svc, who, key, srows)
+            rows, targets = load_rows(svc, who, key, srows), load_targets(svc, who, key, srows)
         except Exception as e:  # noqa: BLE001
             from ui.service import user_message
 
-            rows = []
+            rows, targets = [], []
             gr.Warning(html_text(user_message(e)))
         ch = filter_choices(rows)
 
         def keep(v, options):
             return v if v in options else ALL
-        return (owned(who, rows), gr.Dropdown(choices=[ALL] + ch["protocol"], value=keep(p, ch["protocol"])),
+        return (owned(who, rows, targets),
+                gr.Dropdown(choices=[ALL] + ch["protocol"], value=keep(p, ch["protocol"])),
                 gr.Dropdown(choices=ch["task"], value=[x for x in (t or []) if x in ch["task"]]),
                 gr.Dropdown(choices=[ALL] + ch["mapper"], value=keep(m, ch["mapper"])),
                 gr.Dropdown(choices=[ALL] + ch["seed"], value=keep(s, ch["seed"])))
@@ -200,13 +232,15 @@ def build_compare_tab(svc: Service, demo):
                 ch = source_choices(svc, who, False)
                 return (status(True, f"{entry['rows']} result rows stored as '{entry['name']}' for every user"),
                         gr.Dropdown(choices=ch, value=entry["key"]), gr.skip())
-            rows, skipped = parse_results(svc.read_upload(path, safe_filename(name)), safe_filename(name))
+            data = svc.read_upload(path, safe_filename(name))
+            rows, skipped = parse_results(data, safe_filename(name))
+            targets = parse_targets(data)
         finally:
             svc.discard_upload([path])
         ch = source_choices(svc, who, True)
         extra = f" ({skipped} rows without task/method/value skipped)" if skipped else ""
         return (status(True, f"{len(rows)} result rows loaded for this session{extra}"),
-                gr.Dropdown(choices=ch, value=SESSION), owned(who, rows))
+                gr.Dropdown(choices=ch, value=SESSION), owned(who, rows, targets))
 
     def chain(event):
         return event.then(select_source, [source, session_rows, *filters], [rows_state, *filters], api_name=False) \

@@ -19,7 +19,10 @@ def test_committed_results_reach_every_users_compare_tab(tmp_path, svc, users):
     folder.mkdir()
     rows = [{"protocol": "cross_task", "task": "math/x", "method": m, "seed": 0, "metric": "exact_match",
              "value": v} for m, v in (("gt", 0.4), ("ridge", 0.3))]
-    (folder / "run_a.json").write_text(json.dumps({"rows": rows}))
+    targets = [{"target": "cross-task: gt* recovers >= 0.6", "measured": 0.44, "met": False,
+                "detail": "gt_auto over 4 tasks; left out: commonsense/x"},
+               {"target": "in-distribution: ...", "measured": 0.0, "met": None, "detail": "gt: 0/0 tasks"}]
+    (folder / "run_a.json").write_text(json.dumps({"rows": rows, "targets": targets}))
     shutil.copy(PUBLISHED_RESULTS / "shadow_throughput_ci_2026-12-01.json", folder)  # not a results table
     svc.settings.publish_bench_results = True
     done = svc.register_published_benchmarks(folder)
@@ -31,6 +34,16 @@ def test_committed_results_reach_every_users_compare_tab(tmp_path, svc, users):
     assert (entry["label"], entry["key"]) in source_choices(svc, bob)
     shown = load_rows(svc, bob, entry["key"], None)
     assert sorted((r["method"], r["value"]) for r in shown) == [("gt", 0.4), ("ridge", 0.3)]
+    # what the run said of its targets, shown above the charts: NOT MET and not measured said plainly
+    from ui.compare import load_targets, targets_markdown
+
+    words = targets_markdown(load_targets(svc, bob, entry["key"], None))
+    from ui.common import md_escape
+
+    assert f"- **NOT MET** — {md_escape(targets[0]['target'])}: measured 0.440 ({md_escape(targets[0]['detail'])})" \
+        in words.splitlines()
+    assert f"- **not measured** — {md_escape(targets[1]['target'])}: measured 0.000" in words
+    assert targets_markdown(load_targets(svc, bob, "evals", None)) == ""  # evaluations: no targets
 
     (folder / "run_a.json").write_text(json.dumps({"rows": rows[:1]}))  # changed: a new entry
     assert svc.register_published_benchmarks(folder) == ["published benchmark results run_a.json: 1 rows"]

@@ -64,6 +64,13 @@ class Results(ServiceBase):
                 return rows
         raise NotFound("benchmark results not found")
 
+    def benchmark_targets(self, who: Principal, key: str) -> list[dict]:
+        """The targets the stored results JSON ``key`` recorded (:func:`parse_targets`)."""
+        for b in self.list_benchmarks(who):
+            if b["key"] == key:
+                return parse_targets(self.store.read_bytes(b["sha"]))
+        raise NotFound("benchmark results not found")
+
     def store_benchmark(self, who: Principal, upload: str, display_name: str, name: Optional[str] = None) -> dict:
         """Admins: keep an uploaded results JSON for everyone's Compare tab."""
         self.require_admin(who)
@@ -145,6 +152,25 @@ def normalise_row(r: Any) -> Optional[dict]:
             "metric": str(r.get("metric") or ""), "value": value, "gap_recovery": _num(r.get("gap_recovery")),
             "gap_recovery_nll": _num(r.get("gap_recovery_nll")), "answer_nll": _num(r.get("answer_nll")),
             "wall_s": _num(r.get("wall_s")), "peak_mem_mb": _num(r.get("peak_mem_mb"))}
+
+
+def parse_targets(data: bytes) -> list[dict]:
+    """The targets a benchmark run recorded in its results JSON (``gtapp bench`` writes them:
+    target, measured, met, detail), each field checked and bounded; [] where there are none."""
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except ValueError:
+        return []
+    raw = obj.get("targets") if isinstance(obj, dict) else None
+    out = []
+    for t in raw if isinstance(raw, list) else []:
+        if not isinstance(t, dict) or not isinstance(t.get("target"), str):
+            continue
+        met = t.get("met")
+        out.append({"target": t["target"][:300], "measured": _num(t.get("measured")),
+                    "met": met if isinstance(met, bool) else None,
+                    "detail": str(t.get("detail") or "")[:600]})
+    return out[:50]
 
 
 def parse_results(data: bytes, what: str = "results") -> tuple[list[dict], int]:
