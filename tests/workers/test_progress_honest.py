@@ -78,11 +78,14 @@ def test_every_job_kind_reports_monotone_progress_and_an_honest_eta(tmp_path, mi
 
     # the provider's and an organisation's job kinds, each long enough to judge its ETA
     judged["zoo"] = honest(store, run("zoo", {"preset": "ci", "name": "ci-progress"}, "root"))
-    shadow = {"tasks": [TASK], "subsets": 4, "subset_size": 32, "steps": 80, "snapshot_steps": [40], "seeds": [0],
+    # shadow and train_mapper sized to run about 3 s each here: at about 2 s a run had barely one ETA
+    # past 20 % with 1.5 s left, so whether the check bit at all was down to scheduling noise. The GT
+    # is wider, not longer: 1,000 steps stop early on patience, which its ETA (all steps) cannot foresee
+    shadow = {"tasks": [TASK], "subsets": 8, "subset_size": 32, "steps": 80, "snapshot_steps": [40], "seeds": [0],
               "batch_size": 4, "n_train": 128, "lr": 0.01, "device": "cpu", "pair_id": pair_id}
     judged["shadow"] = honest(store, run("shadow", shadow, "root"))
     gt = {"pair_id": pair_id, "kind": "gt", "promote": True, "device": "cpu",
-          "config": {"steps": 400, "d_model": 16, "n_enc_layers": 1, "n_dec_layers": 1}}
+          "config": {"steps": 400, "d_model": 48, "n_enc_layers": 1, "n_dec_layers": 1}}
     judged["train_mapper"] = honest(store, run("train_mapper", gt, "root"))
     ft = {"pair_id": pair_id, "dataset_id": dataset_id, "steps": 150, "batch_size": 32, "lr": 0.002, "device": "cpu"}
     ft_job = run("finetune", ft, "alice")
