@@ -330,7 +330,8 @@ def refine(pair, tiny_adapter_dir: str | Path, provider_examples: Sequence[Examp
                            "samples_from": SAMPLE_WRITERS[config.sample_from],
                            "prompts_from": ORG_PROMPTS if org_prompts else "the provider's public examples",
                            "organisation_prompts": len(org_prompts)},
-                  "privacy": PRIVACY_NOTE + (ORG_PROMPTS_PRIVACY if org_prompts else ""), "total_s": round(time.monotonic() - t0, 3)}
+                  "privacy": PRIVACY_NOTE + (ORG_PROMPTS_PRIVACY if org_prompts else ""),
+                  "total_s": round(time.monotonic() - t0, 3)}
 
 
 def provider_text(pair_set_manifest: dict, limit: int, seed: int = 0,
