@@ -78,7 +78,7 @@ def test_every_job_kind_reports_monotone_progress_and_an_honest_eta(tmp_path, mi
 
     # the provider's and an organisation's job kinds, each long enough to judge its ETA
     judged["zoo"] = honest(store, run("zoo", {"preset": "ci", "name": "ci-progress"}, "root"))
-    # shadow and train_mapper sized to run about 3 s each here: at about 2 s a run had barely one ETA
+    # shadow, train_mapper and finetune sized to run 3 s or more here: at about 2 s a run had barely one ETA
     # past 20 % with 1.5 s left, so whether the check bit at all was down to scheduling noise. The GT
     # is wider, not longer: 1,000 steps stop early on patience, which its ETA (all steps) cannot foresee
     shadow = {"tasks": [TASK], "subsets": 8, "subset_size": 32, "steps": 80, "snapshot_steps": [40], "seeds": [0],
@@ -87,7 +87,7 @@ def test_every_job_kind_reports_monotone_progress_and_an_honest_eta(tmp_path, mi
     gt = {"pair_id": pair_id, "kind": "gt", "promote": True, "device": "cpu",
           "config": {"steps": 400, "d_model": 48, "n_enc_layers": 1, "n_dec_layers": 1}}
     judged["train_mapper"] = honest(store, run("train_mapper", gt, "root"))
-    ft = {"pair_id": pair_id, "dataset_id": dataset_id, "steps": 150, "batch_size": 32, "lr": 0.002, "device": "cpu"}
+    ft = {"pair_id": pair_id, "dataset_id": dataset_id, "steps": 300, "batch_size": 32, "lr": 0.002, "device": "cpu"}
     ft_job = run("finetune", ft, "alice")
     judged["finetune"] = honest(store, ft_job)
     with session_scope(settings=settings) as s:
