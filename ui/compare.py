@@ -14,7 +14,7 @@ import gradio as gr  # module level: handlers' `request: gr.Request` annotations
 
 from ui import charts
 from ui.common import guarded, html_text, md_escape, status, table, when_open
-from ui.service import RESULT_FIELDS, Service, UploadError, parse_results, parse_targets, safe_filename
+from ui.service import RESULT_FIELDS, Service, UploadError, read_results, safe_filename
 
 EVALS = "evals"
 SESSION = "session"
@@ -51,13 +51,6 @@ def targets_of(who, value: Any) -> list[dict]:
     return []
 
 
-def load_targets(svc: Service, who, key: str, session_rows: Any) -> list[dict]:
-    """What the selected results file's benchmark run said of its targets ([] for evaluations)."""
-    if key in (None, "", EVALS):
-        return []
-    if key == SESSION:
-        return targets_of(who, session_rows)
-    return svc.benchmark_targets(who, key)
 
 
 def targets_markdown(targets: Sequence[dict]) -> str:
@@ -74,12 +67,14 @@ def targets_markdown(targets: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def load_rows(svc: Service, who, key: str, session_rows: Any) -> list[dict]:
+def load_source(svc: Service, who, key: str, session_rows: Any) -> tuple[list[dict], list[dict]]:
+    """(rows, the targets its benchmark run recorded) of the selected source; evaluations have no
+    targets. A stored results file is read once for both."""
     if key in (None, "", EVALS):
-        return svc.evaluation_rows(who)
+        return svc.evaluation_rows(who), []
     if key == SESSION:
-        return rows_of(who, session_rows)
-    return svc.benchmark_rows(who, key)
+        return rows_of(who, session_rows), targets_of(who, session_rows)
+    return svc.benchmark_results(who, key)
 
 
 def _label(v: Any) -> str:
@@ -198,7 +193,7 @@ def build_compare_tab(svc: Service, demo):
         """Load the source's rows; keep the filters that still apply."""
         who = svc.who(request)
         try:
-            rows, targets = load_rows(svc, who, key, srows), load_targets(svc, who, key, srows)
+            rows, targets = load_source(svc, who, key, srows)
         except Exception as e:  # noqa: BLE001
             from ui.service import user_message
 
@@ -232,9 +227,7 @@ def build_compare_tab(svc: Service, demo):
                 ch = source_choices(svc, who, False)
                 return (status(True, f"{entry['rows']} result rows stored as '{entry['name']}' for every user"),
                         gr.Dropdown(choices=ch, value=entry["key"]), gr.skip())
-            data = svc.read_upload(path, safe_filename(name))
-            rows, skipped = parse_results(data, safe_filename(name))
-            targets = parse_targets(data)
+            rows, skipped, targets = read_results(svc.read_upload(path, safe_filename(name)), safe_filename(name))
         finally:
             svc.discard_upload([path])
         ch = source_choices(svc, who, True)

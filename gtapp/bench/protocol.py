@@ -369,6 +369,8 @@ def run(preset: BenchPreset, zoo_dir: Path, work: Path, progress: Optional[Progr
                              for n in preset.cross_private_tasks]
             provider = cross_provider_text(ctx, pairs, seed)
             for i, task in enumerate(private_tasks):
+                # the same stream continued past the private examples (made apart, so the private and test
+                # splits stay exactly as they were)
                 big = make_task(task.name, seed=seed, n_train=preset.n_private + preset.n_public, n_test=1)
                 org_prompts = public_prompts_for(task, big.train[preset.n_private:], preset.n_public)
                 group = None

@@ -136,14 +136,16 @@ def targets(summary: list[dict], rows: list[dict], comps: Optional[list[dict]] =
     comps = comparisons(rows, boots) if comps is None else comps
     res = []
 
-    def all_tasks(protocol):
-        return sorted({s["task"] for s in summary if s["protocol"] == protocol})
+    every = defaultdict(set)
+    for s in summary:
+        every[s["protocol"]].add(s["task"])
+    defined = {p: [t for t in sorted(ts) if gap_defined(boots, p, t)] for p, ts in every.items()}
 
     def tasks(protocol):
-        return [t for t in all_tasks(protocol) if gap_defined(boots, protocol, t)]
+        return defined.get(protocol, [])
 
     def left_out(protocol) -> str:
-        out = [t for t in all_tasks(protocol) if t not in tasks(protocol)]
+        out = sorted(every.get(protocol, set()) - set(tasks(protocol)))
         return f"; left out (the oracle no better than the base LLM): {', '.join(out)}" if out else ""
 
     def avg(protocol, method, eps=None):
@@ -178,11 +180,11 @@ def targets(summary: list[dict], rows: list[dict], comps: Optional[list[dict]] =
         fam = {m: v for m, v in g.items() if m != "proxy_tuning" and v == v}
         m_best = max(fam, key=fam.get) if fam else "gt"
         val, proxy = fam.get(m_best, float("nan")), g.get("proxy_tuning", float("nan"))
-        defined = gap_defined(boots, "cross_task_real", t)
+        has_gap = t in tasks("cross_task_real")
         res.append({"target": f"{t} as a private task: NLL gap recovery > 0 and >= proxy-tuning's",
-                    "measured": val, "met": bool(defined and val > 0 and (proxy != proxy or val >= proxy)),
+                    "measured": val, "met": bool(has_gap and val > 0 and (proxy != proxy or val >= proxy)),
                     "detail": f"{m_best} {val:.3f}, proxy_tuning {proxy:.3f}"
-                              + ("" if defined else "; the oracle is no better than the base LLM here")})
+                              + ("" if has_gap else "; the oracle is no better than the base LLM here")})
     # ratio of the mean gap recoveries (over tasks that have both), not the mean of per-task
     # ratios: a task whose non-DP gap recovery is near 0 would make its ratio meaningless
     plain, dp8, dp_method = [], [], None

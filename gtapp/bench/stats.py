@@ -103,7 +103,6 @@ class TaskBootstrap:
             g = np.where(np.abs(gap) > 1e-9, (m - base) / gap, np.nan)
         return _nanmean_rows(g)
 
-
     def oracle_gain(self, kind: str = "nll") -> np.ndarray:
         """Replicates of how much better the oracle is than the base LLM (lower answer NLL or
         perplexity, higher task score), averaged over the drawn seeds: where its interval does

@@ -13,7 +13,7 @@ from ui.service.results import PUBLISHED_PREFIX, PUBLISHED_RESULTS, parse_result
 
 
 def test_committed_results_reach_every_users_compare_tab(tmp_path, svc, users):
-    from ui.compare import load_rows, source_choices
+    from ui.compare import load_source, source_choices
 
     folder = tmp_path / "results"
     folder.mkdir()
@@ -32,18 +32,18 @@ def test_committed_results_reach_every_users_compare_tab(tmp_path, svc, users):
     (entry,) = [b for b in svc.list_benchmarks(bob) if b["name"].startswith(PUBLISHED_PREFIX)]
     assert entry["name"] == PUBLISHED_PREFIX + "run_a" and entry["rows"] == 2
     assert (entry["label"], entry["key"]) in source_choices(svc, bob)
-    shown = load_rows(svc, bob, entry["key"], None)
+    shown, recorded = load_source(svc, bob, entry["key"], None)
     assert sorted((r["method"], r["value"]) for r in shown) == [("gt", 0.4), ("ridge", 0.3)]
     # what the run said of its targets, shown above the charts: NOT MET and not measured said plainly
-    from ui.compare import load_targets, targets_markdown
+    from ui.compare import targets_markdown
 
-    words = targets_markdown(load_targets(svc, bob, entry["key"], None))
+    words = targets_markdown(recorded)
     from ui.common import md_escape
 
     assert f"- **NOT MET** — {md_escape(targets[0]['target'])}: measured 0.440 ({md_escape(targets[0]['detail'])})" \
         in words.splitlines()
     assert f"- **not measured** — {md_escape(targets[1]['target'])}: measured 0.000" in words
-    assert targets_markdown(load_targets(svc, bob, "evals", None)) == ""  # evaluations: no targets
+    assert targets_markdown(load_source(svc, bob, "evals", None)[1]) == ""  # evaluations: no targets
 
     (folder / "run_a.json").write_text(json.dumps({"rows": rows[:1]}))  # changed: a new entry
     assert svc.register_published_benchmarks(folder) == ["published benchmark results run_a.json: 1 rows"]

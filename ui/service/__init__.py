@@ -37,12 +37,12 @@ from ui.service.base import (KNOWN_FORMATS, PREVIEW_ROWS, USER_FORMAT, MiB, NotF
 from ui.service.datasets import Datasets
 from ui.service.jobs import Jobs
 from ui.service.pairs import Pairs
-from ui.service.results import RESULT_FIELDS, Results, normalise_row, parse_results, parse_targets
+from ui.service.results import RESULT_FIELDS, Results, normalise_row, parse_results, read_results
 from gtapp.choices import USER_METRICS
 
 __all__ = ["Service", "NotFound", "UploadError", "KNOWN_FORMATS", "USER_FORMAT", "USER_METRICS", "PREVIEW_ROWS",
            "MAX_ADAPTER_FILES", "VALIDATE_TIMEOUT_S", "RESULT_FIELDS", "MiB", "clean_name", "normalise_row",
-           "parse_results", "parse_targets", "safe_filename", "user_message", "validate_in_child", "_num"]
+           "parse_results", "read_results", "safe_filename", "user_message", "validate_in_child", "_num"]
 
 
 class Service(Accounts, Pairs, Datasets, Adapters, Results, Jobs, Collaborations, ServiceBase):

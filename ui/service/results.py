@@ -57,19 +57,16 @@ class Results(ServiceBase):
                                 "name": f"bench job {j.id}"})
         return out
 
-    def benchmark_rows(self, who: Principal, key: str) -> list[dict]:
+    def benchmark_results(self, who: Principal, key: str) -> tuple[list[dict], list[dict]]:
+        """(rows, recorded targets) of the stored results JSON ``key``, read once."""
         for b in self.list_benchmarks(who):
             if b["key"] == key:
-                rows, _ = parse_results(self.store.read_bytes(b["sha"]))
-                return rows
+                rows, _, targets = read_results(self.store.read_bytes(b["sha"]))
+                return rows, targets
         raise NotFound("benchmark results not found")
 
-    def benchmark_targets(self, who: Principal, key: str) -> list[dict]:
-        """The targets the stored results JSON ``key`` recorded (:func:`parse_targets`)."""
-        for b in self.list_benchmarks(who):
-            if b["key"] == key:
-                return parse_targets(self.store.read_bytes(b["sha"]))
-        raise NotFound("benchmark results not found")
+    def benchmark_rows(self, who: Principal, key: str) -> list[dict]:
+        return self.benchmark_results(who, key)[0]
 
     def store_benchmark(self, who: Principal, upload: str, display_name: str, name: Optional[str] = None) -> dict:
         """Admins: keep an uploaded results JSON for everyone's Compare tab."""
@@ -154,13 +151,9 @@ def normalise_row(r: Any) -> Optional[dict]:
             "wall_s": _num(r.get("wall_s")), "peak_mem_mb": _num(r.get("peak_mem_mb"))}
 
 
-def parse_targets(data: bytes) -> list[dict]:
-    """The targets a benchmark run recorded in its results JSON (``gtapp bench`` writes them:
-    target, measured, met, detail), each field checked and bounded; [] where there are none."""
-    try:
-        obj = json.loads(data.decode("utf-8"))
-    except ValueError:
-        return []
+def _targets(obj) -> list[dict]:
+    """The targets a benchmark run recorded in its results JSON object (``gtapp bench`` writes
+    them: target, measured, met, detail), each field checked and bounded; [] where there are none."""
     raw = obj.get("targets") if isinstance(obj, dict) else None
     out = []
     for t in raw if isinstance(raw, list) else []:
@@ -173,10 +166,10 @@ def parse_targets(data: bytes) -> list[dict]:
     return out[:50]
 
 
-def parse_results(data: bytes, what: str = "results") -> tuple[list[dict], int]:
-    """Rows of a benchmark results JSON: a list of rows, or an object holding one under
-    ``rows`` / ``results`` / ``table``. Returns (rows, skipped); raises UploadError when
-    nothing usable is there."""
+def read_results(data: bytes, what: str = "results") -> tuple[list[dict], int, list[dict]]:
+    """Rows and recorded targets of a benchmark results JSON, decoded once: a list of rows, or an
+    object holding one under ``rows`` / ``results`` / ``table`` (and its ``targets``). Returns
+    (rows, skipped, targets); raises UploadError when no row is usable."""
     try:
         obj = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
@@ -194,4 +187,10 @@ def parse_results(data: bytes, what: str = "results") -> tuple[list[dict], int]:
     good = [r for r in rows if r is not None]
     if not good:
         raise UploadError(f"{what}: none of its {len(raw)} rows has a task, a method and a numeric value")
-    return good, len(raw) - len(good)
+    return good, len(raw) - len(good), _targets(obj)
+
+
+def parse_results(data: bytes, what: str = "results") -> tuple[list[dict], int]:
+    """(rows, skipped) of a benchmark results JSON (:func:`read_results`)."""
+    rows, skipped, _ = read_results(data, what)
+    return rows, skipped
