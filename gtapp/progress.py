@@ -59,10 +59,19 @@ class Tracker:
         self.total = max(int(total), 1)
         self.start, self.end = start, end
         self.t0 = time.monotonic()
+        self._frac = 0.0  # the local fraction last reported: progress never moves back
+
+    def retarget(self, total: int) -> None:
+        """The step count the stage now expects to end at (a run that can stop early, as on
+        patience, knows a nearer end than its step budget). The fraction reported never moves
+        back: where the end moves further out again, it waits for the steps to catch up."""
+        self.total = max(int(total), 1)
 
     def update(self, done: int, message: str = "", **metrics: float) -> None:
-        frac_local = min(max(done / self.total, 0.0), 1.0)
+        frac_local = max(min(max(done / self.total, 0.0), 1.0), self._frac)
+        self._frac = frac_local
         elapsed = time.monotonic() - self.t0
-        eta = elapsed * (1 - frac_local) / frac_local if frac_local > 0 else None
+        # from the step rate, not the reported fraction, which may be held back (retarget)
+        eta = elapsed * max(self.total - done, 0) / done if done > 0 else None
         self.fn(Progress(self.start + (self.end - self.start) * frac_local, self.stage, eta, message, step=int(done),
                          metrics={k: float(v) for k, v in metrics.items() if v is not None}))

@@ -87,6 +87,24 @@ def test_gt_beats_mean_on_held_out_runs_of_a_linear_relation():
     assert results["gt"]["rel_err_mean"] < results["mean"]["rel_err_mean"]
 
 
+def test_gt_progress_ends_where_patience_ends_the_run_not_at_the_step_budget():
+    rec = small_recipes()
+    train, val = split_by_run(linear_pairs(rec, n_runs=8, seed=0), 0.25, seed=1)
+    reports = []
+    m = GTMapper(rec, {"steps": 5000, "d_model": 16, "n_heads": 2, "eval_every": 5, "patience": 2, "lr": 3e-3})
+    card = m.fit(train, val_pairs=val, progress=reports.append)
+    steps_run = card["fit"]["steps_run"]
+    assert card["fit"]["stopped"] == "early_stopping" and steps_run < 1000, card["fit"]
+    fractions = [r.fraction for r in reports]
+    assert fractions == sorted(fractions), "progress moved back"
+    last = [r for r in reports if r.step == steps_run and r.message != "done"][-1]
+    # the evaluation that ran out of patience reports the end (the budget would say steps_run / 5000)
+    assert last.fraction == 1.0 and last.eta_s == 0.0, last
+    # before it, the horizon is at most patience * eval_every steps ahead, never the whole budget
+    early = next(r for r in reports if r.step == 5)
+    assert early.fraction >= 5 / (5 + 2 * 5) - 1e-9, early
+
+
 @pytest.mark.parametrize("kind", ["gt", "ridge", "mean"])
 def test_mapper_version_roundtrip(tmp_path, kind):
     rec = small_recipes()
