@@ -123,6 +123,10 @@ def test_a_task_whose_oracle_is_no_better_than_the_base_llm_leaves_the_averages(
     assert stats.interval(boots[("cross_task", "t")].oracle_gain("nll"))[0] > 0.9
     assert report.gap_defined(boots, "cross_task", "t") and not report.gap_defined(boots, "cross_task", "flat")
     summary = report.summarise(rows, boots)
+    assert {s["task"]: s["gap_defined"] for s in summary} == {"t": True, "flat": False}
+    table = report.format_table(summary).splitlines()
+    assert all(line.endswith("(no gap)") == (" flat " in line) for line in table[1:-1])
+    assert table[-1].startswith("(no gap): the oracle is no better than the base LLM")
     head = report.targets(summary, rows, boots=boots)[0]
     assert head["measured"] == pytest.approx(0.5) and "over 1 tasks" in head["detail"]
     assert "left out (the oracle no better than the base LLM): flat" in head["detail"]

@@ -40,7 +40,8 @@ def summarise(rows: list[dict], boots: Optional[dict] = None) -> list[dict]:
     """One line per (protocol, task, method, dp_epsilon, clients): the value's mean and t-interval
     over seeds; gap recovery (task metric and answer NLL) with the paired bootstrap's 95 %
     interval over test examples and seeds (gtapp.bench.stats), or the t-interval over seeds for
-    rows without per-example scores."""
+    rows without per-example scores. ``gap_defined``: whether the task has a gap to recover at all
+    (:func:`gap_defined`); where it has none its gap recoveries divide by noise."""
     boots = stats.bootstraps(rows) if boots is None else boots
     groups = defaultdict(list)
     for r in rows:
@@ -61,6 +62,7 @@ def summarise(rows: list[dict], boots: Optional[dict] = None) -> list[dict]:
                     "value_mean": v[0], "value_ci95": [v[1], v[2]],
                     "gap_recovery_mean": g[0], "gap_recovery_ci95": g_ci,
                     "gap_recovery_nll_mean": gn[0], "gap_recovery_nll_ci95": gn_ci,
+                    "gap_defined": gap_defined(boots, protocol, task),
                     "wall_s_mean": mean_ci(r["wall_s"] for r in rs)[0],
                     "peak_mem_mb_mean": mean_ci(r["peak_mem_mb"] for r in rs)[0]})
     return out
@@ -261,7 +263,11 @@ def format_table(summary: list[dict]) -> str:
         lines.append(f"{s['protocol']:<16} {s['task'][:30]:<30} {s['method']:<15} {eps:>5} {s['clients']:>2} "
                      f"{s['metric']:<11} {s['value_mean']:>8.3f} {half:>7.3f} {s['gap_recovery_mean']:>7.2f} "
                      f"{s['gap_recovery_nll_mean']:>7.2f} {f'[{nlo:.2f}, {nhi:.2f}]':>15} "
-                     f"{s['wall_s_mean']:>7.1f} {s['peak_mem_mb_mean']:>7.1f}")
+                     f"{s['wall_s_mean']:>7.1f} {s['peak_mem_mb_mean']:>7.1f}"
+                     + ("  (no gap)" if s.get("gap_defined") is False else ""))
+    if any(s.get("gap_defined") is False for s in summary):
+        lines.append("(no gap): the oracle is no better than the base LLM there (paired 95 % interval), so its gap "
+                     "recoveries divide by noise; the targets leave it out")
     return "\n".join(lines)
 
 
