@@ -37,14 +37,20 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-# the variants measured before 0.7 became the default sample temperature keep theirs
-_T1 = {"sample_temperature": 1.0}
+# the variants measured before 0.7 became the default sample temperature keep theirs, and those measured
+# before the teacher over the mapped adapter became the default keep the base LLM's proxy-tuning
+_BASE = {"teacher_llm": "base"}
+_T1 = {"sample_temperature": 1.0, **_BASE}
 #: A variant's key (not a RefineConfig field) for which provider text it refines on: "all" the
 #: shadow tasks' (the default) or "family", those of the held-out task's family only.
 TEXT = "text"
 # RefineConfig fields that differ from its defaults (the default first), and TEXT
 VARIANTS = {
-    "mapped_cool": {},  # the default since the variants run of 2026-12-01 (sample temperature 0.7)
+    # the default since the calibration of 2026-12-02 (refine_calibration_ci_stacked_gate): the teacher's
+    # offset stacked on the LLM with the GT's adapter (proxy-tuning over the mapped update) instead of on
+    # the base LLM, where refinement towards base proxy-tuning dragged a good GT adapter down to its level
+    "gt_teacher": {},
+    "mapped_cool": {**_BASE},  # the default from 2026-12-01 (sample temperature 0.7) to 2026-12-02
     "mapped_mix": {**_T1},
     "init_mix": {**_T1, "start": "init"},
     "mapped_public": {**_T1, "sample_share": 0.0},
@@ -59,19 +65,28 @@ VARIANTS = {
     "teacher_free_all": {**_T1, "sample_from": "teacher", "free_share": 1.0},
     "teacher_mix": {**_T1, "sample_from": "teacher"},
     # at the default temperature: the proxy-tuned LLM writes the samples, or half of them
-    "teacher_cool": {"sample_from": "teacher"},
-    "both_cool": {"sample_from": "both"},
+    "teacher_cool": {"sample_from": "teacher", **_BASE},
+    "both_cool": {"sample_from": "both", **_BASE},
     # the preset's learning rate (3e-3) with no selection: about a fifth of the time (measured 2026-12-02)
-    "cool_fixed_lr": {"select": False},
+    "cool_fixed_lr": {"select": False, **_BASE},
     # the provider text of the held-out task's own family only (what a family hint from the organisation
     # would allow): is the text's closeness to the private task what limits refinement?
-    "family_cool": {TEXT: "family"},
-    "family_public": {TEXT: "family", "sample_share": 0.0},
+    "family_cool": {TEXT: "family", **_BASE},
+    "family_public": {TEXT: "family", "sample_share": 0.0, **_BASE},
     # from the recipe's seeded LoRA instead of the GT's adapter, at the default temperature: where the
     # mapped adapter is harmful, refinement starting from it must first undo the harm
-    "init_cool": {"start": "init"},
+    "init_cool": {"start": "init", **_BASE},
 }
 SETTINGS = ("held_out_task", "held_out_run")
+
+
+def _proxy_over(pair, llm_adapter, tiny_adapter, task, limit) -> dict:
+    """Proxy-tuning over the LLM with ``llm_adapter``: LLM_mapped + (TinyLM_ft - TinyLM_base), scored."""
+    from gtapp.baselines.proxy import load_proxy
+    from gtapp.evaluate import evaluate
+
+    model, tokenizer = load_proxy(pair, tiny_adapter, llm_adapter_dir=llm_adapter)
+    return evaluate(model, tokenizer, task, limit=limit, per_example=True)
 
 
 def held_out_split(per_family: int, seed: int) -> tuple[list[str], list[str]]:
@@ -223,7 +238,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shadow-per-family", type=int, default=2)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
-                    help="refinement variants (under DP only the first)")
+                    help="refinement variants (under DP only the first --dp-variants)")
+    ap.add_argument("--dp-variants", type=int, default=1, help="how many of --variants also run under DP")
     ap.add_argument("--dp-epsilon", type=float, action="append", default=[],
                     help="also fine-tune the TinyLM with DP-SGD at this epsilon (the gate sees those updates too)")
     ap.add_argument("--merge", type=Path, nargs="+", help="instead of running: the gate over these results files")
@@ -296,7 +312,11 @@ def main(argv=None) -> int:
                 _row(ctx, **common, method="gt", dp_epsilon=eps, ev=_eval(ctx, "llm", gt_dir, task), wall_s=gw,
                      peak_mem_mb=0.0, ood_score=ood.get("score"), ood_task_score=ood.get("task_score"),
                      sample_check=check)
-                for variant in (args.variants if eps is None else args.variants[:1]):
+                if any(VARIANTS[v].get("teacher_llm", "mapped") == "mapped" for v in args.variants):
+                    # that refinement's teacher itself, served at decode time (both TinyLMs needed): its bound
+                    _row(ctx, **common, method="proxy_over_gt", dp_epsilon=eps, ev=_proxy_over(pair, gt_dir, tiny[eps],
+                         task, p.eval_limit), wall_s=0.0, peak_mem_mb=0.0, ood_score=ood.get("score"))
+                for variant in (args.variants if eps is None else args.variants[:args.dp_variants]):
                     fields = {k: v for k, v in VARIANTS[variant].items() if k != TEXT}
                     rc = RefineConfig(**{"steps": p.llm_steps, "batch_size": p.batch_size, "lr": p.llm_lr,
                                          "seed": seed, **fields})
@@ -312,7 +332,8 @@ def main(argv=None) -> int:
     for r in ctx.rows:
         reps = boots[(r["protocol"], r["task"])].gap(r["method"], "nll", r["dp_epsilon"], r["clients"])
         r["gap_recovery_nll"] = float(np.nanmean(reps)) if np.isfinite(reps).any() else float("nan")
-    methods = ["gt", "proxy_tuning"] + [f"gt_refine:{v}" for v in args.variants]
+    methods = ["gt", "proxy_tuning"] + [m for m in ("proxy_over_gt",) if any(r["method"] == m for r in ctx.rows)] + \
+        [f"gt_refine:{v}" for v in args.variants]
     summary = {}
     print(f"\n{'method':<24} " + " ".join(f"{s:>26}" for s in SETTINGS))
     for m in methods:

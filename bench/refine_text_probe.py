@@ -100,7 +100,7 @@ def main(argv=None) -> int:
             steps = mult * p.llm_steps
             tag = f"{text_name}_samples{share:g}_steps{steps}" + ("_ownprompts" if own else "")
             cfg = RefineConfig(steps=steps, batch_size=p.batch_size, lr=p.llm_lr, sample_share=share,
-                               start="init", seed=seed)
+                               start="init", teacher_llm="base", seed=seed)  # no mapped adapter here
             rec = refine(pair, tiny, texts[text_name], d / tag, cfg, organisation_prompts=own_prompts if own else None)
             value = evaluate_paths(pair.llm_path, task, adapter_dir=d / tag, limit=p.eval_limit)["answer_nll"]
             run = {"text": text_name, "sequences": len(texts[text_name]), "sample_share": share, "steps": steps,

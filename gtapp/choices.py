@@ -28,9 +28,9 @@ EVAL_METRICS = USER_METRICS + ("perplexity",)  # what an evaluation can report
 # the baselines (gtapp.baselines.common.METHODS) and every method of the benchmark's tables
 BASELINE_METHODS = ("oracle", "public_ft", "tiny_ft", "kd_logit", "weak_to_strong", "proxy_tuning", "datafree_kd",
                     "cross_lora")
-# gt_refine: the GT's adapter refined towards the proxy-tuned distribution on provider text (gtapp.refine);
-# gt_auto: the GT's adapter as it is where the update looks like the shadow updates, refined where
-# it does not (gtapp.refine.refine_wanted); gt_refine_prompts: gt_refine with its samples written
+# gt_refine: the GT's adapter refined towards proxy-tuning over it on provider text (gtapp.refine);
+# gt_auto: the GT's adapter as it is where the update looks like the shadow updates, refined towards
+# the base LLM's proxy-tuning where it does not (gtapp.refine.refine_wanted, mode_config); gt_refine_prompts: gt_refine with its samples written
 # after the organisation's *public* prompts of its task (no answers; cross-task only: in-distribution
 # gt_refine already has the task's public half)
 BENCH_METHODS = ("base_llm", "base_tiny", "tiny_ft", "oracle", "mean_shadow", "public_ft", "ridge", "gt",

@@ -146,7 +146,8 @@ def test_generate_refine_cli_writes_a_static_adapter_closer_to_the_proxy(setup, 
     out = json.loads(capsys.readouterr().out)
     assert out["refine"]["text"]["public_examples"] > 0 and "post-processing" in out["refine"]["privacy"]
     assert (tmp_path / "r" / "adapter_model.safetensors").is_file()
-    teacher, tok = load_proxy(setup["pair"], setup["adapters"][1])
+    assert "over the mapped adapter" in out["refine"]["teacher"]  # --refine (always): stacked on the GT's
+    teacher, tok = load_proxy(setup["pair"], setup["adapters"][1], llm_adapter_dir=tmp_path / "r" / "mapped")
     held_out = make_task(task_names("math")[1], seed=77, n_train=16, n_test=1).train
     mapped, _ = load_with_adapter(setup["pair"].llm_path, tmp_path / "r" / "mapped")
     refined, _ = load_with_adapter(setup["pair"].llm_path, tmp_path / "r")
@@ -164,6 +165,8 @@ def test_generate_refine_cli_writes_a_static_adapter_closer_to_the_proxy(setup, 
     assert rc == 0 and auto["refine"]["mode"] == "auto" and f"refine=auto: {auto['refine']['reason']}" in io.err
     assert (auto["refine"]["refined"], auto["refine"]["reason"]) == refine_wanted("auto", auto["ood"][0])
     assert (tmp_path / "a" / "adapter_model.safetensors").is_file() == auto["refine"]["refined"]
+    if auto["refine"]["refined"]:  # auto refines towards the base LLM's proxy-tuning
+        assert auto["refine"]["teacher"].startswith("llm_base + ")
     # --refine-prompts: the samples written after the organisation's public prompts (a CSV here)
     from gtapp.refine import ORG_PROMPTS
 

@@ -30,7 +30,8 @@ def test_refined_adapter_is_closer_to_the_proxy_than_its_start(micro_zoo, tmp_pa
                            "samples_from": "fine-tuned TinyLM", "prompts_from": "the provider's public examples",
                            "organisation_prompts": 0} and rec["final_loss"] < rec["first_loss"]
 
-    teacher, tok = load_proxy(pair, tiny)
+    assert "over the mapped adapter" in rec["teacher"]  # the default teacher: proxy-tuning over the start
+    teacher, tok = load_proxy(pair, tiny, llm_adapter_dir=start)
     before, _ = load_with_adapter(pair.llm_path, start)
     after, _ = load_with_adapter(pair.llm_path, tmp_path / "refined")
     kl_before = kl_to_teacher(before, teacher, tok, held_out)
@@ -92,6 +93,12 @@ def test_when_to_refine():
     assert not refine_wanted("auto", {"score": AUTO_REFINE_OOD, "task_score": None})[0]
     assert refine_wanted("auto", None)[0] and refine_wanted("auto", float("nan"))[0]  # no score: refined
     assert refine_wanted("auto", {})[0]
+    # what auto refines (updates the mapper cannot vouch for) it distils from the base LLM's proxy-tuning
+    from gtapp.refine import AUTO_TEACHER_LLM, RefineConfig, mode_config
+
+    cfg = RefineConfig(steps=7, seed=3)
+    assert cfg.teacher_llm == "mapped" and mode_config("always", cfg) == cfg
+    assert mode_config("auto", cfg) == RefineConfig(steps=7, seed=3, teacher_llm=AUTO_TEACHER_LLM) != cfg
     with pytest.raises(ValueError, match="never, auto, always"):
         refine_wanted("sometimes", 1.0)
 
@@ -159,7 +166,7 @@ def test_refine_teacher_alpha_and_sample_writer_change_what_is_distilled(micro_z
     weights = {}
     for name, alpha, writer in (("a1", 1.0, "tiny"), ("a2", 2.0, "tiny"), ("teacher", 1.0, "teacher")):
         cfg = RefineConfig(steps=2, batch_size=8, lr=1e-2, n_sequences=16, sample_tokens=6, select=False,
-                           start="init", teacher_alpha=alpha, sample_from=writer, free_share=0.5)
+                           start="init", teacher_llm="base", teacher_alpha=alpha, sample_from=writer, free_share=0.5)
         rec = refine(pair, tiny, public, tmp_path / name, cfg)
         assert ("2 * (tiny_ft - tiny_base)" in rec["teacher"]) == (alpha == 2.0)
         assert rec["text"]["samples_from"] == ("proxy-tuned LLM" if writer == "teacher" else "fine-tuned TinyLM")
@@ -193,7 +200,7 @@ def test_refine_with_both_writers_runs_and_says_who_wrote(micro_zoo, tmp_path):
     tiny = finetune(pair.tiny_path, pair.recipes.tiny, public[:8], FinetuneConfig(steps=1, batch_size=8, lr=1e-2),
                     tmp_path / "tiny").adapter_dir
     cfg = RefineConfig(steps=2, batch_size=4, n_sequences=8, sample_tokens=4, sample_from="both", free_share=0.5,
-                       start="init", select=False)
+                       start="init", teacher_llm="base", select=False)
     rec = refine(pair, tiny, public, tmp_path / "refined", cfg)
     assert rec["text"] == {"public_examples": 4, "tiny_samples": 4, "unprompted_samples": 2,
                            "samples_from": SAMPLE_WRITERS["both"], "prompts_from": "the provider's public examples",
@@ -207,3 +214,33 @@ def test_refine_with_both_writers_runs_and_says_who_wrote(micro_zoo, tmp_path):
     assert rec["privacy"].endswith(ORG_PROMPTS_PRIVACY)
     with pytest.raises(ValueError, match="organisation_prompts is empty"):
         refine(pair, tiny, public, tmp_path / "none", cfg, organisation_prompts=["  "])
+
+
+def test_a_teacher_over_the_mapped_adapter_stacks_the_offset_on_it(micro_zoo, tmp_path):
+    from gtapp.finetune import FinetuneConfig, finetune
+    from gtapp.models import ModelPair
+    from gtapp.refine import RefineConfig, refine
+    from gtapp.tasks.universe import make_task
+
+    pair = ModelPair.from_dir(micro_zoo)
+    public = make_task("math/sub-fruit-easy", seed=0, n_train=16, n_test=1).train
+    private = make_task("math/add-fruit-easy", seed=5, n_train=16).train
+    # a TinyLM "update" that changes nothing: the teacher's offset is zero
+    still = finetune(pair.tiny_path, pair.recipes.tiny, private[:8], FinetuneConfig(steps=1, batch_size=8, lr=1e-12),
+                     tmp_path / "still").adapter_dir
+    mapped = finetune(pair.llm_path, pair.recipes.llm, private, FinetuneConfig(steps=4, batch_size=8, lr=1e-2),
+                      tmp_path / "mapped").adapter_dir
+    first = {}
+    for teacher_llm in ("base", "mapped"):
+        cfg = RefineConfig(steps=1, batch_size=8, lr=1e-2, n_sequences=16, sample_tokens=4, select=False,
+                           teacher_llm=teacher_llm)
+        rec = refine(pair, still, public, tmp_path / teacher_llm, cfg, start_adapter=mapped)
+        first[teacher_llm] = rec["first_loss"]
+        assert ("over the mapped adapter" in rec["teacher"]) == (teacher_llm == "mapped")
+    # over the mapped adapter the teacher is the student's start, so there is nothing to distil yet; over
+    # the base LLM the student must first unlearn the mapped update
+    assert first["mapped"] < 1e-4 < first["base"], first
+    with pytest.raises(ValueError, match="teacher_llm='mapped' needs the mapped adapter"):
+        refine(pair, still, public, tmp_path / "x", RefineConfig(start="init", teacher_llm="mapped"))
+    with pytest.raises(ValueError, match="teacher_llm must be one of"):
+        RefineConfig(teacher_llm="gt")

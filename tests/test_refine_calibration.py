@@ -105,4 +105,4 @@ def test_every_variant_is_a_valid_refinement_on_a_known_text():
     for name, fields in VARIANTS.items():
         assert fields.get(TEXT, "all") in ("all", "family"), name
         config = RefineConfig(**{k: v for k, v in fields.items() if k != TEXT})  # raises on a bad field
-        assert config != RefineConfig() or fields.get(TEXT) or name == "mapped_cool", f"{name} is the default"
+        assert config != RefineConfig() or fields.get(TEXT) or name == "gt_teacher", f"{name} is the default"

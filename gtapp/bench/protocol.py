@@ -8,8 +8,10 @@ For each seed:
                    touched by shadow generation, mapper fitting or mapper selection.
 Then, per private task: base LLM/TinyLM; TinyLM fine-tuned on the private data (no DP and
 each ε); the mappers (gt, ridge, mean_shadow) map its update to an LLM adapter; gt_refine
-refines the GT's adapter towards the proxy-tuned distribution on provider text (gtapp.refine),
-and gt_auto keeps the GT's adapter or its refinement by the update's OOD score;
+refines the GT's adapter towards proxy-tuning over it (the TinyLM's offset stacked on the LLM
+with the GT's adapter) on provider text (gtapp.refine), and gt_auto keeps the GT's adapter where
+the update's task score says the mapper knows it, else refines it towards the base LLM's
+proxy-tuning (what ``refine="auto"`` does in the product);
 cross_lora moves the TinyLM update with no data; the oracle (LLM fine-tuned on the private
 data), public_ft (LLM fine-tuned on the public data) and the distillation baselines run with
 the oracle's budget, each choosing its learning rate and stopping step on a held-out part of
@@ -158,7 +160,7 @@ def run_private_task(ctx: Context, protocol: str, task: Task, private, public, m
     task (gt_refine_prompts; :func:`public_prompts_for`)."""
     from gtapp.baselines import Budget, evaluate_result, run_baseline
     from gtapp.baselines.selection import Selection
-    from gtapp.refine import RefineConfig, refine
+    from gtapp.refine import RefineConfig, mode_config, refine
 
     p = ctx.preset
     pair = _pair(ctx)
@@ -215,16 +217,20 @@ def run_private_task(ctx: Context, protocol: str, task: Task, private, public, m
             tag = "nodp" if eps is None else f"eps{eps:g}"
             (gt_dir, gw, gt_row), (tiny_dir, tw) = gt_by_eps[eps], tiny_by_eps[eps]
             cfg = RefineConfig(steps=p.llm_steps, batch_size=p.batch_size, lr=p.llm_lr, seed=seed)
+
+            def refined_row(method, out, config, prompts=None):
+                rec = refine(pair, tiny_dir, provider, out, config, start_adapter=gt_dir, organisation_prompts=prompts)
+                return _row(ctx, **common, method=method, dp_epsilon=eps, clients=1,
+                            ev=_eval(ctx, "llm", out, task), wall_s=tw + gw + rec["wall_s"],
+                            peak_mem_mb=rec["peak_mem_mb"], generate_s=gw, tiny_finetune_s=tw,
+                            refine_s=rec["wall_s"], selection_s=rec.get("selection", {}).get("selection_s"),
+                            tokens=rec["tokens"],
+                            refine={k: rec[k] for k in ("lr", "steps", "text", "privacy", "teacher")})
+
             for method, prompts in refinements:
-                out = d / f"{method}_{tag}"
-                rec = refine(pair, tiny_dir, provider, out, cfg, start_adapter=gt_dir, organisation_prompts=prompts)
-                refined = _row(ctx, **common, method=method, dp_epsilon=eps, clients=1,
-                               ev=_eval(ctx, "llm", out, task), wall_s=tw + gw + rec["wall_s"],
-                               peak_mem_mb=rec["peak_mem_mb"], generate_s=gw, tiny_finetune_s=tw,
-                               refine_s=rec["wall_s"], selection_s=rec.get("selection", {}).get("selection_s"),
-                               tokens=rec["tokens"], refine={k: rec[k] for k in ("lr", "steps", "text", "privacy")})
-                if method == "gt_refine" and "gt_auto" in methods:
-                    _auto_row(ctx, gt_row, refined)
+                refined_row(method, d / f"{method}_{tag}", cfg, prompts)
+            if "gt_auto" in methods:
+                _auto_row(ctx, gt_row, lambda: refined_row("gt_auto", d / f"gt_auto_{tag}", mode_config("auto", cfg)))
         ctx.tick("gt_refine", task.name)
 
     for method in ("kd_logit", "weak_to_strong", "datafree_kd", "proxy_tuning", "cross_lora"):
@@ -241,16 +247,19 @@ def run_private_task(ctx: Context, protocol: str, task: Task, private, public, m
         _three_clients(ctx, protocol, task, private, mappers, seed, d, group_tasks)
 
 
-def _auto_row(ctx: Context, gt_row: Row, refined: Row) -> Row:
-    """gt_auto: the GT's row where the update's task score says the mapper knows it, the refined
-    row where it does not (gtapp.refine.refine_wanted), decided from the update alone. Its wall
-    time is what it spent: the refinement only where it refined."""
+def _auto_row(ctx: Context, gt_row: Row, refined: Callable[[], Row]) -> Row:
+    """gt_auto: the GT's row where the update's task score says the mapper knows it, else the row
+    ``refined()`` adds: the refinement "auto" runs (gtapp.refine.mode_config), only then. Decided
+    from the update alone (gtapp.refine.refine_wanted); its wall time is what it spent."""
     from gtapp.refine import refine_wanted
 
     wanted, why = refine_wanted("auto", {"score": gt_row.get("ood_score"), "task_score": gt_row.get("ood_task_score")})
-    row = {**(refined if wanted else gt_row), "method": "gt_auto", "auto_choice": "gt_refine" if wanted else "gt",
-           "auto_reason": why}
-    ctx.rows.append(row)
+    if wanted:
+        row = refined()
+    else:
+        row = {**gt_row, "method": "gt_auto"}
+        ctx.rows.append(row)
+    row.update(auto_choice="gt_refine" if wanted else "gt", auto_reason=why)
     return row
 
 

@@ -26,7 +26,8 @@ def register(sub) -> None:
     p.add_argument("--refine", nargs="?", const="always", default=None, choices=["always", "auto"],
                    help="then refine the adapter towards the proxy-tuned distribution on the provider's text "
                         "(gtapp.refine; one TinyLM adapter, needs --zoo; DP carries over by post-processing); "
-                        "'auto': only where the update's task score is above gtapp.refine.AUTO_REFINE_TASK_OOD")
+                        "'auto': only where the update's task score is above gtapp.refine.AUTO_REFINE_TASK_OOD, "
+                        "and then towards the base LLM's proxy-tuning, not proxy-tuning over the mapped adapter")
     p.add_argument("--pairs", type=Path, default=None,
                    help="with --refine: the pair set whose shadow tasks give the provider's text (default: the "
                         "one the mapper's card names)")
@@ -73,7 +74,7 @@ def _refine(args, mapped_dir: Path) -> dict:
     from gtapp.mapper.registry import load_mapper
     from gtapp.models import ModelPair
     from gtapp.pairset import PairSet
-    from gtapp.refine import RefineConfig, provider_text, public_prompts, refine
+    from gtapp.refine import RefineConfig, mode_config, provider_text, public_prompts, refine
 
     pairs = args.pairs
     if pairs is None:
@@ -89,6 +90,6 @@ def _refine(args, mapped_dir: Path) -> dict:
         own = load_user_dataset(args.refine_prompts, seed=args.seed)
         prompts = public_prompts(own.train + own.test)
     rec = refine(ModelPair.from_dir(args.zoo), args.tiny_adapter[0], text, args.out,
-                 RefineConfig(steps=args.refine_steps, seed=args.seed), start_adapter=mapped_dir,
-                 organisation_prompts=prompts)
-    return {k: rec[k] for k in ("lr", "steps", "text", "privacy", "wall_s", "final_loss")}
+                 mode_config(args.refine, RefineConfig(steps=args.refine_steps, seed=args.seed)),
+                 start_adapter=mapped_dir, organisation_prompts=prompts)
+    return {k: rec[k] for k in ("lr", "steps", "text", "privacy", "wall_s", "final_loss", "teacher")}

@@ -361,14 +361,14 @@ def _refine(ctx, zoo_dir, tiny_dir: str, mapped, pair_set_artifact: str, params:
     folder, record)."""
     from gtapp.models import ModelPair
     from gtapp.pairset import PairSet
-    from gtapp.refine import RefineConfig, provider_text, public_prompts, refine
+    from gtapp.refine import RefineConfig, mode_config, provider_text, public_prompts, refine
 
     ctx.progress(span[0], "refining towards the proxy-tuned distribution (public text only)")
     pairs = PairSet.load(ctx.store.materialize(pair_set_artifact, ctx.work_dir / "pairset"), verify=False)
     text = provider_text(pairs.manifest, limit=1024, seed=params["seed"])
     prompts = public_prompts(_dataset_examples(ctx, prompts_ds["artifact"])) if prompts_ds else None
     out = ctx.work_dir / "refined"
-    rec = refine(ModelPair.from_dir(zoo_dir), tiny_dir, text, out, RefineConfig(seed=params["seed"]),
+    rec = refine(ModelPair.from_dir(zoo_dir), tiny_dir, text, out, mode_config(params["refine"], RefineConfig(seed=params["seed"])),
                  start_adapter=mapped, progress=_scaled_progress(ctx, *span), device=device,
                  organisation_prompts=prompts)
     record = {k: rec[k] for k in ("lr", "steps", "text", "privacy", "wall_s", "final_loss", "teacher")}
