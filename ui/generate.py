@@ -146,7 +146,9 @@ def results_markdown(results: list[dict]) -> str:
             body.append(f"\nRefinement ({md_escape(str(rf.get('mode', 'always')))}): {done}"
                         + (f" — {md_escape(str(rf['reason']))}" if rf.get("reason") else "")
                         + (f"; samples written after the prompts of your dataset {md_escape(str(own.get('name')))} "
-                           f"(id {own.get('id')}), read as public" if own else ""))
+                           f"(id {own.get('id')}), read as public" if own else "")
+                        + (f"; teacher: {md_escape(str(rf['teacher']))}" if rf.get("refined", True)
+                           and rf.get("teacher") else ""))
         # result_lines marks a paragraph with a leading newline (a warning, the result); the rest are list items
         blocks.append(head + "".join(("\n\n" if line.startswith("\n") else "\n") + line.lstrip("\n")
                                      for line in body))
@@ -206,7 +208,9 @@ def build_generate_tab(svc: Service, demo):
                     name = gr.Textbox(label="LLM adapter name (optional)", max_length=200, elem_id="gen-name")
                     merged = gr.Checkbox(label="Also store the merged LLM", value=False, elem_id="gen-merged")
                 refine = gr.Radio(label="Refine towards the proxy-tuned distribution (one adapter; slower; the "
-                                        "provider's text only, never your data; DP carries over)",
+                                        "provider's text only, never your data; DP carries over). always: proxy-"
+                                        "tuning over the mapped adapter; auto: only an update unlike the shadow "
+                                        "updates, towards the base LLM's proxy-tuning",
                                   choices=REFINE_CHOICES, value="never", elem_id="gen-refine")
                 refine_prompts = gr.Dropdown(
                     label="Refinement prompts (optional): one of your datasets of public prompts, read as public "

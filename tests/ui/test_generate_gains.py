@@ -35,7 +35,9 @@ def test_latest_results_show_gains_with_intervals_and_warnings(svc, users, pair_
         "refine": {"mode": "auto", "refined": False, "reason": "OOD score 1.20 <= 3: the mapper knows updates like "
                                                                "this one, its adapter kept as it is"}})
     add_generated(svc, alice, pair_id, "not-evaluated", {
-        "refine": {"mode": "always", "refined": True, "text": {"prompts_dataset": {"id": 7, "name": "faq_public"}}}})
+        "refine": {"mode": "always", "refined": True, "text": {"prompts_dataset": {"id": 7, "name": "faq_public"}},
+                   "teacher": "llm + mapped adapter + (tiny_ft - tiny_base) logits (proxy-tuning over the mapped "
+                              "adapter)"}})
 
     words, fig = generate.latest_results(svc, alice)
     odd = words[words.index("**odd-one**"):]  # newest first: not-evaluated, good-one, odd-one
@@ -50,6 +52,9 @@ def test_latest_results_show_gains_with_intervals_and_warnings(svc, users, pair_
     # refined on the organisation's own public prompts: the result names the dataset
     assert "Refinement (always): refined; samples written after the prompts of your dataset faq\\_public (id 7)" \
         in words[:words.index("**good-one**")]
+    assert "; teacher: llm + mapped adapter + \\(tiny\\_ft - tiny\\_base\\) logits \\(proxy-tuning over the mapped" \
+        in words[:words.index("**good-one**")]  # what it distilled, escaped
+    assert "teacher" not in good_words  # not refined: no teacher
     traces = {t.name: t for t in fig.data}
     assert set(traces) == {"over the base LLM", "over the provider's mean baseline"}
     base = traces["over the base LLM"]
