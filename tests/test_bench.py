@@ -197,3 +197,5 @@ def test_cost_table_times_the_named_method():
     assert {c["method"] for c in default} == {"gt_refine"}
     assert default[0]["tiny_plus_generate_share"] == pytest.approx(0.55)
     assert [c["tiny_plus_generate_share"] for c in report.cost_table(rows, "gt")] == [pytest.approx(0.15)] * 2
+    # like for like: the oracle's wall time with its learning-rate selection (99 s here) as the denominator
+    assert [c["share_with_selection"] for c in report.cost_table(rows, "gt")] == [pytest.approx(1.5 / 99)] * 2

@@ -208,10 +208,13 @@ def targets(summary: list[dict], rows: list[dict], comps: Optional[list[dict]] =
                           f"eps=8 vs {mean_plain:.3f} without DP over {len(plain)} tasks"})
     cost = cost_table(rows, best)
     share = statistics.fmean(c["tiny_plus_generate_share"] for c in cost) if cost else float("nan")
+    both = [c["share_with_selection"] for c in cost if c["share_with_selection"] == c["share_with_selection"]]
     res.append({"target": "TinyLM fine-tune + generation + refinement <= 40 % of the LLM fine-tune's wall time",
                 "measured": share, "met": _met(share <= 0.4, len(cost)),
                 "detail": f"{best} (the cross-task target's method): what it spent, the refinement where it "
-                          "refined; the LLM fine-tune is the oracle's final run"})
+                          "refined; the LLM fine-tune is the oracle's final run"
+                          + (f"; {statistics.fmean(both):.2f} against the LLM fine-tune with its learning-rate "
+                             "selection counted too" if both else "")})
     return res
 
 
@@ -228,7 +231,8 @@ def cost_table(rows: list[dict], method: Optional[str] = None) -> list[dict]:
     """Per (protocol, task, seed): the organisation's path with ``method`` (TinyLM fine-tune +
     generation, and the refinement where the method refined) against the LLM fine-tune on the
     same private data (the oracle's final run, its learning-rate selection not counted: the
-    conservative comparison). Without ``method``: gt_refine where it ran, else gt."""
+    conservative comparison; ``share_with_selection`` counts it, as the refinement's time counts
+    its own). Without ``method``: gt_refine where it ran, else gt."""
     out = []
     by = defaultdict(dict)
     for r in rows:
@@ -246,9 +250,14 @@ def cost_table(rows: list[dict], method: Optional[str] = None) -> list[dict]:
         tiny_s, gen_s = ours.get("tiny_finetune_s", float("nan")), ours.get("generate_s", float("nan"))
         refine_s = ours.get("refine_s") or 0.0
         share = (tiny_s + gen_s + refine_s) / llm_s
+        # like for like: the refinement's time holds its own learning-rate selection, so count the oracle's too
+        with_selection = d["oracle"]["wall_s"] if d["oracle"].get("final_fit_s") else float("nan")
         out.append({"protocol": protocol, "task": task, "seed": seed, "method": ours["method"],
                     "tiny_finetune_s": tiny_s, "generate_s": gen_s, "refine_s": refine_s, "llm_finetune_s": llm_s,
-                    "tiny_plus_generate_share": share, "time_saved_pct": 100 * (1 - share)})
+                    "tiny_plus_generate_share": share, "time_saved_pct": 100 * (1 - share),
+                    "llm_finetune_with_selection_s": with_selection,
+                    "share_with_selection": (tiny_s + gen_s + refine_s) / with_selection if with_selection else
+                    float("nan")})
     return out
 
 
@@ -292,9 +301,9 @@ def format_targets(tg: list[dict]) -> str:
 
 def format_cost(cost: list[dict]) -> str:
     lines = [f"{'protocol':<16} {'task':<30} {'seed':>4} {'tiny_ft_s':>9} {'gen_s':>6} {'refine_s':>8} "
-             f"{'llm_ft_s':>8} {'saved%':>7}"]
+             f"{'llm_ft_s':>8} {'saved%':>7} {'share_w_sel':>11}"]
     for c in cost:
         lines.append(f"{c['protocol']:<16} {c['task'][:30]:<30} {c['seed']:>4} {c['tiny_finetune_s']:>9.1f} "
                      f"{c['generate_s']:>6.2f} {c.get('refine_s', 0.0):>8.1f} {c['llm_finetune_s']:>8.1f} "
-                     f"{c['time_saved_pct']:>7.1f}")
+                     f"{c['time_saved_pct']:>7.1f} {c.get('share_with_selection', float('nan')):>11.2f}")
     return "\n".join(lines)
