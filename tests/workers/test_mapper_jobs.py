@@ -227,6 +227,7 @@ def test_gt_mapper_and_two_organisation_style_generate(emb, tmp_path):
         a = s.get(Adapter, ref.outputs["adapter_id"])
         rec = a.meta["refine"]
         assert rec["text"]["public_examples"] > 0 and "post-processing" in rec["privacy"]
+        assert "over the mapped adapter" in rec["teacher"]  # refine=always: proxy-tuning over the GT's adapter
         assert a.meta["record"]["epsilon"] == pytest.approx(spend[dp]["epsilon"])  # DP carried over unchanged
         artifact = a.artifact
     assert "refine.json" in emb.store.manifest(artifact)
@@ -271,6 +272,8 @@ def test_gt_mapper_and_two_organisation_style_generate(emb, tmp_path):
         assert ("task score" in rec["reason"]) and AUTO_REFINE_OOD != AUTO_REFINE_TASK_OOD
         print("refine=auto:", rec)
         assert ("refine.json" in emb.store.manifest(a.artifact)) == rec["refined"]
+        if rec["refined"]:  # auto refines towards the base LLM's proxy-tuning (gtapp.refine.AUTO_TEACHER_LLM)
+            assert rec["teacher"].startswith("llm_base + "), rec["teacher"]
     # two shadow tasks: the job says the task score rests on too few tasks to trust "auto"
     assert any("refine: auto: only 2 shadow tasks" in w for w in auto.outputs["warnings"]), auto.outputs["warnings"]
     assert not any("refine: auto" in w for w in ref.outputs["warnings"])
