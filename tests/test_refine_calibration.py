@@ -40,6 +40,11 @@ def test_gate_keeps_the_mapped_adapter_below_the_threshold_it_finds():
     assert g["mean_gap_nll"] == pytest.approx((0.9 + 0.8 + 0.2 + 0.1) / 4)
     assert g["never_refine"] == pytest.approx((0.9 + 0.8 - 0.5 - 0.1) / 4)
     assert g["always_refine"] == pytest.approx((0.5 + 0.4 + 0.2 + 0.1) / 4)
+    # a task with no gap to recover (its gap recoveries divide by noise) is left out of every mean
+    noisy = [{**case("s", "t8", m, v, 9.0), "gap_defined": False} for m, v in (("gt", -40.0), ("gt_refine:v", 60.0))]
+    with_noisy = gate(rows + noisy, "v")
+    assert with_noisy["cases"] == g["cases"] and with_noisy["mean_gap_nll"] == g["mean_gap_nll"]
+    assert with_noisy["tau"] == g["tau"] and with_noisy["always_refine"] == g["always_refine"]
 
 
 def test_sample_gain_gate_and_the_product_rule():
