@@ -130,3 +130,48 @@ def test_a_task_whose_oracle_is_no_better_than_the_base_llm_leaves_the_averages(
     head = report.targets(summary, rows, boots=boots)[0]
     assert head["measured"] == pytest.approx(0.5) and "over 1 tasks" in head["detail"]
     assert "left out (the oracle no better than the base LLM): flat" in head["detail"]
+
+
+def _real_and_flat_rows():
+    rng = np.random.default_rng(5)
+    base = {s: 3.0 + rng.normal(0, 0.3, 64) for s in range(3)}
+    real = _rows({"base_llm": base, "oracle": {s: base[s] - 1.0 for s in range(3)},
+                  "gt": {s: base[s] - 0.5 for s in range(3)}})
+    flat = [{**r, "task": "flat"} for r in _rows({"base_llm": base,
+                                                   "oracle": {s: base[s] + rng.normal(0, 0.3, 64) for s in range(3)},
+                                                   "gt": {s: base[s] - 0.5 for s in range(3)}})]
+    return [{**r, "protocol": "cross_task"} for r in real + flat]
+
+
+def test_a_results_file_marks_its_no_gap_tasks_for_the_compare_tab_and_the_charts():
+    """The bench marks each row with gap_defined; the Compare tab's reader takes it from the file's
+    summary, or (an older file, with none) from the base LLM's and the oracle's per-example scores;
+    the gap chart fades such a task and labels it; a file with neither leaves it unknown."""
+    import json
+
+    from gtapp.bench import benchmark, plots
+    from ui.service.results import read_results
+
+    rows = _real_and_flat_rows()
+    result = benchmark._analyse(rows)
+    assert {(r["task"], r["gap_defined"]) for r in result["rows"]} == {("t", True), ("flat", False)}
+    encode = lambda obj: json.dumps(obj, default=benchmark._json_default).encode()  # noqa: E731
+    for obj in (result, {"rows": result["rows"]},  # the summary's word, or the oracle's scores alone
+                {"rows": [{k: v for k, v in r.items() if k != "gap_defined"} for r in rows]}):
+        shown, _, _ = read_results(encode(obj))
+        assert {(r["task"], r["gap_defined"]) for r in shown} == {("t", True), ("flat", False)}
+    # the summary decides where it says: here it calls both tasks defined
+    said = {**result, "summary": [{**s, "gap_defined": True} for s in result["summary"]]}
+    assert {r["gap_defined"] for r in read_results(encode(said))[0]} == {True}
+    # no per-example scores (or malformed ones) and no summary: unknown, never guessed
+    bare = [{k: v for k, v in r.items() if k not in ("examples", "gap_defined")} for r in rows]
+    bad = [{**r, "examples": {"nll_sum": ["x"], "n_tokens": [1]}} for r in bare]
+    for obj in (bare, bad):
+        assert {r["gap_defined"] for r in read_results(encode(obj))[0]} == {None}
+
+    fig = plots.gap_recovery_nll(read_results(encode(result))[0])
+    gt = next(t for t in fig.data if t.name == "gt")
+    assert list(gt.x) == [f"flat {plots.NO_GAP}", "t"]
+    assert list(gt.marker.opacity) == [plots.NO_GAP_OPACITY, 1.0]
+    assert "divide by noise" in fig.layout.title.text
+    assert plots.NO_GAP not in plots.gap_recovery_nll(bare).layout.title.text  # nothing marked where unknown

@@ -137,7 +137,13 @@ def summary_line(all_rows: Sequence[dict], shown: Sequence[dict], source_label: 
                 "finishes; or load a benchmark results JSON (written by `gtapp bench`) below.")
     tasks = len({r["task"] for r in shown})
     methods = len({r["method"] for r in shown})
-    return f"{len(shown)} of {len(all_rows)} rows from {source_label} · {tasks} task(s) · {methods} method(s)"
+    line = f"{len(shown)} of {len(all_rows)} rows from {source_label} · {tasks} task(s) · {methods} method(s)"
+    no_gap = sorted({r["task"] for r in shown if r.get("gap_defined") is False})
+    if no_gap:
+        line += (f" · no gap to recover on {', '.join(md_escape(t) for t in no_gap)} (the oracle is no better than "
+                 "the base LLM there): its gap recoveries divide by noise, so the charts fade them and the "
+                 "benchmark's targets leave them out")
+    return line
 
 
 def build_compare_tab(svc: Service, demo):

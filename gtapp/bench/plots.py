@@ -1,5 +1,6 @@
 """The benchmark's Plotly charts, built from result rows (protocol, task, method, dp_epsilon,
-clients, seed, metric, value, gap_recovery, wall_s, peak_mem_mb). The dashboard's Compare tab
+clients, seed, metric, value, gap_recovery, wall_s, peak_mem_mb; ``gap_defined`` False marks a
+task with no gap to recover). The dashboard's Compare tab
 (``ui.charts``) and ``gtapp bench --plot`` draw the same figures. Every figure has a readable
 empty state."""
 
@@ -29,6 +30,8 @@ METHOD_COLOURS = {
 }
 _SPARE = ("#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5", "#393b79", "#637939")
 GAP_CLIP = (-1.0, 1.5)  # gap recovery beyond this range is drawn at the edge and marked
+NO_GAP = "(no gap)"  # a task's label where its rows say gap_defined is False
+NO_GAP_OPACITY = 0.35
 
 
 def colour(method: str) -> str:
@@ -107,19 +110,28 @@ def gap_recovery(rows: Sequence[dict], field: str = "gap_recovery") -> go.Figure
         return empty_figure(title, "no gap-recovery numbers in the current selection")
     means = _mean_by(rows, lambda r: (r["method"], r["task"]), field)
     tasks = sorted({t for _, t in means})
+    # a task whose oracle is no better than the base LLM (gtapp.bench.report.gap_defined) has no gap:
+    # its recoveries divide by noise, so its bars are faded and its label says so
+    no_gap = {r["task"] for r in rows if r.get("gap_defined") is False}
+    labels = [f"{t} {NO_GAP}" if t in no_gap else t for t in tasks]
     lo, hi = GAP_CLIP
     fig = go.Figure()
     for method in _ordered(r["method"] for r in rows):
         raw = [means.get((method, t)) for t in tasks]
         ys = [None if v is None else min(max(v, lo), hi) for v in raw]
         text = [f"{v:.0%}" if v is not None and not lo <= v <= hi else "" for v in raw]
-        fig.add_trace(go.Bar(name=method, x=tasks, y=ys, text=text, textposition="inside",
+        fig.add_trace(go.Bar(name=method, x=labels, y=ys, text=text, textposition="inside",
                              marker_color=colour(method),
+                             marker_opacity=[NO_GAP_OPACITY if t in no_gap else 1.0 for t in tasks],
                              marker_pattern_shape=["/" if t else "" for t in text],
-                             hovertext=[f"{method}: {v:.1%}" if v is not None else "" for v in raw],
+                             hovertext=[f"{method}: {v:.1%}" + (f" {NO_GAP}" if t in no_gap else "")
+                                        if v is not None else "" for v, t in zip(raw, tasks)],
                              hoverinfo="text"))
     fig.add_hline(y=1.0, line_dash="dot", line_color="#888", annotation_text="oracle")
     fig.add_hline(y=0.0, line_color="#bbb", annotation_text="base LLM", annotation_position="bottom right")
+    if no_gap:
+        title += f"<br><sup>{NO_GAP}: the oracle is no better than the base LLM there (paired 95 % interval), " \
+                 "so its gap recoveries divide by noise; faded, and left out of the targets</sup>"
     fig.update_layout(title=title, barmode="group", yaxis_title=f"gap recovered (clipped to {lo:.0%}..{hi:.0%}; "
                       "hatched bars lie beyond, value written)", yaxis_tickformat=".0%",
                       yaxis_range=[lo - 0.05, hi + 0.05], xaxis_title="task", **LAYOUT)

@@ -64,3 +64,12 @@ def test_empty_states():
         assert fig.data == () and fig.layout.annotations[0].text
     assert "No results here yet" in compare.summary_line([], [], "x")
     assert charts.layer_norms(None).layout.annotations[0].text == "no adapter summary yet"
+
+
+def test_summary_line_names_the_tasks_with_no_gap():
+    rows, _ = parse_results(json.dumps(ROWS).encode())
+    assert "no gap" not in compare.summary_line(rows, rows, "x")  # unknown (no per-example scores): nothing said
+    marked = [{**r, "gap_defined": r["task"] != "csqa/x"} for r in rows]
+    line = compare.summary_line(marked, marked, "x")
+    assert "no gap to recover on csqa/x" in line and "math/add" not in line.split("no gap")[1]
+    assert list(csv.DictReader(io.StringIO(compare.to_csv(marked).decode())))[0]["gap_defined"] == "True"

@@ -25,7 +25,7 @@ PUBLISHED_RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 PUBLISHED_PREFIX = "published: "
 
 RESULT_FIELDS = ("protocol", "task", "method", "mapper", "dp_epsilon", "clients", "seed", "metric", "value",
-                 "gap_recovery", "wall_s", "peak_mem_mb")
+                 "gap_recovery", "gap_defined", "wall_s", "peak_mem_mb")
 
 
 class Results(ServiceBase):
@@ -132,7 +132,8 @@ class Results(ServiceBase):
 
 def normalise_row(r: Any) -> Optional[dict]:
     """One result row with the standard fields (missing ones None), or None if unusable
-    (no task, method or numeric value)."""
+    (no task, method or numeric value). ``gap_defined`` is set by :func:`read_results`, which
+    sees the whole file."""
     if not isinstance(r, dict):
         return None
     task, method = r.get("task"), r.get("method")
@@ -148,7 +149,7 @@ def normalise_row(r: Any) -> Optional[dict]:
             "seed": int(r["seed"]) if _num(r.get("seed")) is not None else None,
             "metric": str(r.get("metric") or ""), "value": value, "gap_recovery": _num(r.get("gap_recovery")),
             "gap_recovery_nll": _num(r.get("gap_recovery_nll")), "answer_nll": _num(r.get("answer_nll")),
-            "wall_s": _num(r.get("wall_s")), "peak_mem_mb": _num(r.get("peak_mem_mb"))}
+            "gap_defined": None, "wall_s": _num(r.get("wall_s")), "peak_mem_mb": _num(r.get("peak_mem_mb"))}
 
 
 def _targets(obj) -> list[dict]:
@@ -187,7 +188,49 @@ def read_results(data: bytes, what: str = "results") -> tuple[list[dict], int, l
     good = [r for r in rows if r is not None]
     if not good:
         raise UploadError(f"{what}: none of its {len(raw)} rows has a task, a method and a numeric value")
+    no_gap = _no_gap_tasks(raw, rows, obj.get("summary") if isinstance(obj, dict) else None)
+    for r in good:
+        r["gap_defined"] = None if no_gap is None else (r["protocol"], r["task"]) not in no_gap
     return good, len(raw) - len(good), _targets(obj)
+
+
+def _no_gap_tasks(raw: list, rows: list[Optional[dict]], summary: Any) -> Optional[set[tuple[str, str]]]:
+    """The (protocol, task) pairs of a results file with no gap to recover
+    (gtapp.bench.report.no_gap_tasks): from its summary, or from the base LLM's and the oracle's
+    per-example scores, each checked first (the file is untrusted); None where it holds neither."""
+    from gtapp.bench.report import no_gap_tasks
+
+    summary = [s for s in summary if isinstance(s, dict) and isinstance(s.get("protocol"), str)
+               and isinstance(s.get("task"), str)] if isinstance(summary, list) else []
+    if any("gap_defined" in s for s in summary):
+        return no_gap_tasks([], summary)
+    anchors = []
+    for src, r in zip(raw, rows):
+        if r is None or r["method"] not in ("base_llm", "oracle") or r["dp_epsilon"] is not None \
+                or r["clients"] not in (None, 1) or r["seed"] is None:
+            continue
+        examples = _examples(src.get("examples"))
+        if examples is not None:
+            anchors.append({**r, "clients": 1, "examples": examples})
+    return no_gap_tasks(anchors) if anchors else None
+
+
+def _examples(ex: Any) -> Optional[dict]:
+    """A row's per-example scores (gtapp.evaluate.evaluate(per_example=True)) if well formed:
+    equally long lists of numbers for nll_sum, n_tokens and (optionally) score; else None."""
+    if not isinstance(ex, dict):
+        return None
+    out = {}
+    for k in ("nll_sum", "n_tokens", "score"):
+        v = ex.get(k)
+        if not isinstance(v, list) or not v or not all(_num(x) is not None for x in v):
+            if k == "score":
+                continue  # no task score per example: the answer NLL alone decides
+            return None
+        out[k] = [float(x) for x in v]
+    if len({len(v) for v in out.values()}) != 1:
+        return None
+    return out
 
 
 def parse_results(data: bytes, what: str = "results") -> tuple[list[dict], int]:
