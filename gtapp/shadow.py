@@ -46,7 +46,7 @@ from safetensors.torch import save_file
 
 from gtapp import __version__
 from gtapp.data import data_fingerprint
-from gtapp.progress import Progress, ProgressFn, Tracker
+from gtapp.progress import Progress, ProgressFn, Tracker, job_eta
 from gtapp.files import atomic_write_json
 from gtapp.lora.peft_format import read_adapter
 from gtapp.lora.recipe import RecipeError, RecipePair
@@ -183,12 +183,18 @@ def indices_hash(indices: Sequence[int]) -> str:
 
 # ----------------------------------------------------------------------------- generation
 
-def _sub_progress(progress: Optional[ProgressFn], start: float, end: float, stage: str, prefix: str):
+def _sub_progress(progress: Optional[ProgressFn], start: float, end: float, stage: str, prefix: str,
+                  t0: Optional[float] = None):
+    """``progress`` for a part (start..end) of a step. With ``t0`` (when the whole step began) it
+    carries the whole step's ETA from its pace (gtapp.progress.job_eta); a part's own ETA would
+    only cover that part."""
     if progress is None:
         return None
 
     def fn(p: Progress) -> None:
-        progress(Progress(start + (end - start) * p.fraction, stage, None, f"{prefix} {p.message}".strip()))
+        fraction = start + (end - start) * p.fraction
+        eta = job_eta(fraction, time.monotonic() - t0, None) if t0 is not None else None
+        progress(Progress(fraction, stage, eta, f"{prefix} {p.message}".strip()))
     return fn
 
 
@@ -364,6 +370,7 @@ def make_pairs(zoo_dir: str | Path, config: ShadowConfig, out_dir: str | Path,
     work = out / ".work"
     models = _Models(pair, config.device)
     finished = 0
+    started = time.monotonic()
     for gi, group in enumerate(todo):
         t0 = time.monotonic()
         examples, indices = {}, {}
@@ -376,7 +383,7 @@ def make_pairs(zoo_dir: str | Path, config: ShadowConfig, out_dir: str | Path,
             shutil.rmtree(work)  # leftovers of an interrupted batch
         work.mkdir(parents=True)
         lo, hi = finished / max(n_runs, 1), (finished + len(group)) / max(n_runs, 1)
-        sub = _sub_progress(progress, lo, hi, "shadow", f"batch {gi + 1}/{len(todo)} ({len(group)} runs)")
+        sub = _sub_progress(progress, lo, hi, "shadow", f"batch {gi + 1}/{len(todo)} ({len(group)} runs)", started)
         try:
             factors, records = _train_batch(pair, models, config, group, examples, work, sub, finetune_fn)
             wall = time.monotonic() - t0

@@ -203,3 +203,15 @@ def test_shadow_cli_summary(pair_set, capsys):
     assert main(["shadow", "--out", str(ps.root), "--summary"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["version"] == ps.version and out["pairs"] == len(ps)
+
+
+def test_progress_inside_a_batch_carries_the_whole_runs_eta(micro_zoo, tmp_path):
+    """The CLI's progress line showed "ETA --:--" for a whole shadow run: the updates from inside
+    a batch (the fine-tunes' steps) dropped every ETA. They now carry the whole run's, from its pace."""
+    seen = []
+    make_pairs(micro_zoo, _config(engine="batched"), tmp_path / "set", progress=seen.append)
+    inside = [p for p in seen if p.message.startswith("batch ") and 0.05 <= p.fraction < 1.0]
+    assert inside and all(p.eta_s is not None and p.eta_s >= 0 for p in inside)
+    assert all(p.eta_s is None for p in seen if p.message.startswith("batch ") and p.fraction < 0.05)
+    fractions = [p.fraction for p in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
