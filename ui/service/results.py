@@ -194,6 +194,11 @@ def read_results(data: bytes, what: str = "results") -> tuple[list[dict], int, l
     return good, len(raw) - len(good), _targets(obj)
 
 
+#: Bounds on what :func:`read_results` works through to decide which tasks have no gap from
+#: per-example scores (a benchmark writes at most a few hundred test examples, a few seeds and tens of tasks).
+MAX_GAP_EXAMPLES, MAX_GAP_SEEDS, MAX_GAP_TASKS = 4096, 16, 256
+
+
 def _no_gap_tasks(raw: list, rows: list[Optional[dict]], summary: Any) -> Optional[set[tuple[str, str]]]:
     """The (protocol, task) pairs of a results file with no gap to recover
     (gtapp.bench.report.no_gap_tasks): from its summary, or from the base LLM's and the oracle's
@@ -204,7 +209,7 @@ def _no_gap_tasks(raw: list, rows: list[Optional[dict]], summary: Any) -> Option
                and isinstance(s.get("task"), str)] if isinstance(summary, list) else []
     if any("gap_defined" in s for s in summary):
         return no_gap_tasks([], summary)
-    anchors = []
+    anchors, seeds = [], {}
     for src, r in zip(raw, rows):
         if r is None or r["method"] not in ("base_llm", "oracle") or r["dp_epsilon"] is not None \
                 or r["clients"] not in (None, 1) or r["seed"] is None:
@@ -212,7 +217,12 @@ def _no_gap_tasks(raw: list, rows: list[Optional[dict]], summary: Any) -> Option
         examples = _examples(src.get("examples"))
         if examples is not None:
             anchors.append({**r, "clients": 1, "examples": examples})
-    return no_gap_tasks(anchors) if anchors else None
+            seeds.setdefault((r["protocol"], r["task"]), set()).add(r["seed"])
+    # the bootstrap's work grows with examples x seeds^2 per task: a file beyond what a benchmark writes
+    # is not worked through (unknown), so an upload cannot tie up the server
+    if not anchors or len(seeds) > MAX_GAP_TASKS or any(len(v) > MAX_GAP_SEEDS for v in seeds.values()):
+        return None
+    return no_gap_tasks(anchors)
 
 
 def _examples(ex: Any) -> Optional[dict]:
@@ -223,7 +233,7 @@ def _examples(ex: Any) -> Optional[dict]:
     out = {}
     for k in ("nll_sum", "n_tokens", "score"):
         v = ex.get(k)
-        if not isinstance(v, list) or not v or not all(_num(x) is not None for x in v):
+        if not isinstance(v, list) or not v or len(v) > MAX_GAP_EXAMPLES or not all(_num(x) is not None for x in v):
             if k == "score":
                 continue  # no task score per example: the answer NLL alone decides
             return None
