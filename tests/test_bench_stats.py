@@ -108,14 +108,7 @@ def test_missing_examples_fall_back_to_seed_interval():
 def test_a_task_whose_oracle_is_no_better_than_the_base_llm_leaves_the_averages():
     """Gap recovery divides by oracle - base LLM; where that gap is not shown (its paired interval
     reaches 0) the task is left out of the targets' averages and counts, and named."""
-    rng = np.random.default_rng(3)
-    base = {s: 3.0 + rng.normal(0, 0.3, 64) for s in range(3)}
-    real = _rows({"base_llm": base, "oracle": {s: base[s] - 1.0 for s in range(3)},
-                  "gt": {s: base[s] - 0.5 for s in range(3)}})
-    flat = [{**r, "task": "flat"} for r in _rows({"base_llm": base,
-                                                   "oracle": {s: base[s] + rng.normal(0, 0.3, 64) for s in range(3)},
-                                                   "gt": {s: base[s] - 0.5 for s in range(3)}})]
-    rows = [{**r, "protocol": "cross_task"} for r in real + flat]
+    rows = _real_and_flat_rows()
     from gtapp.bench.protocol import add_gap_recovery
 
     add_gap_recovery(rows)
@@ -133,7 +126,9 @@ def test_a_task_whose_oracle_is_no_better_than_the_base_llm_leaves_the_averages(
 
 
 def _real_and_flat_rows():
-    rng = np.random.default_rng(5)
+    """Task "t" with a gap (the oracle 1 nat below the base LLM, gt 0.5) and task "flat" without
+    one (the oracle is the base LLM plus noise)."""
+    rng = np.random.default_rng(3)
     base = {s: 3.0 + rng.normal(0, 0.3, 64) for s in range(3)}
     real = _rows({"base_llm": base, "oracle": {s: base[s] - 1.0 for s in range(3)},
                   "gt": {s: base[s] - 0.5 for s in range(3)}})
