@@ -150,8 +150,9 @@ def _analyse(rows: list[dict]) -> dict:
     protocol.add_gap_recovery(rows)
     boots = stats.bootstraps(rows)
     summary = report.summarise(rows, boots)
+    defined = {(s["protocol"], s["task"]): s["gap_defined"] for s in summary}
     for r in rows:  # so a chart drawn from the rows alone (--plot, the Compare tab) can mark such tasks
-        r["gap_defined"] = report.gap_defined(boots, r["protocol"], r["task"])
+        r["gap_defined"] = defined[(r["protocol"], r["task"])]
     comps = report.comparisons(rows, boots)
     return {"rows": rows, "summary": summary, "comparisons": comps, "targets": report.targets(summary, rows, comps, boots),
             "cost": report.cost_table(rows)}

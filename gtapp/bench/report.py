@@ -127,12 +127,10 @@ def gap_defined(boots: dict, protocol: str, task: str) -> bool:
     return True
 
 
-def no_gap_tasks(rows: list[dict], summary: Optional[list[dict]] = None) -> set[tuple[str, str]]:
-    """The (protocol, task) pairs with no gap to recover (:func:`gap_defined` is False): as the
-    results' summary recorded it where it did, else from the base LLM's and the oracle's
-    per-example scores in ``rows`` (the only rows the decision reads)."""
-    if summary and any(isinstance(s, dict) and "gap_defined" in s for s in summary):
-        return {(s["protocol"], s["task"]) for s in summary if isinstance(s, dict) and s.get("gap_defined") is False}
+def no_gap_tasks(rows: list[dict]) -> set[tuple[str, str]]:
+    """The (protocol, task) pairs with no gap to recover (:func:`gap_defined` is False), from the
+    base LLM's and the oracle's per-example scores in ``rows`` (the only rows the decision reads):
+    for results whose summary does not record it."""
     anchors = [r for r in rows if r.get("method") in ("base_llm", "oracle") and r.get("examples")]
     boots = stats.bootstraps(anchors)
     return {key for key in boots if not gap_defined(boots, *key)}

@@ -167,10 +167,9 @@ def _targets(obj) -> list[dict]:
     return out[:50]
 
 
-def read_results(data: bytes, what: str = "results") -> tuple[list[dict], int, list[dict]]:
-    """Rows and recorded targets of a benchmark results JSON, decoded once: a list of rows, or an
-    object holding one under ``rows`` / ``results`` / ``table`` (and its ``targets``). Returns
-    (rows, skipped, targets); raises UploadError when no row is usable."""
+def _decode(data: bytes, what: str) -> tuple[Any, list, list[Optional[dict]]]:
+    """(the decoded JSON, its raw rows, each normalised or None) of a benchmark results JSON: a list of
+    rows, or an object holding one under ``rows`` / ``results`` / ``table``; UploadError when no row is usable."""
     try:
         obj = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
@@ -185,9 +184,16 @@ def read_results(data: bytes, what: str = "results") -> tuple[list[dict], int, l
                           f"(each row: protocol, task, method, dp_epsilon, clients, seed, metric, value, "
                           f"gap_recovery, wall_s, peak_mem_mb)")
     rows = [normalise_row(r) for r in raw]
-    good = [r for r in rows if r is not None]
-    if not good:
+    if not any(r is not None for r in rows):
         raise UploadError(f"{what}: none of its {len(raw)} rows has a task, a method and a numeric value")
+    return obj, raw, rows
+
+
+def read_results(data: bytes, what: str = "results") -> tuple[list[dict], int, list[dict]]:
+    """Rows and recorded targets of a benchmark results JSON, decoded once (:func:`_decode`), each row
+    with ``gap_defined`` (:func:`_no_gap_tasks`), for showing. Returns (rows, skipped, targets)."""
+    obj, raw, rows = _decode(data, what)
+    good = [r for r in rows if r is not None]
     no_gap = _no_gap_tasks(raw, rows, obj.get("summary") if isinstance(obj, dict) else None)
     for r in good:
         r["gap_defined"] = None if no_gap is None else (r["protocol"], r["task"]) not in no_gap
@@ -208,7 +214,7 @@ def _no_gap_tasks(raw: list, rows: list[Optional[dict]], summary: Any) -> Option
     summary = [s for s in summary if isinstance(s, dict) and isinstance(s.get("protocol"), str)
                and isinstance(s.get("task"), str)] if isinstance(summary, list) else []
     if any("gap_defined" in s for s in summary):
-        return no_gap_tasks([], summary)
+        return {(s["protocol"], s["task"]) for s in summary if s.get("gap_defined") is False}
     anchors, seeds = [], {}
     for src, r in zip(raw, rows):
         if r is None or r["method"] not in ("base_llm", "oracle") or r["dp_epsilon"] is not None \
@@ -244,6 +250,8 @@ def _examples(ex: Any) -> Optional[dict]:
 
 
 def parse_results(data: bytes, what: str = "results") -> tuple[list[dict], int]:
-    """(rows, skipped) of a benchmark results JSON (:func:`read_results`)."""
-    rows, skipped, _ = read_results(data, what)
-    return rows, skipped
+    """(rows, skipped) of a benchmark results JSON, to check and count it (storing, publishing): no
+    ``gap_defined`` worked out (:func:`read_results` does, where the rows are shown)."""
+    _, raw, rows = _decode(data, what)
+    good = [r for r in rows if r is not None]
+    return good, len(raw) - len(good)
